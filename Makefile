@@ -1,0 +1,61 @@
+# Every target does its own set-up: `install` is idempotent and the others depend on it.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+EXTRAS ?= router,modelserver,dev
+PROTO_SRC := $(shell find protos -name '*.proto' | sort)
+MODELS ?= models
+PYTEST_ARGS ?=
+
+.PHONY: install protos lint format test bench models lock clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	$(BIN)/pip install -q -c constraints.txt --config-settings editable_mode=compat -e '.[$(EXTRAS)]'
+	touch $@
+
+install: $(STAMP)
+
+# Stubs are committed; tests/test_protos.py fails when they are stale.
+protos: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc -I protos \
+		--python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. $(PROTO_SRC)
+	find gamaserving -type d -exec touch {}/__init__.py \;
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/buf lint
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+$(MODELS)/wav2vec2/model.yaml: | install
+	$(BIN)/modelserver make-tiny --family wav2vec2 --out $(MODELS)/wav2vec2
+
+$(MODELS)/gama/model.yaml: | install
+	$(BIN)/modelserver make-tiny --family gama --out $(MODELS)/gama
+
+models: install $(MODELS)/wav2vec2/model.yaml $(MODELS)/gama/model.yaml
+
+test: install models
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install models
+	$(BIN)/python -m benchmarks.modelserver --models $(MODELS) --out docs/benchmarks.md
+
+# Re-resolve pins after editing dependencies in pyproject.toml.
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install -q -e '.[$(EXTRAS)]' 'protobuf<7'
+	( head -n 2 constraints.txt; .venv-lock/bin/pip freeze --exclude-editable | sed -e 's/+cpu$$//' ) > constraints.new
+	mv constraints.new constraints.txt && rm -rf .venv-lock
+
+clean:
+	rm -rf $(VENV) $(MODELS) .pytest_cache .mypy_cache .ruff_cache

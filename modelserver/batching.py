@@ -1,0 +1,201 @@
+"""Dynamic batching: group concurrent requests into one model call.
+
+One worker task owns the queue. It waits at most `max_queue_delay` after the oldest request for
+others already on their way to join, then runs the batch on the single inference thread while new requests queue up,
+so under load batches form by themselves and at low load nothing waits long. Requests whose
+deadline passed, or whose caller went away, are dropped from the queue and never computed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from modelserver.config import Batching
+from modelserver.errors import ErrorKind, InferenceError, exhausted, unavailable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    queue_ms: float
+    compute_ms: float
+    batch_size: int
+
+
+@dataclass
+class BatcherStats:
+    submitted: int = 0
+    computed: int = 0
+    batches: int = 0
+    rejected: int = 0
+    expired: int = 0
+    cancelled: int = 0
+    faults: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+
+    def record_batch(self, size: int) -> None:
+        self.batches += 1
+        self.computed += size
+        # Bounded: the last few thousand sizes are enough for tests and debugging.
+        self.batch_sizes.append(size)
+        if len(self.batch_sizes) > 4096:
+            del self.batch_sizes[:1024]
+
+
+@dataclass
+class _Entry(Generic[T, R]):
+    item: T
+    future: asyncio.Future[tuple[R, BatchInfo]]
+    enqueued: float
+    deadline: float | None
+
+
+class DynamicBatcher(Generic[T, R]):
+    def __init__(
+        self,
+        run_batch: Callable[[list[T]], list[R]],
+        settings: Batching,
+        executor: Executor,
+        clock: Callable[[], float] = time.monotonic,
+        on_fault: Callable[[BaseException], None] | None = None,
+        on_success: Callable[[], None] | None = None,
+        arriving: Callable[[], int] = lambda: 0,
+    ) -> None:
+        self._run_batch = run_batch
+        self.settings = settings
+        self._executor = executor
+        self._clock = clock
+        self._on_fault = on_fault
+        self._on_success = on_success
+        self._arriving = arriving
+        self._queue: deque[_Entry[T, R]] = deque()
+        self._wakeup = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+        self._closed = False
+        self.stats = BatcherStats()
+        self.busy_since: float | None = None
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._work(), name="batcher")
+
+    def close(self) -> None:
+        """Refuse new work; queued and running work still completes."""
+        self._closed = True
+
+    async def stop(self) -> None:
+        self._closed = True
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+        for entry in self._queue:
+            if not entry.future.done():
+                entry.future.set_exception(unavailable("the model server is shutting down"))
+        self._queue.clear()
+
+    async def submit(self, item: T, deadline: float | None = None) -> tuple[R, BatchInfo]:
+        """Queue one item; `deadline` is on this batcher's clock."""
+        if self._closed:
+            raise unavailable("the model server is draining and takes no new requests")
+        if len(self._queue) >= self.settings.max_queue_size:
+            self.stats.rejected += 1
+            raise exhausted(
+                f"the inference queue is full ({self.settings.max_queue_size} requests waiting); "
+                "retry with backoff or send to another replica"
+            )
+        future: asyncio.Future[tuple[R, BatchInfo]] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Entry(item, future, self._clock(), deadline))
+        self.stats.submitted += 1
+        self._wakeup.set()
+        return await future
+
+    async def _gather_window(self) -> None:
+        first = self._queue[0]
+        limit = self.settings.max_batch_size
+        delay = self.settings.max_queue_delay_ms / 1000
+        # Wait only for requests known to be on their way (being decoded): a lone request at
+        # low load goes straight to the model, so batching costs nothing there.
+        while len(self._queue) < limit and self._arriving() > 0:
+            remaining = first.enqueued + delay - self._clock()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take(self) -> list[_Entry[T, R]]:
+        batch: list[_Entry[T, R]] = []
+        now = self._clock()
+        while self._queue and len(batch) < self.settings.max_batch_size:
+            entry = self._queue.popleft()
+            if entry.future.done():
+                self.stats.cancelled += 1
+                continue
+            if entry.deadline is not None and now >= entry.deadline:
+                self.stats.expired += 1
+                entry.future.set_exception(
+                    InferenceError(ErrorKind.DEADLINE_EXCEEDED, "deadline passed while queued; not computed")
+                )
+                continue
+            batch.append(entry)
+        return batch
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            if self.settings.max_batch_size > 1:
+                await self._gather_window()
+            batch = self._take()
+            if not batch:
+                continue
+            start = self._clock()
+            self.busy_since = start
+            try:
+                results: list[Any] = await loop.run_in_executor(
+                    self._executor, self._run_batch, [e.item for e in batch]
+                )
+            except Exception as exc:  # noqa: BLE001 - a model fault fails this batch, not the server
+                self.stats.faults += 1
+                log.exception("model call failed for a batch of %d", len(batch))
+                if self._on_fault is not None:
+                    self._on_fault(exc)
+                error = exc if isinstance(exc, InferenceError) else InferenceError(
+                    ErrorKind.INTERNAL, f"the model failed on this batch: {type(exc).__name__}"
+                )
+                for entry in batch:
+                    if not entry.future.done():
+                        entry.future.set_exception(error)
+                continue
+            finally:
+                self.busy_since = None
+            if self._on_success is not None:
+                self._on_success()
+            compute_ms = (self._clock() - start) * 1000
+            self.stats.record_batch(len(batch))
+            for entry, result in zip(batch, results, strict=True):
+                if not entry.future.done():
+                    info = BatchInfo((start - entry.enqueued) * 1000, compute_ms, len(batch))
+                    entry.future.set_result((result, info))

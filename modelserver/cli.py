@@ -1,0 +1,108 @@
+"""`modelserver`: serve a model directory, build tiny reference models, export checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from modelserver.logs import setup_logging
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modelserver", description=__doc__)
+    parser.add_argument("--log-level", default=os.environ.get("MODELSERVER_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve one model over OIP v2 gRPC")
+    serve.add_argument("--model-dir", required=True, type=Path)
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--port", type=int, default=50061)
+    serve.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    serve.add_argument("--grace-seconds", type=float, default=20.0)
+    serve.add_argument("--drain-delay-seconds", type=float, default=0.0)
+    serve.add_argument("--stuck-after-seconds", type=float, default=60.0)
+
+    tiny = sub.add_parser("make-tiny", help="build a tiny reference model directory")
+    tiny.add_argument("--family", choices=["wav2vec2", "gama"], required=True)
+    tiny.add_argument("--out", type=Path, required=True)
+
+    export = sub.add_parser("export", help="export a transformers checkpoint, checked against torch")
+    export.add_argument("--family", choices=["wav2vec2", "gama"], required=True)
+    export.add_argument("--checkpoint", required=True, help="local directory or hub id")
+    export.add_argument("--out", type=Path, required=True)
+    export.add_argument("--name", default=None)
+    export.add_argument("--version", default="1")
+    export.add_argument("--atol", type=float, default=1e-4)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from modelserver.config import ModelDirError, ServerSettings, load_model_config
+    from modelserver.runtime.onnx_runtime import DeviceUnavailableError
+    from modelserver.server import ModelServer
+
+    try:
+        settings = ServerSettings(
+            model_dir=args.model_dir,
+            host=args.host,
+            port=args.port,
+            device=args.device,
+            grace_seconds=args.grace_seconds,
+            drain_delay_seconds=args.drain_delay_seconds,
+            stuck_after_seconds=args.stuck_after_seconds,
+        )
+        config = load_model_config(settings.model_dir)
+    except (ModelDirError, ValidationError) as exc:
+        print(f"modelserver: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(ModelServer(settings, config).run())
+    except DeviceUnavailableError as exc:
+        print(f"modelserver: {exc}", file=sys.stderr)
+        return 3
+    except (ValueError, OSError) as exc:
+        logging.getLogger("modelserver").error("cannot serve %s: %s", settings.model_dir, exc)
+        return 1
+    return 0
+
+
+def _make_tiny(args: argparse.Namespace) -> int:
+    from modelserver.tiny import make_tiny_gama, make_tiny_wav2vec2
+
+    config = (make_tiny_wav2vec2 if args.family == "wav2vec2" else make_tiny_gama)(args.out)
+    print(f"built {config.family} model {config.name!r} in {args.out}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from modelserver.export import ExportCheckError, export_ast_encoder, export_wav2vec2
+
+    try:
+        if args.family == "wav2vec2":
+            export_wav2vec2(args.checkpoint, args.out, name=args.name or "wav2vec2", version=args.version, atol=args.atol)
+        else:
+            export_ast_encoder(args.checkpoint, args.out, atol=args.atol)
+    except ExportCheckError as exc:
+        print(f"modelserver export: numerical check FAILED: {exc}", file=sys.stderr)
+        return 4
+    print(f"exported {args.checkpoint} to {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(args.log_level)
+    # Model directories are local; never reach for a hub at run time.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1") if args.command == "serve" else None
+    commands = {"serve": _serve, "make-tiny": _make_tiny, "export": _export}
+    return commands[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

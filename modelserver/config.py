@@ -1,0 +1,246 @@
+"""The model directory's `model.yaml`, validated, plus the server's own settings."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+CONFIG_FILE = "model.yaml"
+
+
+class Task(StrEnum):
+    """What a client asks of the audio. The router's task enum maps onto these names."""
+
+    TRANSCRIBE = "transcribe"
+    TAG = "tag"
+    EMBED = "embed"
+    DESCRIBE = "describe"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Limits(_Strict):
+    """Input limits enforced before any decoding work is spent."""
+
+    max_audio_seconds: float = Field(30.0, gt=0, le=3600)
+    """Longest accepted clip, after decoding."""
+    min_audio_seconds: float = Field(0.05, ge=0)
+    """Shortest accepted clip: the models need a few frames."""
+    max_audio_bytes: int = Field(16 * 1024 * 1024, gt=0)
+    """Largest accepted encoded file or raw waveform, in bytes (RESOURCE_EXHAUSTED beyond)."""
+    max_prompt_chars: int = Field(2000, gt=0)
+    """Longest accepted prompt."""
+
+
+class Batching(_Strict):
+    """Dynamic batching: concurrent requests are grouped before the model runs."""
+
+    max_batch_size: int = Field(16, ge=1, le=1024)
+    """Most requests in one model call; 1 turns batching off."""
+    max_queue_delay_ms: float = Field(2.0, ge=0, le=10_000)
+    """How long the first queued request may wait for others to join its batch."""
+    max_queue_size: int = Field(256, ge=1)
+    """Requests waiting beyond this are refused with RESOURCE_EXHAUSTED."""
+
+
+class Warmup(_Strict):
+    """Requests run before the server reports ready, so first calls are not slow."""
+
+    iterations: int = Field(2, ge=0, le=100)
+    """Warm-up passes over every task (0 skips warm-up)."""
+    seconds: float = Field(1.0, gt=0, le=60)
+    """Length of the synthetic warm-up clip."""
+
+
+class Wav2Vec2Settings(_Strict):
+    """wav2vec2 family: CTC transcription, embeddings, optional classification head."""
+
+    head: Literal["ctc", "classification"] = "ctc"
+    """The exported head: CTC over `vocab`, or sequence classification over `labels`."""
+    vocab: list[str] = Field(default_factory=list)
+    """CTC vocabulary, index order (required for the ctc head)."""
+    blank_id: int = Field(0, ge=0)
+    """CTC blank (the tokenizer's pad token)."""
+    word_delimiter: str = "|"
+    """Vocabulary entry that stands for a space."""
+    use_attention_mask: bool = True
+    """False for group-norm feature encoders (wav2vec2-base): batches then hold equal lengths."""
+    top_k: int = Field(5, ge=1)
+    """Labels returned per clip by a classification head, highest score first."""
+
+
+class Generation(_Strict):
+    """Answer-text decoding for the GAMA family."""
+
+    max_new_tokens: int = Field(32, ge=1, le=1024)
+    """Upper bound on generated tokens; requests may ask for fewer."""
+    min_new_tokens: int = Field(1, ge=0)
+    """End-of-sequence is suppressed until this many tokens exist."""
+    temperature: float = Field(0.0, ge=0, le=2)
+    """0 is greedy; requests may ask for a low temperature."""
+
+
+class GamaSettings(_Strict):
+    """GAMA family: AST audio encoder, projector, causal LM, tokenizer (sub-directories)."""
+
+    encoder: str = "encoder"
+    """transformers AST checkpoint directory (tags and embedding)."""
+    lm: str = "lm"
+    """transformers causal LM checkpoint directory."""
+    tokenizer: str = "tokenizer"
+    """tokenizer directory for the LM."""
+    projector: str = "projector.safetensors"
+    """weights that map audio tokens into the LM's embedding space."""
+    num_audio_tokens: int = Field(32, ge=1, le=512)
+    """Length of the audio prefix given to the LM."""
+    fbank_mean: float = -5.081
+    """GAMA's filterbank normalisation mean."""
+    fbank_std: float = 4.4849
+    """GAMA's normalisation divisor: (x - mean) / std."""
+    max_frames: int = Field(1024, ge=16)
+    """Filterbank frames after padding or cropping (10 ms each)."""
+    num_mel_bins: int = Field(128, ge=16)
+    """Mel bins of the filterbank."""
+    top_k: int = Field(5, ge=1)
+    """Tags returned per clip, highest score first."""
+    system_prompt: str = (
+        "Below is an instruction that describes a task, paired with an input that provides "
+        "further context. Write a response that appropriately completes the request."
+    )
+    """Instruction-prompt preamble in GAMA's (Alpaca/LTU) style."""
+    generation: Generation = Generation()
+    """Answer-text decoding."""
+
+
+class ModelConfig(_Strict):
+    """`model.yaml`: one served model and its exported artifacts."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    """Model name in the OIP API."""
+    version: str = Field("1", min_length=1)
+    """Model version in the OIP API."""
+    family: Literal["wav2vec2", "gama"]
+    """Pre- and post-processing family."""
+    runtime: Literal["onnx", "torch"]
+    """onnx: an ONNX file run by ONNX Runtime; torch: a transformers checkpoint directory."""
+    artifact: str = Field(min_length=1)
+    """Path of the artifact relative to the model directory."""
+    sample_rate: int = Field(16000, ge=8000, le=192_000)
+    """Rate the model expects; inputs are resampled to it."""
+    labels: list[str] = Field(default_factory=list)
+    """Label names, index order, for tagging and classification heads."""
+    limits: Limits = Limits()
+    batching: Batching = Batching()
+    warmup: Warmup = Warmup()
+    fp16: bool = False
+    """Half precision for the torch runtime on CUDA (ignored on CPU)."""
+    intra_op_threads: int = Field(0, ge=0)
+    """Compute threads for the runtime; 0 lets it choose."""
+    wav2vec2: Wav2Vec2Settings | None = None
+    gama: GamaSettings | None = None
+
+    @model_validator(mode="after")
+    def _family_settings(self) -> ModelConfig:
+        if self.family == "wav2vec2":
+            settings = self.wav2vec2 or Wav2Vec2Settings()
+            if settings.head == "ctc" and not settings.vocab:
+                raise ValueError("wav2vec2.vocab: a ctc head needs its vocabulary")
+            if settings.head == "ctc" and settings.blank_id >= len(settings.vocab):
+                raise ValueError("wav2vec2.blank_id: outside the vocabulary")
+            if settings.head == "classification" and not self.labels:
+                raise ValueError("labels: a classification head needs its label names")
+            object.__setattr__(self, "wav2vec2", settings)
+        if self.family == "gama":
+            if self.runtime != "torch":
+                raise ValueError("runtime: the gama family runs on the torch runtime")
+            if not self.labels:
+                raise ValueError("labels: gama needs the audio-tag label names")
+            object.__setattr__(self, "gama", self.gama or GamaSettings())
+        return self
+
+    @property
+    def tasks(self) -> tuple[Task, ...]:
+        if self.family == "gama":
+            return (Task.TAG, Task.EMBED, Task.DESCRIBE)
+        assert self.wav2vec2 is not None
+        if self.wav2vec2.head == "ctc":
+            return (Task.TRANSCRIBE, Task.EMBED)
+        return (Task.TAG, Task.EMBED)
+
+
+class ModelDirError(Exception):
+    """The model directory cannot be served; the message names the problem."""
+
+
+def _format_validation(err: ValidationError, source: Path) -> str:
+    lines = [f"{source}: invalid model configuration"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  {loc}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_model_config(model_dir: Path) -> ModelConfig:
+    """Read and validate `model.yaml`, and check that every artifact it names exists."""
+    path = model_dir / CONFIG_FILE
+    if not model_dir.is_dir():
+        raise ModelDirError(f"{model_dir}: not a directory")
+    if not path.is_file():
+        raise ModelDirError(f"{path}: missing (every model directory needs a {CONFIG_FILE})")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ModelDirError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ModelDirError(f"{path}: expected a mapping of settings")
+    try:
+        config = ModelConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ModelDirError(_format_validation(exc, path)) from exc
+    required = [("artifact", config.artifact)]
+    if config.gama is not None:
+        g = config.gama
+        required += [
+            ("gama.encoder", g.encoder),
+            ("gama.lm", g.lm),
+            ("gama.tokenizer", g.tokenizer),
+            ("gama.projector", g.projector),
+        ]
+    for field, rel in required:
+        if not (model_dir / rel).exists():
+            raise ModelDirError(f"{path}: {field}: {model_dir / rel} does not exist")
+    return config
+
+
+def write_model_config(model_dir: Path, config: ModelConfig) -> None:
+    data = config.model_dump(mode="json", exclude_none=True)
+    (model_dir / CONFIG_FILE).write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+
+
+class ServerSettings(_Strict):
+    """How `modelserver serve` runs (command line and MODELSERVER_* environment)."""
+
+    model_dir: Path
+    """Directory holding model.yaml and the artifacts."""
+    host: str = "0.0.0.0"
+    """Interface to listen on."""
+    port: int = Field(50061, ge=0, le=65535)
+    """gRPC port (0 picks a free one)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto uses CUDA only when it really works."""
+    grace_seconds: float = Field(20.0, ge=0)
+    """On SIGTERM, in-flight requests get this long to finish."""
+    drain_delay_seconds: float = Field(0.0, ge=0)
+    """On SIGTERM, keep serving while NOT_SERVING propagates to load balancers."""
+    stuck_after_seconds: float = Field(60.0, gt=0)
+    """Liveness turns NOT_SERVING when one model call runs longer than this."""
+    max_message_bytes: int = Field(32 * 1024 * 1024, gt=1024)
+    """gRPC message size limit, both directions."""
+    fault_threshold: int = Field(3, ge=1)
+    """Consecutive runtime faults that take readiness to NOT_SERVING until a self-test passes."""

@@ -1,0 +1,177 @@
+"""The serving core: validate a request, decode and prepare it, batch it, shape the result.
+
+Transport-free: the gRPC servicer converts protobuf to `InferRequest` and calls `infer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from enum import Enum
+from typing import Any
+
+import numpy as np
+
+from modelserver.audio import AudioDecoder
+from modelserver.batching import DynamicBatcher
+from modelserver.config import ModelConfig, Task
+from modelserver.errors import invalid, unavailable
+from modelserver.families.base import Family
+from modelserver.messages import TASK_OUTPUTS, AudioPayload, InferRequest, InferResult
+
+log = logging.getLogger(__name__)
+
+
+class ModelState(Enum):
+    LOADING = "loading"
+    READY = "ready"
+    FAULTED = "faulted"
+    DRAINING = "draining"
+
+
+class InferenceCore:
+    def __init__(self, config: ModelConfig, fault_threshold: int = 3, prep_threads: int = 2) -> None:
+        self.config = config
+        self.family: Family | None = None
+        self.batcher: DynamicBatcher[Any, dict[str, np.ndarray]] | None = None
+        self.decoder = AudioDecoder(config.sample_rate, config.limits)
+        self.state = ModelState.LOADING
+        self.fault_threshold = fault_threshold
+        self.consecutive_faults = 0
+        self.on_state_change: list[Any] = []
+        self.arriving = 0
+        self._prep = ThreadPoolExecutor(prep_threads, thread_name_prefix="prepare")
+        self._compute = ThreadPoolExecutor(1, thread_name_prefix="inference")
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def load(self, model_dir: Any, device: str) -> None:
+        """Load on the inference thread, so the event loop keeps answering probes meanwhile."""
+        from modelserver.families import load_family
+
+        loop = asyncio.get_running_loop()
+        family = await loop.run_in_executor(self._compute, load_family, model_dir, self.config, device)
+        self.attach(family)
+
+    def attach(self, family: Family) -> None:
+        self.family = family
+        self.batcher = DynamicBatcher(
+            family.run_batch,
+            self.config.batching,
+            self._compute,
+            on_fault=self._fault,
+            on_success=self._success,
+            arriving=lambda: self.arriving,
+        )
+        self.batcher.start()
+
+    async def warm_up(self) -> None:
+        """Every task through the full path, so first client calls meet warm caches."""
+        family = self._family()
+        w = self.config.warmup
+        samples = int(w.seconds * self.config.sample_rate)
+        t = np.arange(samples, dtype=np.float32) / self.config.sample_rate
+        wave = (0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+        payload = AudioPayload(waveform=wave, sample_rate=self.config.sample_rate)
+        for i in range(w.iterations):
+            for task in family.tasks:
+                prompt = "What do you hear?" if task is Task.DESCRIBE else None
+                request = InferRequest(f"warmup-{i}-{task.value}", task, payload, frozenset(TASK_OUTPUTS[task]), prompt)
+                await self.infer(request, deadline=None, warming=True)
+
+    def set_state(self, state: ModelState) -> None:
+        if state is not self.state:
+            log.info("model %s: %s -> %s", self.config.name, self.state.value, state.value)
+            self.state = state
+            for callback in self.on_state_change:
+                callback(state)
+
+    def drain(self) -> None:
+        self.set_state(ModelState.DRAINING)
+        if self.batcher is not None:
+            self.batcher.close()
+
+    async def close(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.stop()
+        self._prep.shutdown(wait=False, cancel_futures=True)
+        self._compute.shutdown(wait=False, cancel_futures=True)
+
+    def stuck(self, stuck_after: float, now: float | None = None) -> bool:
+        """True when one model call has run longer than `stuck_after` seconds."""
+        busy = self.batcher.busy_since if self.batcher else None
+        return busy is not None and (now or time.monotonic()) - busy > stuck_after
+
+    def _fault(self, exc: BaseException) -> None:
+        self.consecutive_faults += 1
+        if self.consecutive_faults >= self.fault_threshold and self.state is ModelState.READY:
+            log.error("model %s: %d consecutive faults, not ready", self.config.name, self.consecutive_faults)
+            self.set_state(ModelState.FAULTED)
+
+    def _success(self) -> None:
+        self.consecutive_faults = 0
+        if self.state is ModelState.FAULTED:
+            self.set_state(ModelState.READY)
+
+    def _family(self) -> Family:
+        if self.family is None:
+            raise unavailable(f"model {self.config.name} is still loading; retry shortly")
+        return self.family
+
+    # -- requests ----------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self.state is ModelState.READY
+
+    def resolve_task(self, name: str | None) -> Task:
+        family = self._family()
+        if name is None or name == "":
+            return family.tasks[0]
+        try:
+            task = Task(name.lower())
+        except ValueError:
+            raise invalid(
+                f"unknown task {name!r}; use one of {', '.join(t.value for t in Task)}"
+            ) from None
+        if task not in family.tasks:
+            raise invalid(
+                f"model {self.config.name} cannot {task.value}; it supports "
+                f"{', '.join(t.value for t in family.tasks)}"
+            )
+        return task
+
+    async def infer(
+        self, request: InferRequest, deadline: float | None, warming: bool = False
+    ) -> InferResult:
+        """`deadline` is on time.monotonic()."""
+        family = self._family()
+        if self.state is ModelState.DRAINING:
+            raise unavailable("the model server is draining and takes no new requests")
+        if self.state is ModelState.LOADING and not warming:
+            raise unavailable(f"model {self.config.name} is warming up; retry shortly")
+        family.check_outputs(request)
+        if request.prompt is not None and len(request.prompt) > self.config.limits.max_prompt_chars:
+            raise invalid(
+                f"PROMPT has {len(request.prompt)} characters; the limit is "
+                f"{self.config.limits.max_prompt_chars}"
+            )
+        assert self.batcher is not None
+        loop = asyncio.get_running_loop()
+        self.arriving += 1
+        try:
+            item = await loop.run_in_executor(self._prep, self._prepare, family, request)
+        finally:
+            self.arriving -= 1
+        outputs, info = await self.batcher.submit(item, deadline)
+        return InferResult(
+            outputs={name: value for name, value in outputs.items() if name in request.outputs},
+            queue_ms=info.queue_ms,
+            compute_ms=info.compute_ms,
+            batch_size=info.batch_size,
+        )
+
+    def _prepare(self, family: Family, request: InferRequest) -> Any:
+        return family.prepare(request, self.decoder.decode(request.audio))

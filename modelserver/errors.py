@@ -1,0 +1,36 @@
+"""Transport-free errors; the gRPC layer maps each kind to one status code."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class ErrorKind(Enum):
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    NOT_FOUND = "NOT_FOUND"
+    UNAVAILABLE = "UNAVAILABLE"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    INTERNAL = "INTERNAL"
+
+
+class InferenceError(Exception):
+    """An error with the status a client should see and a message it can act on."""
+
+    def __init__(self, kind: ErrorKind, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+def invalid(message: str) -> InferenceError:
+    return InferenceError(ErrorKind.INVALID_ARGUMENT, message)
+
+
+def exhausted(message: str) -> InferenceError:
+    return InferenceError(ErrorKind.RESOURCE_EXHAUSTED, message)
+
+
+def unavailable(message: str) -> InferenceError:
+    return InferenceError(ErrorKind.UNAVAILABLE, message)

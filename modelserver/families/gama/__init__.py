@@ -1,0 +1,1 @@
+"""GAMA: AST audio encoder (tags, embedding) and an audio-conditioned causal LM (answers)."""

@@ -1,0 +1,1 @@
+"""wav2vec2: CTC transcripts, mean-pooled embeddings, optional sequence classification."""

@@ -1,0 +1,132 @@
+"""GRPCInferenceService: each method converts, calls the core, converts back."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from gamaserving.inference import grpc_predict_v2_pb2 as pb
+from gamaserving.inference import grpc_predict_v2_pb2_grpc as pb_grpc
+from modelserver import __version__
+from modelserver.core import InferenceCore
+from modelserver.errors import ErrorKind, InferenceError
+from modelserver.oip.codec import decode_request, encode_response, set_param, task_name
+
+log = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+
+
+def grpc_errors(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """The one place where core errors become gRPC statuses."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        try:
+            return await method(self, request, context)
+        except InferenceError as exc:
+            await context.abort(grpc.StatusCode[exc.kind.value], exc.message)
+        except (grpc.aio.AbortError, grpc.RpcError):
+            raise
+        except Exception:
+            log.exception("unexpected error in %s", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the model server log")
+        raise AssertionError("unreachable: context.abort raises")
+
+    return wrapper
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, core: InferenceCore) -> None:
+        self.core = core
+
+    def _check_model(self, name: str, version: str) -> None:
+        config = self.core.config
+        if name != config.name:
+            raise InferenceError(
+                ErrorKind.NOT_FOUND, f"model {name!r} is not served here; this server serves {config.name!r}"
+            )
+        if version and version != config.version:
+            raise InferenceError(
+                ErrorKind.NOT_FOUND,
+                f"model {name} version {version!r} is not served here; version {config.version!r} is",
+            )
+
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.core.ready)
+
+    @grpc_errors
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+        self._check_model(request.name, request.version)
+        return pb.ModelReadyResponse(ready=self.core.ready)
+
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: Any
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name="gama-serving-modelserver", version=__version__)
+
+    @grpc_errors
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: Any
+    ) -> pb.ModelMetadataResponse:
+        self._check_model(request.name, request.version)
+        return model_metadata(self.core)
+
+    @grpc_errors
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        self._check_model(request.model_name, request.model_version)
+        plain = decode_request(request, self.core.resolve_task(task_name(request)))
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        result = await self.core.infer(plain, deadline)
+        return encode_response(request, result, self.core.config.name, self.core.config.version)
+
+
+def model_metadata(core: InferenceCore) -> pb.ModelMetadataResponse:
+    config = core.config
+    family = core.family
+    if family is None:
+        raise InferenceError(ErrorKind.UNAVAILABLE, f"model {config.name} is still loading")
+    meta = pb.ModelMetadataResponse(
+        name=config.name,
+        versions=[config.version],
+        platform="onnxruntime_onnx" if config.runtime == "onnx" else "pytorch_transformers",
+    )
+    meta.inputs.add(name="AUDIO", datatype="BYTES", shape=[1])
+    wave = meta.inputs.add(name="WAVEFORM", datatype="FP32", shape=[1, -1])
+    set_param(wave.parameters, "sample_rate", config.sample_rate)
+    if any(t.value == "describe" for t in family.tasks):
+        meta.inputs.add(name="PROMPT", datatype="BYTES", shape=[1])
+    for spec in family.output_specs():
+        meta.outputs.add(name=spec.name, datatype=spec.datatype, shape=list(spec.shape))
+    p = family.placement
+    values: dict[str, str | int] = {
+        "family": config.family,
+        "tasks": ",".join(t.value for t in family.tasks),
+        "runtime": p.runtime,
+        "device": p.device,
+        "provider": p.provider,
+        "dtype": p.dtype,
+        "embedding_size": family.embedding_size,
+        "label_count": len(config.labels),
+        "sample_rate": config.sample_rate,
+        "max_batch_size": config.batching.max_batch_size,
+        "max_audio_seconds": str(config.limits.max_audio_seconds),
+    }
+    if config.labels:
+        values["labels"] = ",".join(config.labels)
+    for key, value in values.items():
+        set_param(meta.parameters, key, value)
+    return meta

@@ -1,0 +1,35 @@
+"""PyTorch placement: CUDA when it really works, else the CPU; fp16 only on CUDA."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from modelserver.runtime import Placement
+from modelserver.runtime.onnx_runtime import DeviceUnavailableError
+
+log = logging.getLogger(__name__)
+
+
+def _cuda_works() -> bool:
+    if not torch.cuda.is_available():
+        return False
+    try:
+        x = torch.ones(4, device="cuda")
+        return bool((x + x).sum().item() == 8.0)
+    except Exception as exc:  # noqa: BLE001 - a broken driver shows up here, not in is_available
+        log.warning("torch reports CUDA but a kernel did not run: %s", exc)
+        return False
+
+
+def select_device(device: str, fp16: bool, threads: int = 0) -> tuple[torch.device, torch.dtype, Placement]:
+    if threads:
+        torch.set_num_threads(threads)
+    if device in ("auto", "cuda") and _cuda_works():
+        dtype = torch.float16 if fp16 else torch.float32
+        name = torch.cuda.get_device_name(0)
+        return torch.device("cuda"), dtype, Placement("torch", "cuda", name, str(dtype).removeprefix("torch."))
+    if device == "cuda":
+        raise DeviceUnavailableError("--device cuda: torch cannot run CUDA kernels on this machine")
+    return torch.device("cpu"), torch.float32, Placement("torch", "cpu", "cpu", "float32")

@@ -1,0 +1,116 @@
+"""The model server process: gRPC up first (probes answer while loading), then load, warm up,
+serve, and drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gamaserving.inference import grpc_predict_v2_pb2 as pb
+from gamaserving.inference import grpc_predict_v2_pb2_grpc as pb_grpc
+from modelserver.config import ModelConfig, ServerSettings
+from modelserver.core import InferenceCore, ModelState
+from modelserver.health import HealthReporter
+from modelserver.oip.servicer import InferenceServicer
+
+log = logging.getLogger(__name__)
+
+
+class ModelServer:
+    def __init__(self, settings: ServerSettings, config: ModelConfig) -> None:
+        self.settings = settings
+        self.config = config
+        self.core = InferenceCore(config, fault_threshold=settings.fault_threshold)
+        self.core.on_state_change.append(self._state_changed)
+        self.health: HealthReporter | None = None
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+
+    def _build(self) -> grpc.aio.Server:
+        # grpc.aio objects bind to the running loop: build them inside it.
+        self.health = HealthReporter(self.core, self.settings.stuck_after_seconds)
+        limit = self.settings.max_message_bytes
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.core), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
+        reflection.enable_server_reflection(
+            (
+                pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        return server
+
+    def _state_changed(self, state: ModelState) -> None:
+        if self.health is not None:
+            self._refresh = asyncio.get_running_loop().create_task(self.health.refresh())
+
+    async def start(self) -> int:
+        self.server = self._build()
+        assert self.health is not None
+        self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.settings.host}:{self.settings.port}")
+        await self.server.start()
+        await self.health.start()
+        log.info("listening on %s:%d (NOT_SERVING until warm)", self.settings.host, self.port)
+        return self.port
+
+    async def load(self) -> None:
+        started = time.perf_counter()
+        await self.core.load(self.settings.model_dir, self.settings.device)
+        assert self.core.family is not None
+        p = self.core.family.placement
+        log.info(
+            "loaded %s v%s (%s) runtime=%s device=%s provider=%s dtype=%s in %.2fs",
+            self.config.name, self.config.version, self.config.family,
+            p.runtime, p.device, p.provider, p.dtype, time.perf_counter() - started,
+        )
+        started = time.perf_counter()
+        await self.core.warm_up()
+        log.info("warm-up done in %.2fs", time.perf_counter() - started)
+        self.core.set_state(ModelState.READY)
+
+    async def drain(self) -> None:
+        """NOT_SERVING at once, refuse new work, let in-flight calls finish within the grace."""
+        log.info("draining: NOT_SERVING, grace %.1fs", self.settings.grace_seconds)
+        assert self.server is not None and self.health is not None
+        self.core.drain()
+        await self.health.refresh()
+        if self.settings.drain_delay_seconds:
+            await asyncio.sleep(self.settings.drain_delay_seconds)
+        await self.server.stop(self.settings.grace_seconds)
+        await self.health.stop()
+        await self.core.close()
+        log.info("stopped")
+
+    async def run(self) -> None:
+        """Serve until SIGTERM or SIGINT, then drain."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        loading = loop.create_task(self.load())
+        waiter = loop.create_task(stop.wait())
+        done, _ = await asyncio.wait({loading, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if loading in done:
+            loading.result()
+            await waiter
+        else:
+            loading.cancel()
+        await self.drain()
