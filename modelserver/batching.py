@@ -1,9 +1,10 @@
 """Dynamic batching: group concurrent requests into one model call.
 
 One worker task owns the queue. It waits at most `max_queue_delay` after the oldest request for
-others already on their way to join, then runs the batch on the single inference thread while new requests queue up,
-so under load batches form by themselves and at low load nothing waits long. Requests whose
-deadline passed, or whose caller went away, are dropped from the queue and never computed.
+others already on their way to join, then runs the batch on the single inference thread while
+new requests queue up, so under load batches form by themselves and at low load nothing
+waits. Requests whose deadline passed, or whose caller went away, are dropped from the queue
+and never computed.
 """
 
 from __future__ import annotations
@@ -154,7 +155,9 @@ class DynamicBatcher(Generic[T, R]):
             if entry.deadline is not None and now >= entry.deadline:
                 self.stats.expired += 1
                 entry.future.set_exception(
-                    InferenceError(ErrorKind.DEADLINE_EXCEEDED, "deadline passed while queued; not computed")
+                    InferenceError(
+                        ErrorKind.DEADLINE_EXCEEDED, "deadline passed while queued; not computed"
+                    )
                 )
                 continue
             batch.append(entry)
@@ -177,13 +180,17 @@ class DynamicBatcher(Generic[T, R]):
                 results: list[Any] = await loop.run_in_executor(
                     self._executor, self._run_batch, [e.item for e in batch]
                 )
-            except Exception as exc:  # noqa: BLE001 - a model fault fails this batch, not the server
+            except Exception as exc:
                 self.stats.faults += 1
                 log.exception("model call failed for a batch of %d", len(batch))
                 if self._on_fault is not None:
                     self._on_fault(exc)
-                error = exc if isinstance(exc, InferenceError) else InferenceError(
-                    ErrorKind.INTERNAL, f"the model failed on this batch: {type(exc).__name__}"
+                error = (
+                    exc
+                    if isinstance(exc, InferenceError)
+                    else InferenceError(
+                        ErrorKind.INTERNAL, f"the model failed on this batch: {type(exc).__name__}"
+                    )
                 )
                 for entry in batch:
                     if not entry.future.done():

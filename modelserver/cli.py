@@ -32,7 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     tiny.add_argument("--family", choices=["wav2vec2", "gama"], required=True)
     tiny.add_argument("--out", type=Path, required=True)
 
-    export = sub.add_parser("export", help="export a transformers checkpoint, checked against torch")
+    export = sub.add_parser(
+        "export", help="export a transformers checkpoint, checked against torch"
+    )
     export.add_argument("--family", choices=["wav2vec2", "gama"], required=True)
     export.add_argument("--checkpoint", required=True, help="local directory or hub id")
     export.add_argument("--out", type=Path, required=True)
@@ -85,7 +87,13 @@ def _export(args: argparse.Namespace) -> int:
 
     try:
         if args.family == "wav2vec2":
-            export_wav2vec2(args.checkpoint, args.out, name=args.name or "wav2vec2", version=args.version, atol=args.atol)
+            export_wav2vec2(
+                args.checkpoint,
+                args.out,
+                name=args.name or "wav2vec2",
+                version=args.version,
+                atol=args.atol,
+            )
         else:
             export_ast_encoder(args.checkpoint, args.out, atol=args.atol)
     except ExportCheckError as exc:

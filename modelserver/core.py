@@ -32,7 +32,9 @@ class ModelState(Enum):
 
 
 class InferenceCore:
-    def __init__(self, config: ModelConfig, fault_threshold: int = 3, prep_threads: int = 2) -> None:
+    def __init__(
+        self, config: ModelConfig, fault_threshold: int = 3, prep_threads: int = 2
+    ) -> None:
         self.config = config
         self.family: Family | None = None
         self.batcher: DynamicBatcher[Any, dict[str, np.ndarray]] | None = None
@@ -52,7 +54,9 @@ class InferenceCore:
         from modelserver.families import load_family
 
         loop = asyncio.get_running_loop()
-        family = await loop.run_in_executor(self._compute, load_family, model_dir, self.config, device)
+        family = await loop.run_in_executor(
+            self._compute, load_family, model_dir, self.config, device
+        )
         self.attach(family)
 
     def attach(self, family: Family) -> None:
@@ -78,7 +82,9 @@ class InferenceCore:
         for i in range(w.iterations):
             for task in family.tasks:
                 prompt = "What do you hear?" if task is Task.DESCRIBE else None
-                request = InferRequest(f"warmup-{i}-{task.value}", task, payload, frozenset(TASK_OUTPUTS[task]), prompt)
+                request = InferRequest(
+                    f"warmup-{i}-{task.value}", task, payload, frozenset(TASK_OUTPUTS[task]), prompt
+                )
                 await self.infer(request, deadline=None, warming=True)
 
     def set_state(self, state: ModelState) -> None:
@@ -107,7 +113,11 @@ class InferenceCore:
     def _fault(self, exc: BaseException) -> None:
         self.consecutive_faults += 1
         if self.consecutive_faults >= self.fault_threshold and self.state is ModelState.READY:
-            log.error("model %s: %d consecutive faults, not ready", self.config.name, self.consecutive_faults)
+            log.error(
+                "model %s: %d consecutive faults, not ready",
+                self.config.name,
+                self.consecutive_faults,
+            )
             self.set_state(ModelState.FAULTED)
 
     def _success(self) -> None:

@@ -50,7 +50,9 @@ def compare(
     worst = 0.0
     for label, want, got in zip(OUTPUT_NAMES, expected, actual, strict=False):
         if want.shape != got.shape:
-            raise ExportCheckError(f"{name}: output {label} has shape {got.shape}, torch gives {want.shape}")
+            raise ExportCheckError(
+                f"{name}: output {label} has shape {got.shape}, torch gives {want.shape}"
+            )
         diff = np.abs(want.astype(np.float64) - got.astype(np.float64))
         worst = max(worst, float(diff.max(initial=0.0)))
         if not np.all(diff <= atol + rtol * np.abs(want)):
@@ -61,7 +63,9 @@ def compare(
     return worst
 
 
-def verify_wav2vec2(onnx_path: Path, graph: Wav2Vec2Serving, atol: float = 1e-4, rtol: float = 1e-3) -> float:
+def verify_wav2vec2(
+    onnx_path: Path, graph: Wav2Vec2Serving, atol: float = 1e-4, rtol: float = 1e-3
+) -> float:
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     worst = 0.0
     for values, mask in _check_inputs():
@@ -116,10 +120,14 @@ def export_wav2vec2(
     else:
         vocab_file = Path(checkpoint) / "vocab.json"
         if not vocab_file.is_file():
-            raise FileNotFoundError(f"{vocab_file}: a CTC checkpoint needs its tokenizer's vocab.json")
+            raise FileNotFoundError(
+                f"{vocab_file}: a CTC checkpoint needs its tokenizer's vocab.json"
+            )
         table = json.loads(vocab_file.read_text())
         vocab = [t for t, _ in sorted(table.items(), key=lambda kv: kv[1])]
-        settings = settings.model_copy(update={"vocab": vocab, "blank_id": int(cfg.pad_token_id or 0)})
+        settings = settings.model_copy(
+            update={"vocab": vocab, "blank_id": int(cfg.pad_token_id or 0)}
+        )
     config = ModelConfig(
         name=name,
         version=version,
@@ -146,7 +154,9 @@ class _AstGraph(torch.nn.Module):
 def export_ast_encoder(checkpoint: str | Path, out: Path, atol: float = 1e-4) -> Path:
     """GAMA's AST encoder to ONNX (logits, pooled embedding, hidden states), checked."""
     out.mkdir(parents=True, exist_ok=True)
-    model = ASTForAudioClassification.from_pretrained(checkpoint, attn_implementation="eager").eval()
+    model = ASTForAudioClassification.from_pretrained(
+        checkpoint, attn_implementation="eager"
+    ).eval()
     graph = _AstGraph(model).eval()
     c = model.config
     rng = np.random.default_rng(0)
@@ -160,7 +170,12 @@ def export_ast_encoder(checkpoint: str | Path, out: Path, atol: float = 1e-4) ->
             str(path),
             input_names=["fbank"],
             output_names=["logits", "pooled", "hidden"],
-            dynamic_axes={"fbank": {0: "batch"}, "logits": {0: "batch"}, "pooled": {0: "batch"}, "hidden": {0: "batch"}},
+            dynamic_axes={
+                "fbank": {0: "batch"},
+                "logits": {0: "batch"},
+                "pooled": {0: "batch"},
+                "hidden": {0: "batch"},
+            },
             opset_version=OPSET,
             dynamo=False,
         )

@@ -77,8 +77,14 @@ class ModelServer:
         p = self.core.family.placement
         log.info(
             "loaded %s v%s (%s) runtime=%s device=%s provider=%s dtype=%s in %.2fs",
-            self.config.name, self.config.version, self.config.family,
-            p.runtime, p.device, p.provider, p.dtype, time.perf_counter() - started,
+            self.config.name,
+            self.config.version,
+            self.config.family,
+            p.runtime,
+            p.device,
+            p.provider,
+            p.dtype,
+            time.perf_counter() - started,
         )
         started = time.perf_counter()
         await self.core.warm_up()

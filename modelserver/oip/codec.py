@@ -35,7 +35,7 @@ def params_dict(params: Mapping[str, pb.InferParameter]) -> dict[str, Scalar | N
 
 
 def set_param(target: Mapping[str, pb.InferParameter], key: str, value: Scalar) -> None:
-    p = target[key]  # type: ignore[index]  # protobuf maps create on access
+    p = target[key]
     if isinstance(value, bool):
         p.bool_param = value
     elif isinstance(value, int):
@@ -111,7 +111,9 @@ class _Inputs:
             if tensor.name in self.tensors:
                 raise invalid(f"input {tensor.name} appears twice")
             if any(d < 0 for d in tensor.shape):
-                raise invalid(f"input {tensor.name}: shape {list(tensor.shape)} has a negative size")
+                raise invalid(
+                    f"input {tensor.name}: shape {list(tensor.shape)} has a negative size"
+                )
             raw = request.raw_input_contents[i] if self.raw else None
             self.tensors[tensor.name] = (tensor, raw)
 
@@ -134,7 +136,9 @@ class _Inputs:
             return None
         tensor, raw = self.tensors[WAVEFORM]
         if tensor.datatype != "FP32":
-            raise invalid(f"input WAVEFORM must have datatype FP32, got {tensor.datatype or 'none'}")
+            raise invalid(
+                f"input WAVEFORM must have datatype FP32, got {tensor.datatype or 'none'}"
+            )
         shape = list(tensor.shape)
         if not (len(shape) == 1 or (len(shape) == 2 and shape[0] == 1)):
             raise invalid(f"input WAVEFORM must have shape [1, T] (one mono clip), got {shape}")
@@ -148,8 +152,12 @@ class _Inputs:
         else:
             data = np.asarray(tensor.contents.fp32_contents, dtype=np.float32)
             if data.size != count:
-                raise invalid(f"input WAVEFORM: shape {shape} needs {count} values, got {data.size}")
-        return data, param_value(tensor.parameters["sample_rate"]) if "sample_rate" in tensor.parameters else None
+                raise invalid(
+                    f"input WAVEFORM: shape {shape} needs {count} values, got {data.size}"
+                )
+        return data, param_value(
+            tensor.parameters["sample_rate"]
+        ) if "sample_rate" in tensor.parameters else None
 
 
 def decode_request(request: pb.ModelInferRequest, task: Task) -> InferRequest:
@@ -161,12 +169,16 @@ def decode_request(request: pb.ModelInferRequest, task: Task) -> InferRequest:
         raise invalid("send either AUDIO or WAVEFORM, not both")
     if wave is not None:
         samples, tensor_rate = wave
-        rate = _as_int(tensor_rate if tensor_rate is not None else params.get("sample_rate"), "sample_rate")
+        rate = _as_int(
+            tensor_rate if tensor_rate is not None else params.get("sample_rate"), "sample_rate"
+        )
         payload = AudioPayload(waveform=samples, sample_rate=rate)
     elif audio is not None:
         payload = AudioPayload(encoded=audio)
     else:
-        raise invalid("no audio: send input AUDIO (BYTES, an encoded file) or WAVEFORM (FP32 [1, T])")
+        raise invalid(
+            "no audio: send input AUDIO (BYTES, an encoded file) or WAVEFORM (FP32 [1, T])"
+        )
     prompt_bytes = inputs.bytes_scalar(PROMPT)
     prompt = None
     if prompt_bytes is not None:
@@ -181,7 +193,9 @@ def decode_request(request: pb.ModelInferRequest, task: Task) -> InferRequest:
         audio=payload,
         outputs=requested or frozenset(TASK_OUTPUTS[task]),
         prompt=prompt,
-        max_new_tokens=_positive(_as_int(params.get("max_new_tokens"), "max_new_tokens"), "max_new_tokens"),
+        max_new_tokens=_positive(
+            _as_int(params.get("max_new_tokens"), "max_new_tokens"), "max_new_tokens"
+        ),
         temperature=_temperature(_as_float(params.get("temperature"), "temperature")),
     )
 
@@ -233,6 +247,6 @@ def encode_response(
     set_param(response.parameters, "queue_ms", round(result.queue_ms, 3))
     set_param(response.parameters, "compute_ms", round(result.compute_ms, 3))
     set_param(response.parameters, "batch_size", result.batch_size)
-    for key, value in result.extra.items():
-        set_param(response.parameters, key, value)
+    for key, extra in result.extra.items():
+        set_param(response.parameters, key, extra)
     return response

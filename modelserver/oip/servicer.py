@@ -37,7 +37,9 @@ def grpc_errors(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
             raise
         except Exception:
             log.exception("unexpected error in %s", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the model server log")
+            await context.abort(
+                grpc.StatusCode.INTERNAL, "internal error; see the model server log"
+            )
         raise AssertionError("unreachable: context.abort raises")
 
     return wrapper
@@ -51,22 +53,29 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         config = self.core.config
         if name != config.name:
             raise InferenceError(
-                ErrorKind.NOT_FOUND, f"model {name!r} is not served here; this server serves {config.name!r}"
+                ErrorKind.NOT_FOUND,
+                f"model {name!r} is not served here; this server serves {config.name!r}",
             )
         if version and version != config.version:
             raise InferenceError(
                 ErrorKind.NOT_FOUND,
-                f"model {name} version {version!r} is not served here; version {config.version!r} is",
+                f"model {name} version {version!r} is not served; version {config.version!r} is",
             )
 
-    async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: Any
+    ) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
-    async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: Any
+    ) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.core.ready)
 
     @grpc_errors
-    async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: Any
+    ) -> pb.ModelReadyResponse:
         self._check_model(request.name, request.version)
         return pb.ModelReadyResponse(ready=self.core.ready)
 

@@ -41,7 +41,7 @@ def _try_cuda(path: Path, threads: int) -> ort.InferenceSession | None:
     ort.set_default_logger_severity(4)
     try:
         session = ort.InferenceSession(str(path), _options(threads), providers=[CUDA, CPU])
-    except Exception as exc:  # noqa: BLE001 - any failure means "no CUDA here"
+    except Exception as exc:
         log.info("onnx CUDA session did not start: %s", exc)
         return None
     if session.get_providers()[0] != CUDA:
@@ -49,7 +49,9 @@ def _try_cuda(path: Path, threads: int) -> ort.InferenceSession | None:
     return session
 
 
-def open_session(path: Path, device: str, threads: int = 0) -> tuple[ort.InferenceSession, Placement]:
+def open_session(
+    path: Path, device: str, threads: int = 0
+) -> tuple[ort.InferenceSession, Placement]:
     """Open `path` on the best provider allowed by `device` (auto, cpu or cuda)."""
     if device in ("auto", "cuda"):
         session = _try_cuda(path, threads)

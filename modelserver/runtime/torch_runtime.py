@@ -18,18 +18,24 @@ def _cuda_works() -> bool:
     try:
         x = torch.ones(4, device="cuda")
         return bool((x + x).sum().item() == 8.0)
-    except Exception as exc:  # noqa: BLE001 - a broken driver shows up here, not in is_available
+    except Exception as exc:
         log.warning("torch reports CUDA but a kernel did not run: %s", exc)
         return False
 
 
-def select_device(device: str, fp16: bool, threads: int = 0) -> tuple[torch.device, torch.dtype, Placement]:
+def select_device(
+    device: str, fp16: bool, threads: int = 0
+) -> tuple[torch.device, torch.dtype, Placement]:
     if threads:
         torch.set_num_threads(threads)
     if device in ("auto", "cuda") and _cuda_works():
         dtype = torch.float16 if fp16 else torch.float32
         name = torch.cuda.get_device_name(0)
-        return torch.device("cuda"), dtype, Placement("torch", "cuda", name, str(dtype).removeprefix("torch."))
+        return (
+            torch.device("cuda"),
+            dtype,
+            Placement("torch", "cuda", name, str(dtype).removeprefix("torch.")),
+        )
     if device == "cuda":
         raise DeviceUnavailableError("--device cuda: torch cannot run CUDA kernels on this machine")
     return torch.device("cpu"), torch.float32, Placement("torch", "cpu", "cpu", "float32")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,7 +17,7 @@ from modelserver.families.base import Family, top_k
 from modelserver.families.gama.features import GamaFeatures
 from modelserver.families.gama.model import Decoding, GamaModel, request_seed
 from modelserver.messages import EMBEDDING, LABELS, SCORES, TEXT, InferRequest
-from modelserver.runtime import torch_runtime
+from modelserver.runtime import Placement, torch_runtime
 
 
 @dataclass(frozen=True)
@@ -30,31 +31,46 @@ class Item:
 
 
 class GamaFamily(Family):
-    def __init__(self, config: ModelConfig, model: GamaModel, tokenizer: object, placement: object) -> None:
+    def __init__(
+        self, config: ModelConfig, model: GamaModel, tokenizer: object, placement: object
+    ) -> None:
         assert config.gama is not None
         self.config = config
         self.settings: GamaSettings = config.gama
         self.model = model
         self.tokenizer = tokenizer
-        self.placement = placement  # type: ignore[assignment]
+        self.placement = placement
         self.features = GamaFeatures(self.settings, config.sample_rate)
         tok = self.tokenizer
         self.bos_id: int | None = getattr(tok, "bos_token_id", None)
-        self.eos_id: int = int(getattr(tok, "eos_token_id"))
-        specials = {getattr(tok, "pad_token_id", None), getattr(tok, "unk_token_id", None), self.bos_id}
+        self.eos_id: int = int(tok.eos_token_id)
+        specials = {
+            getattr(tok, "pad_token_id", None),
+            getattr(tok, "unk_token_id", None),
+            self.bos_id,
+        }
         self.suppress = sorted(i for i in specials if i is not None and i != self.eos_id)
 
     @classmethod
     def load(cls, model_dir: Path, config: ModelConfig, device: str) -> GamaFamily:
         assert config.gama is not None
         g = config.gama
-        dev, dtype, placement = torch_runtime.select_device(device, config.fp16, config.intra_op_threads)
+        dev, dtype, placement = torch_runtime.select_device(
+            device, config.fp16, config.intra_op_threads
+        )
         model = GamaModel.load(
-            model_dir / g.encoder, model_dir / g.lm, model_dir / g.projector, g.num_audio_tokens, dev, dtype
+            model_dir / g.encoder,
+            model_dir / g.lm,
+            model_dir / g.projector,
+            g.num_audio_tokens,
+            dev,
+            dtype,
         )
         labels = model.encoder.config.num_labels
         if labels != len(config.labels):
-            raise ValueError(f"model.yaml labels has {len(config.labels)} entries but the encoder outputs {labels}")
+            raise ValueError(
+                f"model.yaml labels has {len(config.labels)} entries; the encoder outputs {labels}"
+            )
         tokenizer = AutoTokenizer.from_pretrained(model_dir / g.tokenizer)
         if tokenizer.eos_token_id is None:
             raise ValueError("gama.tokenizer: the tokenizer has no end-of-sequence token")
@@ -72,7 +88,9 @@ class GamaFamily(Family):
         if TEXT in request.outputs:
             if not request.prompt or not request.prompt.strip():
                 raise invalid(f"task {Task.DESCRIBE.value} needs a non-empty PROMPT input")
-            ids = self.tokenizer(self.format_prompt(request.prompt), add_special_tokens=False)["input_ids"]  # type: ignore[operator]
+            ids = self.tokenizer(self.format_prompt(request.prompt), add_special_tokens=False)[
+                "input_ids"
+            ]  # type: ignore[operator]
             prompt_ids = ([self.bos_id] if self.bos_id is not None else []) + list(ids)
         gen = self.settings.generation
         max_new = min(request.max_new_tokens or gen.max_new_tokens, gen.max_new_tokens)
@@ -117,5 +135,5 @@ class GamaFamily(Family):
         tokens = self.model.generate(
             requests, self.eos_id, self.suppress, self.settings.generation.min_new_tokens
         )
-        decode = self.tokenizer.decode  # type: ignore[attr-defined]
+        decode = self.tokenizer.decode
         return [str(decode(t, skip_special_tokens=True)).strip() for t in tokens]

@@ -31,7 +31,9 @@ class AudioProjector(nn.Module):
         super().__init__()
         self.grid = grid
         self.pool = nn.AdaptiveAvgPool1d(num_tokens)
-        self.proj = nn.Sequential(nn.Linear(audio_dim, lm_dim), nn.GELU(), nn.Linear(lm_dim, lm_dim))
+        self.proj = nn.Sequential(
+            nn.Linear(audio_dim, lm_dim), nn.GELU(), nn.Linear(lm_dim, lm_dim)
+        )
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         b, _, h = patches.shape
@@ -125,7 +127,9 @@ class GamaModel:
             embeds[row, width - n :] = r.prefix
             mask[row, width - n :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True)
+        out = self.lm(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True
+        )
         generators = [_generator(r.seed) if r.temperature > 0 else None for r in requests]
         tokens: list[list[int]] = [[] for _ in requests]
         done = [False] * b
@@ -135,7 +139,9 @@ class GamaModel:
             logits[:, suppress] = -torch.inf
             if step < min_new_tokens:
                 logits[:, eos_id] = -torch.inf
-            picked = [_pick(logits[row], r.temperature, generators[row]) for row, r in enumerate(requests)]
+            picked = [
+                _pick(logits[row], r.temperature, generators[row]) for row, r in enumerate(requests)
+            ]
             for row, token in enumerate(picked):
                 if done[row]:
                     continue

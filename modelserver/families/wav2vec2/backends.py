@@ -8,8 +8,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from modelserver.runtime import Placement, onnx_runtime, torch_runtime
 from modelserver.families.wav2vec2.graph import Wav2Vec2Serving, load_checkpoint
+from modelserver.runtime import Placement, onnx_runtime, torch_runtime
 
 Outputs = tuple[np.ndarray, np.ndarray, np.ndarray]
 

@@ -24,7 +24,8 @@ class Item:
 
 def normalise(x: np.ndarray) -> np.ndarray:
     """Zero mean, unit variance per clip (Wav2Vec2FeatureExtractor's do_normalize)."""
-    return ((x - x.mean()) / np.sqrt(x.var() + 1e-7)).astype(np.float32)
+    out: np.ndarray = ((x - x.mean()) / np.sqrt(x.var() + 1e-7)).astype(np.float32)
+    return out
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -57,10 +58,14 @@ class Wav2Vec2Family(Family):
 
     def _check_head(self, logits: np.ndarray) -> None:
         width = int(logits.shape[-1])
-        expected = len(self.settings.vocab) if self.settings.head == "ctc" else len(self.config.labels)
+        expected = (
+            len(self.settings.vocab) if self.settings.head == "ctc" else len(self.config.labels)
+        )
         if width != expected:
             what = "vocab" if self.settings.head == "ctc" else "labels"
-            raise ValueError(f"model.yaml {what} has {expected} entries but the model outputs {width}")
+            raise ValueError(
+                f"model.yaml {what} has {expected} entries but the model outputs {width}"
+            )
 
     @property
     def embedding_size(self) -> int:
