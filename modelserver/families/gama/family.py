@@ -32,7 +32,7 @@ class Item:
 
 class GamaFamily(Family):
     def __init__(
-        self, config: ModelConfig, model: GamaModel, tokenizer: object, placement: object
+        self, config: ModelConfig, model: GamaModel, tokenizer: Any, placement: Placement
     ) -> None:
         assert config.gama is not None
         self.config = config
@@ -41,14 +41,9 @@ class GamaFamily(Family):
         self.tokenizer = tokenizer
         self.placement = placement
         self.features = GamaFeatures(self.settings, config.sample_rate)
-        tok = self.tokenizer
-        self.bos_id: int | None = getattr(tok, "bos_token_id", None)
-        self.eos_id: int = int(tok.eos_token_id)
-        specials = {
-            getattr(tok, "pad_token_id", None),
-            getattr(tok, "unk_token_id", None),
-            self.bos_id,
-        }
+        self.bos_id: int | None = tokenizer.bos_token_id
+        self.eos_id: int = int(tokenizer.eos_token_id)
+        specials = {tokenizer.pad_token_id, tokenizer.unk_token_id, self.bos_id}
         self.suppress = sorted(i for i in specials if i is not None and i != self.eos_id)
 
     @classmethod
@@ -88,9 +83,8 @@ class GamaFamily(Family):
         if TEXT in request.outputs:
             if not request.prompt or not request.prompt.strip():
                 raise invalid(f"task {Task.DESCRIBE.value} needs a non-empty PROMPT input")
-            ids = self.tokenizer(self.format_prompt(request.prompt), add_special_tokens=False)[
-                "input_ids"
-            ]  # type: ignore[operator]
+            text = self.format_prompt(request.prompt)
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             prompt_ids = ([self.bos_id] if self.bos_id is not None else []) + list(ids)
         gen = self.settings.generation
         max_new = min(request.max_new_tokens or gen.max_new_tokens, gen.max_new_tokens)
