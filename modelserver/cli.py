@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     tiny = sub.add_parser("make-tiny", help="build a tiny reference model directory")
     tiny.add_argument("--family", choices=["wav2vec2", "gama"], required=True)
     tiny.add_argument("--out", type=Path, required=True)
+    tiny.add_argument("--runtime", choices=["onnx", "torch"], default="onnx", help="wav2vec2 only")
 
     export = sub.add_parser(
         "export", help="export a transformers checkpoint, checked against torch"
@@ -77,7 +78,10 @@ def _serve(args: argparse.Namespace) -> int:
 def _make_tiny(args: argparse.Namespace) -> int:
     from modelserver.tiny import make_tiny_gama, make_tiny_wav2vec2
 
-    config = (make_tiny_wav2vec2 if args.family == "wav2vec2" else make_tiny_gama)(args.out)
+    if args.family == "wav2vec2":
+        config = make_tiny_wav2vec2(args.out, runtime=args.runtime)
+    else:
+        config = make_tiny_gama(args.out)
     print(f"built {config.family} model {config.name!r} in {args.out}")
     return 0
 

@@ -75,7 +75,10 @@ class InferenceCore:
         """Every task through the full path, so first client calls meet warm caches."""
         family = self._family()
         w = self.config.warmup
-        samples = int(w.seconds * self.config.sample_rate)
+        limits = self.config.limits
+        # The warm-up clip obeys the same limits as clients' clips.
+        seconds = min(w.seconds, limits.max_audio_seconds, limits.max_audio_bytes / 4 / self.config.sample_rate)
+        samples = max(int(seconds * self.config.sample_rate), 1)
         t = np.arange(samples, dtype=np.float32) / self.config.sample_rate
         wave = (0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
         payload = AudioPayload(waveform=wave, sample_rate=self.config.sample_rate)

@@ -198,11 +198,17 @@ def build_word_tokenizer(out: Path) -> PreTrainedTokenizerFast:
     return fast
 
 
-def make_tiny_wav2vec2(out: Path) -> ModelConfig:
+def make_tiny_wav2vec2(out: Path, runtime: str = "onnx") -> ModelConfig:
+    """ONNX export by default; `runtime="torch"` serves the same checkpoint with PyTorch."""
     from modelserver.export import export_wav2vec2
 
     checkpoint = build_ctc_checkpoint(out / "checkpoint")
-    return export_wav2vec2(checkpoint, out, name="wav2vec2", version="tiny-1")
+    config = export_wav2vec2(checkpoint, out, name="wav2vec2", version="tiny-1")
+    if runtime == "torch":
+        (out / config.artifact).unlink()
+        config = config.model_copy(update={"runtime": "torch", "artifact": "checkpoint"})
+        write_model_config(out, config)
+    return config
 
 
 def make_tiny_gama(out: Path, seed: int = SEED) -> ModelConfig:

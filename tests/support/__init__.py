@@ -1,0 +1,1 @@
+"""Helpers shared by the test packages: clips, OIP requests, server processes."""
