@@ -71,7 +71,9 @@ class AudioDecoder:
                 f"{self.limits.max_audio_seconds:g} s"
             )
         if frames == 0:
-            raise invalid("audio has no samples (an empty clip, or a file truncated after its header)")
+            raise invalid(
+                "audio has no samples (an empty clip, or a file truncated after its header)"
+            )
         if seconds < self.limits.min_audio_seconds:
             raise invalid(
                 f"audio is {seconds * 1000:.1f} ms long; this model needs at least "

@@ -244,3 +244,5 @@ class ServerSettings(_Strict):
     """gRPC message size limit, both directions."""
     fault_threshold: int = Field(3, ge=1)
     """Consecutive runtime faults that take readiness to NOT_SERVING until a self-test passes."""
+    self_test_seconds: float = Field(5.0, gt=0)
+    """While faulted, how often the server re-runs its warm-up to recover readiness."""

@@ -44,6 +44,7 @@ class InferenceCore:
         self.consecutive_faults = 0
         self.on_state_change: list[Any] = []
         self.arriving = 0
+        self.in_flight = 0
         self._prep = ThreadPoolExecutor(prep_threads, thread_name_prefix="prepare")
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="inference")
 
@@ -71,24 +72,38 @@ class InferenceCore:
         )
         self.batcher.start()
 
-    async def warm_up(self) -> None:
+    async def warm_up(self, iterations: int | None = None) -> None:
         """Every task through the full path, so first client calls meet warm caches."""
         family = self._family()
         w = self.config.warmup
+        rounds = w.iterations if iterations is None else iterations
         limits = self.config.limits
         # The warm-up clip obeys the same limits as clients' clips.
-        seconds = min(w.seconds, limits.max_audio_seconds, limits.max_audio_bytes / 4 / self.config.sample_rate)
+        seconds = min(
+            w.seconds,
+            limits.max_audio_seconds,
+            limits.max_audio_bytes / 4 / self.config.sample_rate,
+        )
         samples = max(int(seconds * self.config.sample_rate), 1)
         t = np.arange(samples, dtype=np.float32) / self.config.sample_rate
         wave = (0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
         payload = AudioPayload(waveform=wave, sample_rate=self.config.sample_rate)
-        for i in range(w.iterations):
+        for i in range(rounds):
             for task in family.tasks:
                 prompt = "What do you hear?" if task is Task.DESCRIBE else None
                 request = InferRequest(
                     f"warmup-{i}-{task.value}", task, payload, frozenset(TASK_OUTPUTS[task]), prompt
                 )
                 await self.infer(request, deadline=None, warming=True)
+
+    async def self_test(self) -> bool:
+        """One pass over every task; a success clears FAULTED through the batcher's callback."""
+        try:
+            await self.warm_up(iterations=1)
+        except Exception as exc:
+            log.warning("model %s: self-test failed: %s", self.config.name, exc)
+            return False
+        return True
 
     def set_state(self, state: ModelState) -> None:
         if state is not self.state:
@@ -160,6 +175,22 @@ class InferenceCore:
         self, request: InferRequest, deadline: float | None, warming: bool = False
     ) -> InferResult:
         """`deadline` is on time.monotonic()."""
+        self.in_flight += 1
+        try:
+            return await self._infer(request, deadline, warming)
+        finally:
+            self.in_flight -= 1
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request is in flight; False if `timeout` passed first."""
+        deadline = time.monotonic() + timeout
+        while self.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return self.in_flight == 0
+
+    async def _infer(
+        self, request: InferRequest, deadline: float | None, warming: bool
+    ) -> InferResult:
         family = self._family()
         if self.state is ModelState.DRAINING:
             raise unavailable("the model server is draining and takes no new requests")

@@ -33,6 +33,7 @@ class HealthReporter:
         self._task: asyncio.Task[None] | None = None
         self._live: bool | None = None
         self._ready: bool | None = None
+        self._draining = False
 
     async def start(self) -> None:
         await self._publish(live=True, ready=False)
@@ -44,10 +45,16 @@ class HealthReporter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    async def mark_draining(self) -> None:
+        """Readiness goes NOT_SERVING now and for good."""
+        self._draining = True
+        await self.refresh()
+
     async def refresh(self) -> None:
         """Publish the core's current state now (also called on every state change)."""
         live = not self.core.stuck(self.stuck_after, time.monotonic())
-        await self._publish(live=live, ready=self.core.state is ModelState.READY)
+        ready = self.core.state is ModelState.READY and not self._draining
+        await self._publish(live=live, ready=ready)
 
     async def _publish(self, live: bool, ready: bool) -> None:
         if live != self._live:

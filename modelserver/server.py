@@ -31,6 +31,7 @@ class ModelServer:
         self.health: HealthReporter | None = None
         self.server: grpc.aio.Server | None = None
         self.port = 0
+        self._recovery: asyncio.Task[None] | None = None
 
     def _build(self) -> grpc.aio.Server:
         # grpc.aio objects bind to the running loop: build them inside it.
@@ -90,16 +91,30 @@ class ModelServer:
         await self.core.warm_up()
         log.info("warm-up done in %.2fs", time.perf_counter() - started)
         self.core.set_state(ModelState.READY)
+        self._recovery = asyncio.get_running_loop().create_task(self._recover(), name="self-test")
+
+    async def _recover(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.self_test_seconds)
+            if self.core.state is ModelState.FAULTED:
+                await self.core.self_test()
 
     async def drain(self) -> None:
-        """NOT_SERVING at once, refuse new work, let in-flight calls finish within the grace."""
-        log.info("draining: NOT_SERVING, grace %.1fs", self.settings.grace_seconds)
+        """NOT_SERVING at once; after the drain delay refuse new work; let in-flight calls
+        finish within the grace; then close open streams (health Watch) and stop."""
         assert self.server is not None and self.health is not None
-        self.core.drain()
-        await self.health.refresh()
+        log.info("draining: NOT_SERVING, grace %.1fs", self.settings.grace_seconds)
+        if self._recovery is not None:
+            self._recovery.cancel()
+        # Readiness only: liveness stays SERVING so the pod is not restarted mid-drain.
+        await self.health.mark_draining()
         if self.settings.drain_delay_seconds:
+            # Load balancers still send work until they see NOT_SERVING: keep serving it.
             await asyncio.sleep(self.settings.drain_delay_seconds)
-        await self.server.stop(self.settings.grace_seconds)
+        self.core.drain()
+        if not await self.core.wait_idle(self.settings.grace_seconds):
+            log.warning("grace period over with %d requests in flight", self.core.in_flight)
+        await self.server.stop(0.5)
         await self.health.stop()
         await self.core.close()
         log.info("stopped")

@@ -10,6 +10,10 @@ from modelserver.families.base import Family
 
 def load_family(model_dir: Path, config: ModelConfig, device: str) -> Family:
     """Load the model's artifacts onto the device; imports the heavy family lazily."""
+    from transformers.utils import logging as hf_logging
+
+    # A server logs its own lines; transformers' progress bars would only garble them.
+    hf_logging.disable_progress_bar()
     if config.family == "wav2vec2":
         from modelserver.families.wav2vec2.family import Wav2Vec2Family
 

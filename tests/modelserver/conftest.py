@@ -31,17 +31,29 @@ def with_updates(config: ModelConfig, **sections: dict[str, Any]) -> ModelConfig
     update: dict[str, Any] = {}
     for key, values in sections.items():
         current = getattr(config, key)
-        update[key] = current.model_copy(update=values) if hasattr(current, "model_copy") else values
+        update[key] = (
+            current.model_copy(update=values) if hasattr(current, "model_copy") else values
+        )
     return config.model_copy(update=update)
 
 
 @contextlib.asynccontextmanager
 async def live_server(
-    model_dir: Path, load: bool = True, settings: dict[str, Any] | None = None, **sections: dict[str, Any]
+    model_dir: Path,
+    load: bool = True,
+    settings: dict[str, Any] | None = None,
+    **sections: dict[str, Any],
 ) -> AsyncIterator[Live]:
     config = with_updates(load_model_config(model_dir), **sections)
     server = ModelServer(
-        ServerSettings(model_dir=model_dir, host="127.0.0.1", port=0, device="cpu", grace_seconds=5, **(settings or {})),
+        ServerSettings(
+            model_dir=model_dir,
+            host="127.0.0.1",
+            port=0,
+            device="cpu",
+            grace_seconds=5,
+            **(settings or {}),
+        ),
         config,
     )
     port = await server.start()

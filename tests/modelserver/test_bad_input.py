@@ -67,31 +67,118 @@ W2V_CASES: list[Case] = [
     ("empty file", lambda: infer_request("wav2vec2", audio=b""), INVALID, "empty"),
     ("truncated header", lambda: infer_request("wav2vec2", audio=wav()[:30]), INVALID, "AUDIO"),
     ("header only", lambda: infer_request("wav2vec2", audio=wav()[:44]), INVALID, "no samples"),
-    ("corrupt bytes", lambda: infer_request("wav2vec2", audio=bytes(range(256)) * 8), INVALID, "could not be decoded"),
-    ("text as audio", lambda: infer_request("wav2vec2", audio=b"hello, I am not audio"), INVALID, "could not be decoded"),
-    ("nan waveform", lambda: infer_request("wav2vec2", waveform=_nan_wave(), sample_rate=16000), INVALID, "NaN"),
-    ("inf waveform", lambda: infer_request("wav2vec2", waveform=np.full(8000, np.inf, np.float32), sample_rate=16000), INVALID, "Inf"),
-    ("nan in float wav", lambda: infer_request("wav2vec2", audio=encode(_nan_wave(), subtype="FLOAT")), INVALID, "NaN"),
-    ("zero sample rate", lambda: infer_request("wav2vec2", waveform=tone(0.5), sample_rate=0), INVALID, "sample_rate 0"),
-    ("absurd sample rate", lambda: infer_request("wav2vec2", waveform=tone(0.5), sample_rate=10**9), INVALID, "outside"),
-    ("missing sample rate", lambda: infer_request("wav2vec2", waveform=tone(0.5)), INVALID, "sample_rate"),
-    ("text sample rate", lambda: infer_request("wav2vec2", waveform=tone(0.5), sample_rate="fast"), INVALID, "sample_rate"),
+    (
+        "corrupt bytes",
+        lambda: infer_request("wav2vec2", audio=bytes(range(256)) * 8),
+        INVALID,
+        "could not be decoded",
+    ),
+    (
+        "text as audio",
+        lambda: infer_request("wav2vec2", audio=b"hello, I am not audio"),
+        INVALID,
+        "could not be decoded",
+    ),
+    (
+        "nan waveform",
+        lambda: infer_request("wav2vec2", waveform=_nan_wave(), sample_rate=16000),
+        INVALID,
+        "NaN",
+    ),
+    (
+        "inf waveform",
+        lambda: infer_request(
+            "wav2vec2", waveform=np.full(8000, np.inf, np.float32), sample_rate=16000
+        ),
+        INVALID,
+        "Inf",
+    ),
+    (
+        "nan in float wav",
+        lambda: infer_request("wav2vec2", audio=encode(_nan_wave(), subtype="FLOAT")),
+        INVALID,
+        "NaN",
+    ),
+    (
+        "zero sample rate",
+        lambda: infer_request("wav2vec2", waveform=tone(0.5), sample_rate=0),
+        INVALID,
+        "sample_rate 0",
+    ),
+    (
+        "absurd sample rate",
+        lambda: infer_request("wav2vec2", waveform=tone(0.5), sample_rate=10**9),
+        INVALID,
+        "outside",
+    ),
+    (
+        "missing sample rate",
+        lambda: infer_request("wav2vec2", waveform=tone(0.5)),
+        INVALID,
+        "sample_rate",
+    ),
+    (
+        "text sample rate",
+        lambda: infer_request("wav2vec2", waveform=tone(0.5), sample_rate="fast"),
+        INVALID,
+        "sample_rate",
+    ),
     ("wrong datatype", _wrong_datatype, INVALID, "datatype BYTES"),
     ("wrong shape", _wrong_shape, INVALID, "shape [1, T]"),
     ("raw size mismatch", _short_raw, INVALID, "bytes of FP32"),
     ("two clips in AUDIO", _two_audio_elements, INVALID, "exactly one element"),
     ("raw count mismatch", _raw_count_mismatch, INVALID, "raw_input_contents"),
     ("bad length prefix", _bad_length_prefix, INVALID, "runs past the end"),
-    ("both inputs", lambda: infer_request("wav2vec2", audio=wav(), waveform=tone(0.5), sample_rate=16000), INVALID, "not both"),
+    (
+        "both inputs",
+        lambda: infer_request("wav2vec2", audio=wav(), waveform=tone(0.5), sample_rate=16000),
+        INVALID,
+        "not both",
+    ),
     ("unknown input", lambda: _with_input("SPEECH"), INVALID, "unknown input"),
-    ("unknown task", lambda: infer_request("wav2vec2", audio=wav(), task="sing"), INVALID, "unknown task 'sing'"),
-    ("unsupported task", lambda: infer_request("wav2vec2", audio=wav(), task="describe"), INVALID, "cannot describe"),
-    ("unknown output", lambda: infer_request("wav2vec2", audio=wav(), outputs=["LABELS"]), INVALID, "no output LABELS"),
-    ("too short", lambda: infer_request("wav2vec2", waveform=tone(0.001), sample_rate=16000), INVALID, "at least"),
+    (
+        "unknown task",
+        lambda: infer_request("wav2vec2", audio=wav(), task="sing"),
+        INVALID,
+        "unknown task 'sing'",
+    ),
+    (
+        "unsupported task",
+        lambda: infer_request("wav2vec2", audio=wav(), task="describe"),
+        INVALID,
+        "cannot describe",
+    ),
+    (
+        "unknown output",
+        lambda: infer_request("wav2vec2", audio=wav(), outputs=["LABELS"]),
+        INVALID,
+        "no output LABELS",
+    ),
+    (
+        "too short",
+        lambda: infer_request("wav2vec2", waveform=tone(0.001), sample_rate=16000),
+        INVALID,
+        "at least",
+    ),
     ("too long", lambda: infer_request("wav2vec2", audio=wav(31.0)), EXHAUSTED, "at most 30 s"),
-    ("too long waveform", lambda: infer_request("wav2vec2", waveform=tone(31.0, rate=8000), sample_rate=8000), EXHAUSTED, "at most 30 s"),
-    ("unknown model", lambda: infer_request("whisper", audio=wav()), grpc.StatusCode.NOT_FOUND, "serves 'wav2vec2'"),
-    ("bad max_new_tokens", lambda: infer_request("wav2vec2", audio=wav(), max_new_tokens=0), INVALID, "at least 1"),
+    (
+        "too long waveform",
+        lambda: infer_request("wav2vec2", waveform=tone(31.0, rate=8000), sample_rate=8000),
+        EXHAUSTED,
+        "at most 30 s",
+    ),
+    (
+        "unknown model",
+        lambda: infer_request("whisper", audio=wav()),
+        grpc.StatusCode.NOT_FOUND,
+        "serves 'wav2vec2'",
+    ),
+    (
+        "bad max_new_tokens",
+        lambda: infer_request("wav2vec2", audio=wav(), max_new_tokens=0),
+        INVALID,
+        "at least 1",
+    ),
 ]
 
 
@@ -101,8 +188,16 @@ def _with_input(name: str) -> pb.ModelInferRequest:
     return req
 
 
-@pytest.mark.parametrize(("label", "build", "code", "needle"), W2V_CASES, ids=[c[0] for c in W2V_CASES])
-async def test_wav2vec2_bad_input(w2v: Live, label: str, build: Callable[[], pb.ModelInferRequest], code: grpc.StatusCode, needle: str) -> None:
+@pytest.mark.parametrize(
+    ("label", "build", "code", "needle"), W2V_CASES, ids=[c[0] for c in W2V_CASES]
+)
+async def test_wav2vec2_bad_input(
+    w2v: Live,
+    label: str,
+    build: Callable[[], pb.ModelInferRequest],
+    code: grpc.StatusCode,
+    needle: str,
+) -> None:
     request = build()
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await w2v.stub.ModelInfer(request)
@@ -115,12 +210,37 @@ async def test_wav2vec2_bad_input(w2v: Live, label: str, build: Callable[[], pb.
 
 
 GAMA_CASES: list[Case] = [
-    ("missing prompt", lambda: infer_request("gama", audio=wav(), task="describe"), INVALID, "needs a non-empty PROMPT"),
-    ("blank prompt", lambda: infer_request("gama", audio=wav(), task="describe", prompt="   "), INVALID, "PROMPT"),
+    (
+        "missing prompt",
+        lambda: infer_request("gama", audio=wav(), task="describe"),
+        INVALID,
+        "needs a non-empty PROMPT",
+    ),
+    (
+        "blank prompt",
+        lambda: infer_request("gama", audio=wav(), task="describe", prompt="   "),
+        INVALID,
+        "PROMPT",
+    ),
     ("prompt not utf-8", lambda: _bad_prompt(), INVALID, "UTF-8"),
-    ("huge prompt", lambda: infer_request("gama", audio=wav(), task="describe", prompt="why " * 1000), INVALID, "limit"),
-    ("transcribe on gama", lambda: infer_request("gama", audio=wav(), task="transcribe"), INVALID, "cannot transcribe"),
-    ("temperature", lambda: infer_request("gama", audio=wav(), task="describe", prompt="hi", temperature=9.0), INVALID, "temperature"),
+    (
+        "huge prompt",
+        lambda: infer_request("gama", audio=wav(), task="describe", prompt="why " * 1000),
+        INVALID,
+        "limit",
+    ),
+    (
+        "transcribe on gama",
+        lambda: infer_request("gama", audio=wav(), task="transcribe"),
+        INVALID,
+        "cannot transcribe",
+    ),
+    (
+        "temperature",
+        lambda: infer_request("gama", audio=wav(), task="describe", prompt="hi", temperature=9.0),
+        INVALID,
+        "temperature",
+    ),
 ]
 
 
@@ -132,8 +252,16 @@ def _bad_prompt() -> pb.ModelInferRequest:
     return req
 
 
-@pytest.mark.parametrize(("label", "build", "code", "needle"), GAMA_CASES, ids=[c[0] for c in GAMA_CASES])
-async def test_gama_bad_input(gama: Live, label: str, build: Callable[[], pb.ModelInferRequest], code: grpc.StatusCode, needle: str) -> None:
+@pytest.mark.parametrize(
+    ("label", "build", "code", "needle"), GAMA_CASES, ids=[c[0] for c in GAMA_CASES]
+)
+async def test_gama_bad_input(
+    gama: Live,
+    label: str,
+    build: Callable[[], pb.ModelInferRequest],
+    code: grpc.StatusCode,
+    needle: str,
+) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await gama.stub.ModelInfer(build())
     assert info.value.code() == code, info.value.details()
@@ -155,4 +283,6 @@ async def test_message_over_grpc_limit(serve, tiny_models) -> None:  # type: ign
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await live.stub.ModelInfer(infer_request("wav2vec2", audio=b"\0" * 300_000))
         assert info.value.code() == EXHAUSTED
-        assert "TEXT" in outputs(await live.stub.ModelInfer(infer_request("wav2vec2", audio=wav(0.5))))
+        assert "TEXT" in outputs(
+            await live.stub.ModelInfer(infer_request("wav2vec2", audio=wav(0.5)))
+        )

@@ -44,7 +44,9 @@ async def test_gama_metadata(gama: Live) -> None:
 
 @pytest.mark.parametrize("raw", [True, False], ids=["raw", "typed"])
 async def test_wav2vec2_transcript_and_embedding(w2v: Live, raw: bool) -> None:
-    req = infer_request("wav2vec2", audio=wav(1.0), outputs=["TEXT", "EMBEDDING"], raw=raw, request_id="r1")
+    req = infer_request(
+        "wav2vec2", audio=wav(1.0), outputs=["TEXT", "EMBEDDING"], raw=raw, request_id="r1"
+    )
     resp = await w2v.stub.ModelInfer(req)
     out = outputs(resp)
     assert resp.id == "r1" and resp.model_version == "tiny-1"
@@ -65,23 +67,36 @@ async def test_default_task_outputs(w2v: Live) -> None:
 async def test_waveform_and_file_agree(w2v: Live) -> None:
     """The same samples as FP32 WAVEFORM or as a float WAV file give the same embedding."""
     samples = tone(1.0)
-    a = outputs(await w2v.stub.ModelInfer(infer_request("wav2vec2", waveform=samples, sample_rate=16000, task="embed")))
+    a = outputs(
+        await w2v.stub.ModelInfer(
+            infer_request("wav2vec2", waveform=samples, sample_rate=16000, task="embed")
+        )
+    )
     from tests.support.audio import encode
 
-    b = outputs(await w2v.stub.ModelInfer(infer_request("wav2vec2", audio=encode(samples, subtype="FLOAT"), task="embed")))
+    b = outputs(
+        await w2v.stub.ModelInfer(
+            infer_request("wav2vec2", audio=encode(samples, subtype="FLOAT"), task="embed")
+        )
+    )
     np.testing.assert_allclose(a["EMBEDDING"], b["EMBEDDING"], atol=1e-5)
 
 
 async def test_gama_tags_embedding_and_answer(gama: Live) -> None:
     tags = outputs(await gama.stub.ModelInfer(infer_request("gama", audio=wav(2.0), task="tag")))
     assert tags["LABELS"].shape == tags["SCORES"].shape == (5,)
-    assert all(label.decode() in {"speech", "tone", "chirp", "noise", "click", "silence", "music", "bird"} for label in tags["LABELS"])
+    assert all(
+        label.decode() in {"speech", "tone", "chirp", "noise", "click", "silence", "music", "bird"}
+        for label in tags["LABELS"]
+    )
     scores = tags["SCORES"]
     assert ((scores >= 0) & (scores <= 1)).all() and (np.diff(scores) <= 0).all()
     emb = outputs(await gama.stub.ModelInfer(infer_request("gama", audio=wav(2.0), task="embed")))
     assert emb["EMBEDDING"].shape == (1, 64)
     resp = await gama.stub.ModelInfer(
-        infer_request("gama", audio=wav(2.0), task="describe", prompt="What do you hear?", max_new_tokens=6)
+        infer_request(
+            "gama", audio=wav(2.0), task="describe", prompt="What do you hear?", max_new_tokens=6
+        )
     )
     text = outputs(resp)["TEXT"][0].decode()
     assert 1 <= len(text.split()) <= 6
@@ -90,8 +105,13 @@ async def test_gama_tags_embedding_and_answer(gama: Live) -> None:
 async def test_gama_sampling_is_reproducible_per_request_id(gama: Live) -> None:
     def req(rid: str) -> pb.ModelInferRequest:
         return infer_request(
-            "gama", audio=wav(1.0), task="describe", prompt="Describe it.", request_id=rid,
-            max_new_tokens=12, temperature=1.5,
+            "gama",
+            audio=wav(1.0),
+            task="describe",
+            prompt="Describe it.",
+            request_id=rid,
+            max_new_tokens=12,
+            temperature=1.5,
         )
 
     first = outputs(await gama.stub.ModelInfer(req("a")))["TEXT"][0]
@@ -106,8 +126,19 @@ async def test_resampling_and_stereo(w2v: Live) -> None:
     from tests.support.audio import encode
 
     stereo = tone(1.0, rate=44100, channels=2)
-    out = outputs(await w2v.stub.ModelInfer(infer_request("wav2vec2", audio=encode(stereo, 44100), task="embed")))
+    out = outputs(
+        await w2v.stub.ModelInfer(
+            infer_request("wav2vec2", audio=encode(stereo, 44100), task="embed")
+        )
+    )
     mono16 = tone(1.0, rate=16000, channels=2).mean(axis=1)
-    ref = outputs(await w2v.stub.ModelInfer(infer_request("wav2vec2", waveform=mono16, sample_rate=16000, task="embed")))
-    cos = float(np.dot(out["EMBEDDING"][0], ref["EMBEDDING"][0]) / (np.linalg.norm(out["EMBEDDING"]) * np.linalg.norm(ref["EMBEDDING"])))
+    ref = outputs(
+        await w2v.stub.ModelInfer(
+            infer_request("wav2vec2", waveform=mono16, sample_rate=16000, task="embed")
+        )
+    )
+    cos = float(
+        np.dot(out["EMBEDDING"][0], ref["EMBEDDING"][0])
+        / (np.linalg.norm(out["EMBEDDING"]) * np.linalg.norm(ref["EMBEDDING"]))
+    )
     assert cos > 0.99

@@ -70,7 +70,11 @@ def outputs(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
             items = split_bytes(raw[i], out.name) if raw else list(out.contents.bytes_contents)
             result[out.name] = np.array(items, dtype=object).reshape(shape)
         else:
-            data = np.frombuffer(raw[i], dtype="<f4") if raw else np.array(out.contents.fp32_contents, np.float32)
+            data = (
+                np.frombuffer(raw[i], dtype="<f4")
+                if raw
+                else np.array(out.contents.fp32_contents, np.float32)
+            )
             result[out.name] = data.reshape(shape)
     return result
 

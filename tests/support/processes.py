@@ -44,7 +44,12 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_status(self, service: str = "readiness", want: int = health_pb2.HealthCheckResponse.SERVING, timeout: float = 60) -> None:
+    def wait_status(
+        self,
+        service: str = "readiness",
+        want: int = health_pb2.HealthCheckResponse.SERVING,
+        timeout: float = 60,
+    ) -> None:
         deadline = time.monotonic() + timeout
         with grpc.insecure_channel(self.address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
@@ -53,7 +58,10 @@ class ServerProcess:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
                 with contextlib.suppress(grpc.RpcError):
-                    if stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1).status == want:
+                    if (
+                        stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1).status
+                        == want
+                    ):
                         return
                 time.sleep(0.05)
         raise TimeoutError(f"{service} never became {want}:\n{self.log()}")
@@ -78,14 +86,29 @@ class ServerProcess:
 
 
 def modelserver_args(model_dir: Path, port: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "modelserver.cli", "serve", "--model-dir", str(model_dir),
-            "--host", "127.0.0.1", "--port", str(port), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "modelserver.cli",
+        "serve",
+        "--model-dir",
+        str(model_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *extra,
+    ]
 
 
 @contextlib.contextmanager
-def modelserver(model_dir: Path, log_dir: Path, *extra: str, ready: bool = True) -> Iterator[ServerProcess]:
+def modelserver(
+    model_dir: Path, log_dir: Path, *extra: str, ready: bool = True
+) -> Iterator[ServerProcess]:
     port = free_port()
-    server = ServerProcess(modelserver_args(model_dir, port, *extra), log_dir / f"modelserver-{port}.log", port)
+    server = ServerProcess(
+        modelserver_args(model_dir, port, *extra), log_dir / f"modelserver-{port}.log", port
+    )
     server.start()
     try:
         if ready:

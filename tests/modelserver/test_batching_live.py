@@ -1,0 +1,133 @@
+"""Dynamic batching through a live server: same answers as one at a time, real batches,
+a bounded queue, and expired requests that are never computed."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import numpy as np
+
+from tests.modelserver.conftest import Live, LiveFactory
+from tests.support.audio import wav
+from tests.support.oip import infer_request, outputs, params
+
+LENGTHS = [0.3 + 0.11 * i for i in range(32)]
+
+
+async def _one_at_a_time(live: Live, requests: list) -> list:  # type: ignore[type-arg]
+    return [await live.stub.ModelInfer(r) for r in requests]
+
+
+async def test_wav2vec2_32_concurrent_clips_match_sequential(
+    serve: LiveFactory, tiny_models
+) -> None:  # type: ignore[no-untyped-def]
+    requests = [
+        infer_request("wav2vec2", audio=wav(s, freq=200 + 37 * i), outputs=["TEXT", "EMBEDDING"])
+        for i, s in enumerate(LENGTHS)
+    ]
+    async with serve(
+        tiny_models / "wav2vec2", batching={"max_batch_size": 32, "max_queue_delay_ms": 50}
+    ) as live:
+        alone = await _one_at_a_time(live, requests)
+        together = await asyncio.gather(*(live.stub.ModelInfer(r) for r in requests))
+    assert max(params(r)["batch_size"] for r in alone) == 1  # type: ignore[type-var]
+    assert max(params(r)["batch_size"] for r in together) > 1  # type: ignore[type-var]
+    for a, b in zip(alone, together, strict=True):
+        oa, ob = outputs(a), outputs(b)
+        np.testing.assert_allclose(oa["EMBEDDING"], ob["EMBEDDING"], atol=1e-4, rtol=1e-4)
+        assert oa["TEXT"][0] == ob["TEXT"][0]
+
+
+async def test_wav2vec2_torch_runtime_batches_the_same(serve: LiveFactory, tiny_models) -> None:  # type: ignore[no-untyped-def]
+    requests = [
+        infer_request("wav2vec2", audio=wav(s, freq=300 + 11 * i), outputs=["EMBEDDING"])
+        for i, s in enumerate(LENGTHS[:12])
+    ]
+    async with serve(
+        tiny_models / "wav2vec2-torch", batching={"max_batch_size": 16, "max_queue_delay_ms": 50}
+    ) as live:
+        alone = await _one_at_a_time(live, requests)
+        together = await asyncio.gather(*(live.stub.ModelInfer(r) for r in requests))
+    assert max(params(r)["batch_size"] for r in together) > 1  # type: ignore[type-var]
+    for a, b in zip(alone, together, strict=True):
+        np.testing.assert_allclose(
+            outputs(a)["EMBEDDING"], outputs(b)["EMBEDDING"], atol=1e-4, rtol=1e-4
+        )
+
+
+async def test_gama_concurrent_requests_match_sequential(serve: LiveFactory, tiny_models) -> None:  # type: ignore[no-untyped-def]
+    prompts = [
+        "What do you hear?",
+        "Describe the sound in one sentence.",
+        "Is there speech?",
+        "What is it?",
+    ]
+    requests = [
+        infer_request(
+            "gama",
+            audio=wav(0.5 + 0.4 * i, freq=300 + 50 * i),
+            task="describe",
+            prompt=prompts[i % 4],
+            outputs=["TEXT", "EMBEDDING", "LABELS", "SCORES"],
+            max_new_tokens=8,
+        )
+        for i in range(8)
+    ]
+    async with serve(
+        tiny_models / "gama", batching={"max_batch_size": 8, "max_queue_delay_ms": 100}
+    ) as live:
+        alone = await _one_at_a_time(live, requests)
+        together = await asyncio.gather(*(live.stub.ModelInfer(r) for r in requests))
+    assert max(params(r)["batch_size"] for r in together) > 1  # type: ignore[type-var]
+    for a, b in zip(alone, together, strict=True):
+        oa, ob = outputs(a), outputs(b)
+        np.testing.assert_allclose(oa["EMBEDDING"], ob["EMBEDDING"], atol=1e-4)
+        np.testing.assert_allclose(oa["SCORES"], ob["SCORES"], atol=1e-4)
+        assert list(oa["LABELS"]) == list(ob["LABELS"])
+        assert oa["TEXT"][0] == ob["TEXT"][0]
+
+
+async def test_full_queue_returns_resource_exhausted(serve: LiveFactory, tiny_models) -> None:  # type: ignore[no-untyped-def]
+    request = infer_request(
+        "gama", audio=wav(0.5), task="describe", prompt="What do you hear?", max_new_tokens=32
+    )
+    async with serve(
+        tiny_models / "gama", batching={"max_batch_size": 1, "max_queue_size": 2}
+    ) as live:
+        results = await asyncio.gather(
+            *(live.stub.ModelInfer(request) for _ in range(24)), return_exceptions=True
+        )
+        codes = [
+            r.code() if isinstance(r, grpc.aio.AioRpcError) else grpc.StatusCode.OK for r in results
+        ]
+        assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
+        assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+        assert codes.count(grpc.StatusCode.OK) >= 3
+        refused = next(r for r in results if isinstance(r, grpc.aio.AioRpcError))
+        assert "queue is full" in (refused.details() or "")
+        # Afterwards the server serves again.
+        assert "TEXT" in outputs(await live.stub.ModelInfer(request))
+
+
+async def test_expired_requests_are_not_computed(serve: LiveFactory, tiny_models) -> None:  # type: ignore[no-untyped-def]
+    slow = infer_request(
+        "gama", audio=wav(0.5), task="describe", prompt="Tell me everything.", max_new_tokens=32
+    )
+    quick = infer_request("gama", audio=wav(0.5), task="embed")
+    async with serve(tiny_models / "gama", batching={"max_batch_size": 1}) as live:
+        assert live.core.batcher is not None
+        stats = live.core.batcher.stats
+        before = stats.computed
+        blockers = [asyncio.ensure_future(live.stub.ModelInfer(slow)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        doomed = [live.stub.ModelInfer(quick, timeout=0.05) for _ in range(5)]
+        results = await asyncio.gather(*doomed, return_exceptions=True)
+        assert all(
+            isinstance(r, grpc.aio.AioRpcError) and r.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            for r in results
+        )
+        await asyncio.gather(*blockers)
+        await live.stub.ModelInfer(quick)  # flushes whatever the worker still holds
+        assert stats.computed - before == 4  # three slow ones and the final quick one
+        assert stats.expired + stats.cancelled == 5
