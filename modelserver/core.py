@@ -45,6 +45,8 @@ class InferenceCore:
         self.on_state_change: list[Any] = []
         self.arriving = 0
         self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._prep = ThreadPoolExecutor(prep_threads, thread_name_prefix="prepare")
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="inference")
 
@@ -176,17 +178,17 @@ class InferenceCore:
     ) -> InferResult:
         """`deadline` is on time.monotonic()."""
         self.in_flight += 1
+        self._idle.clear()
         try:
             return await self._infer(request, deadline, warming)
         finally:
             self.in_flight -= 1
+            if self.in_flight == 0:
+                self._idle.set()
 
-    async def wait_idle(self, timeout: float) -> bool:
-        """Wait until no request is in flight; False if `timeout` passed first."""
-        deadline = time.monotonic() + timeout
-        while self.in_flight and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        return self.in_flight == 0
+    async def wait_idle(self) -> None:
+        """Return once no request is in flight."""
+        await self._idle.wait()
 
     async def _infer(
         self, request: InferRequest, deadline: float | None, warming: bool

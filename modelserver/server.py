@@ -112,7 +112,10 @@ class ModelServer:
             # Load balancers still send work until they see NOT_SERVING: keep serving it.
             await asyncio.sleep(self.settings.drain_delay_seconds)
         self.core.drain()
-        if not await self.core.wait_idle(self.settings.grace_seconds):
+        try:
+            async with asyncio.timeout(self.settings.grace_seconds):
+                await self.core.wait_idle()
+        except TimeoutError:
             log.warning("grace period over with %d requests in flight", self.core.in_flight)
         await self.server.stop(0.5)
         await self.health.stop()

@@ -51,8 +51,7 @@ async def _hold_worker(
     model.gate.clear()
     model.entered.clear()
     busy = asyncio.create_task(batcher.submit(-1))
-    while not model.entered.is_set():
-        await asyncio.sleep(0.005)
+    assert await asyncio.to_thread(model.entered.wait, 5)
     return busy  # type: ignore[return-value]
 
 

@@ -30,8 +30,8 @@ async def _status(channel: grpc.aio.Channel, service: str) -> int:
     return (await stub.Check(health_pb2.HealthCheckRequest(service=service))).status
 
 
-async def _until(channel: grpc.aio.Channel, service: str, want: int, timeout: float = 5) -> None:
-    deadline = time.monotonic() + timeout
+async def _until(channel: grpc.aio.Channel, service: str, want: int, within: float = 5) -> None:
+    deadline = time.monotonic() + within
     while (status := await _status(channel, service)) != want:
         assert time.monotonic() < deadline, f"{service} stayed {status}"
         await asyncio.sleep(0.05)
