@@ -80,7 +80,7 @@ def test_invalid_gama_config_names_the_field(
 def test_missing_directory_and_file(tmp_path: Path) -> None:
     with pytest.raises(ModelDirError, match="not a directory"):
         load_model_config(tmp_path / "nope")
-    with pytest.raises(ModelDirError, match="model.yaml: missing"):
+    with pytest.raises(ModelDirError, match=r"model\.yaml: missing"):
         load_model_config(tmp_path)
     (tmp_path / "model.yaml").write_text("name: [unclosed")
     with pytest.raises(ModelDirError, match="not valid YAML"):

@@ -87,7 +87,7 @@ def test_ast_encoder_export(tiny_models: Path, tmp_path: Path) -> None:
     session, placement = onnx_runtime.open_session(path, "cpu")
     assert placement.provider == "CPUExecutionProvider"
     logits, pooled, hidden = session.run(None, {"fbank": np.zeros((2, 1024, 128), np.float32)})
-    assert logits.shape == (2, 8) and pooled.shape == (2, 64)
+    assert logits.shape == (2, 8) and pooled.shape == (2, 64) and hidden.shape[0] == 2
 
 
 def test_device_auto_falls_back_to_cpu_without_a_gpu(tiny_models: Path) -> None:
