@@ -31,6 +31,8 @@ class Family(ABC):
 
     config: ModelConfig
     placement: Placement
+    inline_prepare_bytes: int = -1
+    """Inputs up to this size are prepared on the event loop; -1 means never (costly features)."""
 
     @property
     def tasks(self) -> tuple[Task, ...]:

@@ -27,6 +27,8 @@ def _options(threads: int) -> ort.SessionOptions:
     if threads:
         opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    # Spinning workers burn the cores that gRPC and decoding need (docs/benchmarks.md).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     # The model server logs its own choice; ORT's provider fallback warnings are noise.
     opts.log_severity_level = 3
     return opts

@@ -1,0 +1,1 @@
+"""`make bench`: measurements that belong out of pass/fail tests."""
