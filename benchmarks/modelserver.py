@@ -108,42 +108,56 @@ def run(
                                 "grpc": remote,
                             }
                         )
-                        print(
-                            f"{name:9s} batching={'on ' if batching else 'off'} c={c:2d}  in-process {local.throughput:7.1f}/s "
-                            f"p50 {local.p50_ms:6.1f} ms | served {remote.throughput:7.1f}/s p50 {remote.p50_ms:6.1f} ms "
-                            f"p99 {remote.p99_ms:6.1f} ms batch {remote.mean_batch:.1f}",
-                            flush=True,
-                        )
+                        print(_md_row(_cells(rows[-1])), flush=True)
                 finally:
                     server.stop()
     return rows
 
 
+HEADER = [
+    "model (task)",
+    "batching",
+    "concurrency",
+    "in-process req/s",
+    "served req/s",
+    "served / in-process",
+    "in-process p50 / p99 ms",
+    "served p50 / p99 ms",
+    "mean batch (served)",
+]
+
+
+def _md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _cells(r: dict[str, Any]) -> list[str]:
+    a, b = r["in"], r["grpc"]
+    return [
+        f"{r['model']} ({r['task']})",
+        "on" if r["batching"] else "off",
+        str(r["c"]),
+        f"{a.throughput:.1f}",
+        f"{b.throughput:.1f}",
+        f"**{b.throughput / a.throughput:.2f}**",
+        f"{a.p50_ms:.1f} / {a.p99_ms:.1f}",
+        f"{b.p50_ms:.1f} / {b.p99_ms:.1f}",
+        f"{b.mean_batch:.1f}",
+    ]
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| model (task) | batching | concurrency | in-process req/s | served req/s | served / in-process | in-process p50 / p99 ms | served p50 / p99 ms | mean batch (served) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        a, b = r["in"], r["grpc"]
-        lines.append(
-            f"| {r['model']} ({r['task']}) | {'on' if r['batching'] else 'off'} | {r['c']} | {a.throughput:.1f} | {b.throughput:.1f} | "
-            f"**{b.throughput / a.throughput:.2f}** | {a.p50_ms:.1f} / {a.p99_ms:.1f} | {b.p50_ms:.1f} / {b.p99_ms:.1f} | {b.mean_batch:.1f} |"
-        )
-    lines += [
-        "",
-        "Batching on against off, served, same run:",
-        "",
-        "| model | concurrency | req/s on / off | p50 on / off |",
-        "|---|---:|---:|---:|",
-    ]
+    lines = [_md_row(HEADER), _md_row(["---"] * 2 + ["---:"] * 7)]
+    lines += [_md_row(_cells(r)) for r in rows]
+    lines += ["", "Batching on against off, served, same run:", ""]
+    lines += [_md_row(["model", "concurrency", "req/s on / off", "p50 on / off"])]
+    lines += [_md_row(["---", "---:", "---:", "---:"])]
     index = {(r["model"], r["batching"], r["c"]): r["grpc"] for r in rows}
     for name, _ in MODELS:
         for c in CONCURRENCY:
             on, off = index[(name, True, c)], index[(name, False, c)]
-            lines.append(
-                f"| {name} | {c} | **{on.throughput / off.throughput:.2f}** | {on.p50_ms / off.p50_ms:.2f} |"
-            )
+            ratio = f"**{on.throughput / off.throughput:.2f}**"
+            lines.append(_md_row([name, str(c), ratio, f"{on.p50_ms / off.p50_ms:.2f}"]))
     return "\n".join(lines)
 
 
@@ -162,11 +176,12 @@ def main() -> None:
         [
             "## Model server: served over gRPC against in-process",
             "",
-            f"`make bench` (`python -m benchmarks.modelserver`), {time.strftime('%Y-%m-%d')}, {machine()}, device cpu.",
-            "Closed loop: each client sends its next request when the last returns; "
-            f"{args.seconds:g} s per cell after 5 warm-up calls. Input: one 1.0 s 16 kHz WAV clip (AUDIO).",
-            "In-process calls the same `InferenceCore` (decode, batcher, model) with no gRPC; served",
-            "runs `modelserver serve` as a separate process and calls it over loopback.",
+            f"`make bench` (`python -m benchmarks.modelserver`), {time.strftime('%Y-%m-%d')},",
+            f"{machine()}, device cpu. Closed loop: each client sends its next request when the",
+            f"last returns; {args.seconds:g} s per cell after 5 warm-up calls. Input: one 1.0 s",
+            "16 kHz WAV clip (AUDIO).",
+            "In-process calls the same `InferenceCore` (decode, batcher, model) with no gRPC;",
+            "served runs `modelserver serve` as a separate process and calls it over loopback.",
             "",
             table(rows),
         ]
