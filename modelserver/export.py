@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from transformers import ASTForAudioClassification
+from transformers import ASTForAudioClassification, Wav2Vec2CTCTokenizer
 
 from modelserver.config import ModelConfig, Wav2Vec2Settings, write_model_config
 from modelserver.families.wav2vec2.graph import (
@@ -118,12 +117,11 @@ def export_wav2vec2(
         labels = [cfg.id2label[i] for i in range(cfg.num_labels)]
         settings = settings.model_copy(update={"head": "classification"})
     else:
-        vocab_file = Path(checkpoint) / "vocab.json"
-        if not vocab_file.is_file():
-            raise FileNotFoundError(
-                f"{vocab_file}: a CTC checkpoint needs its tokenizer's vocab.json"
-            )
-        table = json.loads(vocab_file.read_text())
+        try:
+            # Local directory or hub id alike (the hub needs HF_HUB_OFFLINE unset).
+            table = Wav2Vec2CTCTokenizer.from_pretrained(checkpoint).get_vocab()
+        except (OSError, ValueError, TypeError) as exc:
+            raise FileNotFoundError(f"{checkpoint}: a CTC checkpoint needs its tokenizer") from exc
         vocab = [t for t, _ in sorted(table.items(), key=lambda kv: kv[1])]
         settings = settings.model_copy(
             update={"vocab": vocab, "blank_id": int(cfg.pad_token_id or 0)}

@@ -4,6 +4,7 @@ deterministic weights from a fixed seed. Built locally in seconds; nothing is do
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import torch
@@ -15,6 +16,7 @@ from transformers import (
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
     Wav2Vec2Config,
+    Wav2Vec2CTCTokenizer,
     Wav2Vec2ForCTC,
 )
 
@@ -154,8 +156,12 @@ _WORDS = [
 ]
 
 
-def build_ctc_checkpoint(out: Path, seed: int = SEED) -> Path:
-    """A 2-layer, 64-wide Wav2Vec2ForCTC with the stable-layer-norm (large-lv60) layout."""
+def build_ctc_checkpoint(out: Path, seed: int = SEED, group_norm: bool = False) -> Path:
+    """A 2-layer, 64-wide Wav2Vec2ForCTC with its tokenizer, saved with `save_pretrained`.
+
+    The default is the stable-layer-norm layout (wav2vec2-large-lv60); `group_norm` gives the
+    wav2vec2-base layout, whose feature encoder is run without an attention mask.
+    """
     vocab = CTC_SPECIALS + CTC_ALPHABET
     torch.manual_seed(seed)
     config = Wav2Vec2Config(
@@ -165,8 +171,8 @@ def build_ctc_checkpoint(out: Path, seed: int = SEED) -> Path:
         num_attention_heads=2,
         intermediate_size=128,
         conv_dim=(32,) * 7,
-        feat_extract_norm="layer",
-        do_stable_layer_norm=True,
+        feat_extract_norm="group" if group_norm else "layer",
+        do_stable_layer_norm=not group_norm,
         num_conv_pos_embeddings=16,
         num_conv_pos_embedding_groups=4,
         pad_token_id=0,
@@ -176,7 +182,10 @@ def build_ctc_checkpoint(out: Path, seed: int = SEED) -> Path:
     model = Wav2Vec2ForCTC(config).eval()
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
-    (out / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab_file = Path(tmp) / "vocab.json"
+        vocab_file.write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+        Wav2Vec2CTCTokenizer(str(vocab_file)).save_pretrained(out)
     return out
 
 

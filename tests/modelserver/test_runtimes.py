@@ -125,3 +125,18 @@ def test_torch_cuda_fp16_matches_cpu(tiny_models: Path) -> None:
     b = cpu.run_batch([cpu.prepare(req, decoder.decode(payload))])[0]["EMBEDDING"]
     cos = float((a @ b.T) / (np.linalg.norm(a) * np.linalg.norm(b)))
     assert cos > 0.999
+
+
+def test_group_norm_checkpoint_batches_equal_lengths_only(tmp_path: Path) -> None:
+    """wav2vec2-base layout: no attention mask, so a batch holds equal-length clips and each
+    result equals the clip alone."""
+    checkpoint = build_ctc_checkpoint(tmp_path / "ckpt", group_norm=True)
+    config = export_wav2vec2(checkpoint, tmp_path / "out")
+    assert config.wav2vec2 is not None and config.wav2vec2.use_attention_mask is False
+    family = load_family(tmp_path / "out", config, "cpu")
+    items = _items(family, n=3) + _items(family, n=2)  # two pairs of equal lengths, one single
+    together = family.run_batch(items)
+    for item, result in zip(items, together, strict=True):
+        alone = family.run_batch([item])[0]
+        np.testing.assert_allclose(result["EMBEDDING"], alone["EMBEDDING"], atol=1e-5)
+        assert result["TEXT"][0] == alone["TEXT"][0]
