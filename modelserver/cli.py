@@ -110,8 +110,9 @@ def _export(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.log_level)
-    # Model directories are local; never reach for a hub at run time.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1") if args.command == "serve" else None
+    if args.command == "serve":
+        # Model directories are local: a server never reaches for a hub at run time.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     commands = {"serve": _serve, "make-tiny": _make_tiny, "export": _export}
     return commands[args.command](args)
 
