@@ -4,9 +4,11 @@ a bounded queue, and expired requests that are never computed."""
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import grpc
 import numpy as np
+import pytest
 
 from tests.modelserver.conftest import Live, LiveFactory
 from tests.support.audio import wav
@@ -89,45 +91,63 @@ async def test_gama_concurrent_requests_match_sequential(serve: LiveFactory, tin
 
 
 async def test_full_queue_returns_resource_exhausted(serve: LiveFactory, tiny_models) -> None:  # type: ignore[no-untyped-def]
-    request = infer_request(
-        "gama", audio=wav(0.5), task="describe", prompt="What do you hear?", max_new_tokens=32
-    )
-    async with serve(
-        tiny_models / "gama", batching={"max_batch_size": 1, "max_queue_size": 2}
-    ) as live:
-        results = await asyncio.gather(
-            *(live.stub.ModelInfer(request) for _ in range(24)), return_exceptions=True
-        )
-        codes = [
-            r.code() if isinstance(r, grpc.aio.AioRpcError) else grpc.StatusCode.OK for r in results
-        ]
-        assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
-        assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
-        assert codes.count(grpc.StatusCode.OK) >= 3
-        refused = next(r for r in results if isinstance(r, grpc.aio.AioRpcError))
-        assert "queue is full" in (refused.details() or "")
-        # Afterwards the server serves again.
+    request = infer_request("wav2vec2", audio=wav(0.5))
+    settings = {"max_batch_size": 1, "max_queue_size": 2}
+    async with serve(tiny_models / "wav2vec2", batching=settings) as live:
+        batcher = live.core.batcher
+        assert batcher is not None
+        real = batcher._run_batch
+        gate, entered = threading.Event(), threading.Event()
+
+        def held(items: list) -> list:  # type: ignore[type-arg]
+            entered.set()
+            gate.wait(10)
+            return real(items)
+
+        batcher._run_batch = held
+        blocker = asyncio.ensure_future(live.stub.ModelInfer(request))
+        assert await asyncio.to_thread(entered.wait, 5)
+        waiting = [asyncio.ensure_future(live.stub.ModelInfer(request)) for _ in range(2)]
+        for _ in range(500):  # the two prepared requests reach the queue
+            if batcher.depth == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert batcher.depth == 2
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await live.stub.ModelInfer(request)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "queue is full (2 requests waiting)" in (info.value.details() or "")
+        gate.set()
+        for call in [blocker, *waiting]:
+            assert "TEXT" in outputs(await call)
         assert "TEXT" in outputs(await live.stub.ModelInfer(request))
 
 
 async def test_expired_requests_are_not_computed(serve: LiveFactory, tiny_models) -> None:  # type: ignore[no-untyped-def]
-    slow = infer_request(
-        "gama", audio=wav(0.5), task="describe", prompt="Tell me everything.", max_new_tokens=32
-    )
-    quick = infer_request("gama", audio=wav(0.5), task="embed")
-    async with serve(tiny_models / "gama", batching={"max_batch_size": 1}) as live:
-        assert live.core.batcher is not None
-        stats = live.core.batcher.stats
-        before = stats.computed
-        blockers = [asyncio.ensure_future(live.stub.ModelInfer(slow)) for _ in range(3)]
-        await asyncio.sleep(0.05)
-        doomed = [live.stub.ModelInfer(quick, timeout=0.05) for _ in range(5)]
+    quick = infer_request("wav2vec2", audio=wav(0.5), task="embed")
+    async with serve(tiny_models / "wav2vec2", batching={"max_batch_size": 1}) as live:
+        batcher = live.core.batcher
+        assert batcher is not None
+        real = batcher._run_batch
+        gate, entered = threading.Event(), threading.Event()
+
+        def held(items: list) -> list:  # type: ignore[type-arg]
+            entered.set()
+            gate.wait(10)
+            return real(items)
+
+        batcher._run_batch = held
+        before = batcher.stats.computed
+        blocker = asyncio.ensure_future(live.stub.ModelInfer(quick))
+        assert await asyncio.to_thread(entered.wait, 5)
+        doomed = [live.stub.ModelInfer(quick, timeout=0.2) for _ in range(5)]
         results = await asyncio.gather(*doomed, return_exceptions=True)
         assert all(
             isinstance(r, grpc.aio.AioRpcError) and r.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             for r in results
         )
-        await asyncio.gather(*blockers)
-        await live.stub.ModelInfer(quick)  # flushes whatever the worker still holds
-        assert stats.computed - before == 4  # three slow ones and the final quick one
-        assert stats.expired + stats.cancelled == 5
+        gate.set()
+        await blocker
+        await live.stub.ModelInfer(quick)
+        assert batcher.stats.computed - before == 2  # the blocker and the last one, nothing else
+        assert batcher.stats.expired + batcher.stats.cancelled == 5
