@@ -85,3 +85,32 @@ async def w2v(tiny_models: Path) -> AsyncIterator[Live]:
 async def gama(tiny_models: Path) -> AsyncIterator[Live]:
     async with live_server(tiny_models / "gama") as live:
         yield live
+
+
+class HeldWorker:
+    """Holds the live server's inference worker inside its next model call until released,
+    so a test controls exactly what is queued, expires or times out meanwhile."""
+
+    def __init__(self, live: Live) -> None:
+        import threading
+
+        assert live.core.batcher is not None
+        self.batcher = live.core.batcher
+        self.gate = threading.Event()
+        self._entered = threading.Event()
+        real = self.batcher._run_batch
+
+        def held(items: list[Any]) -> list[Any]:
+            self._entered.set()
+            self.gate.wait(20)
+            return real(items)
+
+        self.batcher._run_batch = held
+
+    async def entered(self) -> None:
+        import asyncio
+
+        assert await asyncio.to_thread(self._entered.wait, 5), "the worker never started a call"
+
+    def release(self) -> None:
+        self.gate.set()

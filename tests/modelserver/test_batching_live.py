@@ -4,13 +4,12 @@ a bounded queue, and expired requests that are never computed."""
 from __future__ import annotations
 
 import asyncio
-import threading
 
 import grpc
 import numpy as np
 import pytest
 
-from tests.modelserver.conftest import Live, LiveFactory
+from tests.modelserver.conftest import HeldWorker, Live, LiveFactory
 from tests.support.audio import wav
 from tests.support.oip import infer_request, outputs, params
 
@@ -94,19 +93,10 @@ async def test_full_queue_returns_resource_exhausted(serve: LiveFactory, tiny_mo
     request = infer_request("wav2vec2", audio=wav(0.5))
     settings = {"max_batch_size": 1, "max_queue_size": 2}
     async with serve(tiny_models / "wav2vec2", batching=settings) as live:
-        batcher = live.core.batcher
-        assert batcher is not None
-        real = batcher._run_batch
-        gate, entered = threading.Event(), threading.Event()
-
-        def held(items: list) -> list:  # type: ignore[type-arg]
-            entered.set()
-            gate.wait(10)
-            return real(items)
-
-        batcher._run_batch = held
+        worker = HeldWorker(live)
+        batcher = worker.batcher
         blocker = asyncio.ensure_future(live.stub.ModelInfer(request))
-        assert await asyncio.to_thread(entered.wait, 5)
+        await worker.entered()
         waiting = [asyncio.ensure_future(live.stub.ModelInfer(request)) for _ in range(2)]
         for _ in range(500):  # the two prepared requests reach the queue
             if batcher.depth == 2:
@@ -117,7 +107,7 @@ async def test_full_queue_returns_resource_exhausted(serve: LiveFactory, tiny_mo
             await live.stub.ModelInfer(request)
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "queue is full (2 requests waiting)" in (info.value.details() or "")
-        gate.set()
+        worker.release()
         for call in [blocker, *waiting]:
             assert "TEXT" in outputs(await call)
         assert "TEXT" in outputs(await live.stub.ModelInfer(request))
@@ -126,27 +116,18 @@ async def test_full_queue_returns_resource_exhausted(serve: LiveFactory, tiny_mo
 async def test_expired_requests_are_not_computed(serve: LiveFactory, tiny_models) -> None:  # type: ignore[no-untyped-def]
     quick = infer_request("wav2vec2", audio=wav(0.5), task="embed")
     async with serve(tiny_models / "wav2vec2", batching={"max_batch_size": 1}) as live:
-        batcher = live.core.batcher
-        assert batcher is not None
-        real = batcher._run_batch
-        gate, entered = threading.Event(), threading.Event()
-
-        def held(items: list) -> list:  # type: ignore[type-arg]
-            entered.set()
-            gate.wait(10)
-            return real(items)
-
-        batcher._run_batch = held
+        worker = HeldWorker(live)
+        batcher = worker.batcher
         before = batcher.stats.computed
         blocker = asyncio.ensure_future(live.stub.ModelInfer(quick))
-        assert await asyncio.to_thread(entered.wait, 5)
+        await worker.entered()
         doomed = [live.stub.ModelInfer(quick, timeout=0.2) for _ in range(5)]
         results = await asyncio.gather(*doomed, return_exceptions=True)
         assert all(
             isinstance(r, grpc.aio.AioRpcError) and r.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             for r in results
         )
-        gate.set()
+        worker.release()
         await blocker
         await live.stub.ModelInfer(quick)
         assert batcher.stats.computed - before == 2  # the blocker and the last one, nothing else

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.modelserver.conftest import LiveFactory
+from tests.modelserver.conftest import HeldWorker, LiveFactory
 from tests.support.audio import wav
 from tests.support.oip import infer_request, outputs
 from tests.support.processes import ServerProcess, free_port, modelserver_args
@@ -56,20 +56,12 @@ async def test_liveness_turns_bad_when_the_worker_is_stuck(
     serve: LiveFactory, tiny_models: Path
 ) -> None:
     async with serve(tiny_models / "wav2vec2", settings={"stuck_after_seconds": 0.3}) as live:
-        family = live.core.family
-        assert family is not None and live.core.batcher is not None
-        release = threading.Event()
-        real = family.run_batch
-
-        def stuck(items: list) -> list:  # type: ignore[type-arg]
-            release.wait(20)
-            return real(items)
-
-        live.core.batcher._run_batch = stuck
+        worker = HeldWorker(live)
         call = asyncio.ensure_future(live.stub.ModelInfer(infer_request("wav2vec2", audio=wav())))
+        await worker.entered()
         await _until(live.channel, "liveness", NOT_SERVING)
         assert await _status(live.channel, "") == NOT_SERVING
-        release.set()
+        worker.release()
         await call
         await _until(live.channel, "liveness", SERVING)
 
