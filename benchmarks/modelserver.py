@@ -20,10 +20,10 @@ import yaml
 
 from benchmarks.common import Load, closed_loop, machine, write_section
 from gamaserving.inference import grpc_predict_v2_pb2_grpc as pb_grpc
+from gamaserving.oip import param_value
 from modelserver.config import Task, load_model_config
 from modelserver.core import InferenceCore, ModelState
 from modelserver.messages import TASK_OUTPUTS, AudioPayload, InferRequest
-from modelserver.oip.codec import param_value
 from tests.support.audio import wav
 from tests.support.oip import infer_request
 from tests.support.processes import ServerProcess, free_port, modelserver_args

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from modelserver.logs import setup_logging
+from gamaserving.logs import setup_logging
 
 
 def _parser() -> argparse.ArgumentParser:

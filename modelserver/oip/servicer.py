@@ -12,10 +12,11 @@ import grpc
 
 from gamaserving.inference import grpc_predict_v2_pb2 as pb
 from gamaserving.inference import grpc_predict_v2_pb2_grpc as pb_grpc
+from gamaserving.oip import set_param
 from modelserver import __version__
 from modelserver.core import InferenceCore
 from modelserver.errors import ErrorKind, InferenceError
-from modelserver.oip.codec import decode_request, encode_response, set_param, task_name
+from modelserver.oip.codec import decode_request, encode_response, task_name
 
 log = logging.getLogger(__name__)
 

@@ -246,7 +246,7 @@ GAMA_CASES: list[Case] = [
 
 def _bad_prompt() -> pb.ModelInferRequest:
     req = infer_request("gama", audio=wav(), task="describe", prompt="x")
-    from modelserver.oip.codec import join_bytes
+    from gamaserving.oip import join_bytes
 
     req.raw_input_contents[1] = join_bytes([b"\xff\xfe\xfa"])
     return req

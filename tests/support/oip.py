@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from gamaserving.inference import grpc_predict_v2_pb2 as pb
-from modelserver.oip.codec import join_bytes, param_value
+from gamaserving.oip import join_bytes, param_value
 
 
 def infer_request(
@@ -60,14 +60,14 @@ def infer_request(
 
 def outputs(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
     """Decode a response in either encoding into arrays (BYTES as Python bytes)."""
-    from modelserver.oip.codec import split_bytes
+    from gamaserving.oip import split_bytes
 
     result: dict[str, np.ndarray] = {}
     raw = list(response.raw_output_contents)
     for i, out in enumerate(response.outputs):
         shape = tuple(out.shape)
         if out.datatype == "BYTES":
-            items = split_bytes(raw[i], out.name) if raw else list(out.contents.bytes_contents)
+            items = split_bytes(raw[i]) if raw else list(out.contents.bytes_contents)
             result[out.name] = np.array(items, dtype=object).reshape(shape)
         else:
             data = (

@@ -1,4 +1,4 @@
-"""One JSON object per log line, for log pipelines; quiet third-party progress bars."""
+"""One JSON object per log line, for log pipelines; shared by the router and the model server."""
 
 from __future__ import annotations
 

@@ -1,0 +1,235 @@
+"""The router's YAML configuration, validated; every error names its field."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+TaskName = Literal["transcribe", "tag", "embed", "describe"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class CircuitBreakerSettings(_Strict):
+    """Per endpoint, over the last `window` calls (resilience4j's count-based window)."""
+
+    window: int = Field(20, ge=2)
+    """Calls in the sliding window."""
+    min_calls: int = Field(5, ge=1)
+    """Calls needed before the rates are judged."""
+    failure_rate: float = Field(0.5, gt=0, le=1)
+    """Failed share of the window that opens the circuit (quality failures count)."""
+    slow_call_ms: float = Field(2000, gt=0)
+    """A call slower than this is slow."""
+    slow_call_rate: float = Field(0.8, gt=0, le=1)
+    """Slow share of the window that opens the circuit."""
+    open_seconds: float = Field(5.0, gt=0)
+    """How long an open circuit refuses calls before half-opening."""
+    half_open_probes: int = Field(3, ge=1)
+    """Calls let through when half-open; all must succeed to close."""
+
+
+class RetryBudgetSettings(_Strict):
+    """Retries to other endpoints of the same model, as a share of requests (one layer only)."""
+
+    ratio: float = Field(0.2, ge=0, le=1)
+    """Retry tokens earned per request."""
+    max_tokens: float = Field(10, ge=0)
+    """Tokens kept at most (the burst of retries allowed)."""
+
+
+class ModelSettings(_Strict):
+    """One model behind the router: its endpoints and how to call them."""
+
+    endpoints: list[str] = Field(min_length=1)
+    """host:port, or dns:///name:port for a headless Kubernetes Service."""
+    balancing: Literal["round_robin", "pick_first"] = "round_robin"
+    """gRPC load-balancing policy inside each endpoint's channel (round_robin sees every pod)."""
+    model_name: str | None = None
+    """The OIP model name on the server; defaults to this model's key."""
+    timeout_ms: float = Field(10_000, gt=0)
+    """Upper bound on one attempt; each attempt also gets its share of the caller's deadline."""
+    circuit_breaker: CircuitBreakerSettings = CircuitBreakerSettings()
+    retry_budget: RetryBudgetSettings = RetryBudgetSettings()
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, value: list[str]) -> list[str]:
+        for target in value:
+            host = target.removeprefix("dns:///")
+            if ":" not in host or not host.rsplit(":", 1)[1].isdigit():
+                raise ValueError(f"{target!r} needs a port (host:port or dns:///name:port)")
+        return value
+
+
+class ArmSettings(_Strict):
+    name: str = Field(min_length=1)
+    """Arm name, reported in responses."""
+    model: str
+    """Model key serving this arm."""
+    weight: float = Field(ge=0, le=1)
+    """Share of covered users; weights sum to 1."""
+
+
+class ShadowSettings(_Strict):
+    model: str
+    """Model that gets the copies."""
+    percent: float = Field(ge=0, le=100)
+    """Share of requests copied."""
+    max_concurrency: int = Field(8, ge=1)
+    """Copies in flight at most; beyond it copies are dropped, never queued."""
+    timeout_ms: float = Field(10_000, gt=0)
+    """Deadline of one shadow call."""
+
+
+class ExperimentSettings(_Strict):
+    name: str = Field(min_length=1)
+    seed: str = Field(min_length=1)
+    """Hash seed; change it (a new phase) when weights change."""
+    coverage: float = Field(1.0, ge=0, le=1)
+    """Share of users in the experiment; the rest get the route's primary."""
+    arms: list[ArmSettings] = Field(min_length=1)
+    allowlist: dict[str, str] = Field(default_factory=dict)
+    """user id -> arm name, overriding the hash."""
+    shadow: ShadowSettings | None = None
+
+    @model_validator(mode="after")
+    def _arms(self) -> ExperimentSettings:
+        total = math.fsum(a.weight for a in self.arms)
+        if abs(total - 1) > 1e-6:
+            raise ValueError(f"arms: weights sum to {total:g}, not 1")
+        names = [a.name for a in self.arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"arms: names must be unique, got {names}")
+        for user, arm in self.allowlist.items():
+            if arm not in names:
+                raise ValueError(
+                    f"allowlist.{user}: unknown arm {arm!r} (arms: {', '.join(names)})"
+                )
+        return self
+
+
+class QualitySettings(_Strict):
+    on_failure: Literal["fallback", "mark"] = "fallback"
+    """fallback: try the next model; mark: return the output with the failure reported."""
+    slo_ms: float | None = Field(None, gt=0)
+    """Response-time SLO for this route; slower answers fail the response_time check."""
+    min_confidence: float = Field(0.0, ge=0, le=1)
+    """Lowest acceptable top score for tags."""
+    max_abs_feature: float = Field(1e4, gt=0)
+    """Largest acceptable |value| in a feature vector."""
+    text_max_chars: int = Field(10_000, ge=1)
+    """Longest acceptable text."""
+    require_transcript: bool = False
+    """Fail empty transcripts (off: silence has none)."""
+
+
+class RouteSettings(_Strict):
+    primary: str
+    """Model for users outside any experiment."""
+    fallbacks: list[str] = Field(default_factory=list)
+    """Tried in order when the chosen model cannot answer well."""
+    experiment: ExperimentSettings | None = None
+    quality: QualitySettings = QualitySettings()
+    default_timeout_ms: float = Field(10_000, gt=0)
+    """Deadline for callers that send none."""
+
+
+class AnomalySettings(_Strict):
+    alpha: float = Field(0.05, gt=0, lt=1)
+    """EWMA smoothing of mean and variance."""
+    threshold: float = Field(4.0, gt=0)
+    """|z| beyond this is an anomaly."""
+    warmup: int = Field(30, ge=2)
+    """Observations before z-scores are judged."""
+
+
+class ServerSettings(_Strict):
+    host: str = "0.0.0.0"
+    port: int = Field(50051, ge=0, le=65535)
+    max_in_flight: int = Field(256, ge=1)
+    """Requests in flight beyond this are shed with RESOURCE_EXHAUSTED."""
+    max_message_bytes: int = Field(32 * 1024 * 1024, gt=1024)
+    grace_seconds: float = Field(20.0, ge=0)
+    """On SIGTERM, in-flight requests get this long to finish."""
+    reload_poll_seconds: float = Field(1.0, gt=0)
+    """How often the configuration file is checked for changes."""
+
+
+class RouterConfig(_Strict):
+    server: ServerSettings = ServerSettings()
+    models: dict[str, ModelSettings] = Field(min_length=1)
+    routes: dict[TaskName, RouteSettings] = Field(min_length=1)
+    anomaly: AnomalySettings = AnomalySettings()
+
+    @model_validator(mode="after")
+    def _references(self) -> RouterConfig:
+        known = sorted(self.models)
+        errors = [
+            f"{path}: unknown model {model!r} (models: {', '.join(known)})"
+            for path, model in self.model_references()
+            if model not in self.models
+        ]
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self
+
+    def model_references(self) -> Iterable[tuple[str, str]]:
+        """(field path, model key) for every model a route can send to."""
+        for task, route in self.routes.items():
+            yield f"routes.{task}.primary", route.primary
+            for i, name in enumerate(route.fallbacks):
+                yield f"routes.{task}.fallbacks[{i}]", name
+            if route.experiment:
+                for i, arm in enumerate(route.experiment.arms):
+                    yield f"routes.{task}.experiment.arms[{i}].model", arm.model
+                if route.experiment.shadow:
+                    yield f"routes.{task}.experiment.shadow.model", route.experiment.shadow.model
+
+    def task_errors(self, tasks: dict[str, frozenset[str]]) -> list[str]:
+        """Routes sending a task to a model whose ModelMetadata says it cannot do it.
+
+        `tasks` holds what each reachable model declared; unknown models are not judged yet.
+        """
+        errors = []
+        for path, model in self.model_references():
+            task = path.split(".")[1]
+            if model in tasks and task not in tasks[model]:
+                can = ", ".join(sorted(tasks[model])) or "nothing"
+                errors.append(f"{path}: model {model!r} cannot {task} (it supports {can})")
+        return errors
+
+
+class ConfigError(Exception):
+    """The configuration file cannot be used; the message names each problem's field."""
+
+
+def _format(err: ValidationError, source: Path) -> str:
+    lines = [f"{source}: invalid router configuration"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"  {loc + ': ' if loc else ''}{msg}")
+    return "\n".join(lines)
+
+
+def load_config(path: Path) -> RouterConfig:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings")
+    try:
+        return RouterConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format(exc, path)) from exc

@@ -1,0 +1,1 @@
+"""Experiments: sticky assignment to arms, and shadow copies with agreement tracking."""

@@ -1,0 +1,1 @@
+"""Failover: circuit breakers, retry budgets, deadline shares and the attempt loop."""

@@ -1,0 +1,1 @@
+"""Quality assurance: validators on every output, rolling pass rates, anomaly detection."""
