@@ -54,6 +54,8 @@ class ModelSettings(_Strict):
     """gRPC load-balancing policy inside each endpoint's channel (round_robin sees every pod)."""
     model_name: str | None = None
     """The OIP model name on the server; defaults to this model's key."""
+    health_service: str = "readiness"
+    """grpc.health.v1 service name watched on each endpoint ("" for servers without one)."""
     timeout_ms: float = Field(10_000, gt=0)
     """Upper bound on one attempt; each attempt also gets its share of the caller's deadline."""
     circuit_breaker: CircuitBreakerSettings = CircuitBreakerSettings()

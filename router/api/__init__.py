@@ -1,0 +1,1 @@
+"""gRPC servicers: protobuf in, plain objects to the core, protobuf out."""

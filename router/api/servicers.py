@@ -1,0 +1,173 @@
+"""AudioRouter and RouterAdmin: each method converts, calls the core, converts back."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from gamaserving.router.v1 import router_pb2 as rpb
+from gamaserving.router.v1 import router_pb2_grpc as rpb_grpc
+from router.api.convert import TASK_ENUMS, process_response, route_request
+from router.core import RouterCore
+from router.errors import RouteError
+
+log = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+
+
+def grpc_errors(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """The one place where core errors become gRPC statuses."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        try:
+            return await method(self, request, context)
+        except RouteError as exc:
+            await context.abort(exc.code, exc.message)
+        except (grpc.aio.AbortError, grpc.RpcError):
+            raise
+        except Exception:
+            log.exception("unexpected error in %s", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the router log")
+        raise AssertionError("unreachable: context.abort raises")
+
+    return wrapper
+
+
+class Admission:
+    """In-flight limit: beyond it requests are shed at once, and draining refuses new ones."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_flight = 0
+        self.shed = 0
+        self.draining = False
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def enter(self) -> None:
+        if self.draining:
+            raise RouteError(
+                grpc.StatusCode.UNAVAILABLE, "the router is draining; retry on another replica"
+            )
+        if self.in_flight >= self.limit:
+            self.shed += 1
+            raise RouteError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the router has {self.in_flight} requests in flight (limit {self.limit}); "
+                "retry with backoff",
+            )
+        self.in_flight += 1
+        self.idle.clear()
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self.idle.set()
+
+
+def _metadata_user(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-user-id":
+            return value if isinstance(value, str) else value.decode()
+    return None
+
+
+class AudioRouterServicer(rpb_grpc.AudioRouterServicer):
+    def __init__(self, core: RouterCore, admission: Admission) -> None:
+        self.core = core
+        self.admission = admission
+
+    @grpc_errors
+    async def Process(
+        self, request: rpb.ProcessRequest, context: grpc.aio.ServicerContext
+    ) -> rpb.ProcessResponse:
+        self.admission.enter()
+        try:
+            plain = route_request(request, _metadata_user(context))
+            remaining = context.time_remaining()
+            deadline = None if remaining is None else self.core.clock() + remaining
+            result = await self.core.process(plain, deadline)
+            return process_response(plain, result)
+        finally:
+            self.admission.leave()
+
+
+def _nan_to_zero(x: float) -> float:
+    return 0.0 if math.isnan(x) else x
+
+
+class RouterAdminServicer(rpb_grpc.RouterAdminServicer):
+    def __init__(self, core: RouterCore) -> None:
+        self.core = core
+
+    async def ListExperiments(
+        self, request: rpb.ListExperimentsRequest, context: Any
+    ) -> rpb.ListExperimentsResponse:
+        response = rpb.ListExperimentsResponse()
+        state = self.core.state
+        if state is None:
+            return response
+        for task, route in sorted(state.config.routes.items()):
+            e = route.experiment
+            if e is None:
+                continue
+            item = response.experiments.add(
+                name=e.name, task=TASK_ENUMS[task], seed=e.seed, coverage=e.coverage
+            )
+            for arm in e.arms:
+                item.arms.add(name=arm.name, model=arm.model, weight=arm.weight)
+            if e.shadow:
+                item.shadow_model, item.shadow_percent = e.shadow.model, e.shadow.percent
+        return response
+
+    async def GetQualityReport(
+        self, request: rpb.GetQualityReportRequest, context: Any
+    ) -> rpb.GetQualityReportResponse:
+        response = rpb.GetQualityReportResponse()
+        for model, check, total, failed, rate, recent in self.core.quality.rows(request.model):
+            response.checks.add(
+                model=model,
+                check=check,
+                total=total,
+                failed=failed,
+                pass_rate=rate,
+                recent_pass_rate=recent,
+            )
+        if self.core.anomalies is not None:
+            for a in self.core.anomalies.anomalies:
+                if not request.model or a.model == request.model:
+                    response.anomalies.add(
+                        model=a.model, signal=a.signal, value=a.value, zscore=a.zscore, at_unix=a.at
+                    )
+        for (primary, shadow), s in sorted(self.core.shadow.stats.items()):
+            response.shadow.add(
+                primary_model=primary,
+                shadow_model=shadow,
+                compared=s.compared,
+                failed=s.failed,
+                label_agreement=_nan_to_zero(s.mean("label_agreement")),
+                embedding_cosine=_nan_to_zero(s.mean("embedding_cosine")),
+                text_similarity=_nan_to_zero(s.mean("text_similarity")),
+            )
+        return response
+
+    async def GetExperimentReport(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "experiment reports arrive with the A/B analysis work"
+        )
+
+    async def ListAlerts(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "alerts arrive with the monitoring work")
+
+    async def AcknowledgeAlert(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "alerts arrive with the monitoring work")

@@ -1,0 +1,1 @@
+"""Backends: one OIP v2 gRPC client per model, a channel per configured endpoint."""

@@ -1,0 +1,106 @@
+"""One configured target: its channel, its health Watch stream and its circuit breaker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gamaserving.inference import grpc_predict_v2_pb2_grpc as pb_grpc
+from router.config import ModelSettings
+from router.failover.circuit import CircuitBreaker, State
+
+log = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+def channel_options(settings: ModelSettings, max_message_bytes: int) -> list[tuple[str, int | str]]:
+    return [
+        ("grpc.lb_policy_name", settings.balancing),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        # A frozen server keeps its TCP connection open: keepalive pings find it.
+        ("grpc.keepalive_time_ms", 10_000),
+        ("grpc.keepalive_timeout_ms", 5_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # Reconnect quickly after a restart, so a recovered server gets traffic back.
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2_000),
+    ]
+
+
+class Endpoint:
+    def __init__(
+        self,
+        model: str,
+        target: str,
+        settings: ModelSettings,
+        max_message_bytes: int,
+        clock: Callable[[], float] = time.monotonic,
+        on_circuit: Callable[[str, str, State, State], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.target = target
+        self.settings = settings
+        self.channel = grpc.aio.insecure_channel(
+            target, options=channel_options(settings, max_message_bytes)
+        )
+        self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+        self.breaker = CircuitBreaker(
+            settings.circuit_breaker,
+            clock,
+            on_change=(lambda old, new: on_circuit(model, target, old, new))
+            if on_circuit
+            else None,
+        )
+        self.serving: bool | None = None  # None until the first health answer
+        self.in_flight = 0
+        self._watch: asyncio.Task[None] | None = None
+        self.health_changed = asyncio.Event()
+
+    def start(self) -> None:
+        self._watch = asyncio.get_running_loop().create_task(
+            self._watch_health(), name=f"watch {self.target}"
+        )
+
+    def _set_serving(self, serving: bool) -> None:
+        if serving != self.serving:
+            log.info(
+                "endpoint %s %s: %s",
+                self.model,
+                self.target,
+                "SERVING" if serving else "NOT_SERVING",
+            )
+            self.serving = serving
+            self.health_changed.set()
+
+    async def _watch_health(self) -> None:
+        backoff = 0.2
+        request = health_pb2.HealthCheckRequest(service=self.settings.health_service)
+        while True:
+            try:
+                async for update in self._health.Watch(request):
+                    backoff = 0.2
+                    self._set_serving(update.status == SERVING)
+                self._set_serving(False)  # the server ended the stream (draining)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.CANCELLED and self._watch is None:
+                    return
+                self._set_serving(False)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    async def close(self) -> None:
+        task, self._watch = self._watch, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.channel.close()

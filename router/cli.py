@@ -1,0 +1,52 @@
+"""`router`: the stateless gRPC front door."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from gamaserving.logs import setup_logging
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="router", description=__doc__)
+    parser.add_argument("--log-level", default=os.environ.get("ROUTER_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve AudioRouter and RouterAdmin over gRPC")
+    serve.add_argument("--config", type=Path, required=True)
+    serve.add_argument("--port", type=int, default=None, help="overrides server.port")
+    serve.add_argument("--host", default=None, help="overrides server.host")
+    serve.add_argument(
+        "--metadata-wait",
+        type=float,
+        default=5.0,
+        help="seconds to wait for each model's metadata at start and reload",
+    )
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from router.server import RouterServer, StartupError
+
+    async def main() -> None:
+        await RouterServer(args.config, args.port, args.host, args.metadata_wait).run()
+
+    try:
+        asyncio.run(main())
+    except StartupError as exc:
+        print(f"router: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(args.log_level)
+    return _serve(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

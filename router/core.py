@@ -1,0 +1,252 @@
+"""The router core, transport-free: a hot-swappable state (configuration and backends),
+assignment, dispatch with failover, quality bookkeeping and shadow copies."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+
+from router.backends.model import ModelBackend
+from router.backends.oip import infer_request, parse_response
+from router.config import RouterConfig, RouteSettings
+from router.errors import RouteError
+from router.experiments.assignment import Assignment, assign
+from router.experiments.shadow import ShadowRunner, sampled
+from router.failover.circuit import State
+from router.failover.dispatch import Attempt, Dispatcher
+from router.outputs import ModelOutput
+from router.quality.tracker import AnomalyMonitor, QualityTracker
+from router.quality.validators import Check
+from router.requests import RouteRequest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RouterState:
+    config: RouterConfig
+    backends: dict[str, ModelBackend]
+
+
+@dataclass
+class RouteResult:
+    output: ModelOutput
+    model: str
+    assignment: Assignment | None
+    fallback_reason: str
+    shadowed: bool
+    attempts: list[Attempt]
+    checks: list[Check]
+    model_ms: float
+    total_ms: float
+
+    @property
+    def failed_checks(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+
+@dataclass
+class RouterStats:
+    requests: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
+    """(model, arm, task, outcome) -> count."""
+    fallbacks: Counter[str] = field(default_factory=Counter)
+    circuit_changes: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+
+
+def chain(route: RouteSettings, first: str) -> list[str]:
+    """The chosen model, then the route's primary, then its fallbacks, each once."""
+    return list(dict.fromkeys([first, route.primary, *route.fallbacks]))
+
+
+class RouterCore:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.state: RouterState | None = None
+        self.clock = clock
+        self.quality = QualityTracker()
+        self.anomalies: AnomalyMonitor | None = None
+        self.shadow = ShadowRunner()
+        self.stats = RouterStats()
+        self.dispatcher = Dispatcher(self._record_quality, clock)
+
+    # -- configuration -------------------------------------------------------------------------
+
+    def build(self, config: RouterConfig) -> dict[str, ModelBackend]:
+        """Backends for `config`, reusing current ones whose settings did not change."""
+        current = self.state.backends if self.state else {}
+        backends = {}
+        for key, settings in config.models.items():
+            old = current.get(key)
+            if old is not None and old.settings == settings:
+                backends[key] = old
+            else:
+                backend = ModelBackend(
+                    key,
+                    settings,
+                    config.server.max_message_bytes,
+                    self.clock,
+                    self._circuit_changed,
+                )
+                backend.start()
+                backends[key] = backend
+        return backends
+
+    async def validate_tasks(
+        self, config: RouterConfig, backends: dict[str, ModelBackend], wait: float
+    ) -> list[str]:
+        """Task errors against the ModelMetadata of every model reachable within `wait` s."""
+        await asyncio.gather(*(b.wait_info(wait) for b in backends.values()))
+        known = {key: b.info.tasks for key, b in backends.items() if b.info is not None}
+        for key, b in backends.items():
+            if b.info is None:
+                log.warning("model %s: no metadata yet; its tasks are checked when it answers", key)
+        return config.task_errors(known)
+
+    def swap(self, config: RouterConfig, backends: dict[str, ModelBackend]) -> list[ModelBackend]:
+        """Make (config, backends) current; returns the backends no longer used."""
+        old = self.state
+        self.state = RouterState(config, backends)
+        self.anomalies = self.anomalies or AnomalyMonitor(config.anomaly)
+        if old is None:
+            return []
+        kept = {id(b) for b in backends.values()}
+        return [b for b in old.backends.values() if id(b) not in kept]
+
+    def ready(self) -> bool:
+        """At least one route has a model that declared its task and has a serving endpoint."""
+        state = self.state
+        if state is None:
+            return False
+        for task, route in state.config.routes.items():
+            models = [route.primary, *route.fallbacks]
+            if route.experiment:
+                models += [a.model for a in route.experiment.arms]
+            for key in models:
+                backend = state.backends[key]
+                if backend.serving and backend.can(task):
+                    return True
+        return False
+
+    # -- requests ------------------------------------------------------------------------------
+
+    async def process(self, req: RouteRequest, deadline: float | None) -> RouteResult:
+        state = self.state
+        if state is None:
+            raise RouteError(grpc.StatusCode.UNAVAILABLE, "the router has no configuration yet")
+        route = state.config.routes.get(req.task)  # type: ignore[call-overload]
+        if route is None:
+            routed = ", ".join(sorted(state.config.routes))
+            raise RouteError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"no route for task {req.task}; routed: {routed}"
+            )
+        started = self.clock()
+        if deadline is None:
+            deadline = started + route.default_timeout_ms / 1000
+        assignment = assign(route.experiment, req.user_id) if route.experiment else None
+        first = assignment.model if assignment else route.primary
+        backends = [state.backends[key] for key in chain(route, first)]
+        arm = assignment.arm if assignment else ""
+        try:
+            outcome = await self.dispatcher.run(route, req, backends, deadline)
+        except RouteError as exc:
+            self.stats.requests[(first, arm, req.task, exc.code.name.lower())] += 1
+            raise
+        first_failure = next((a.reason for a in outcome.attempts if a.outcome != "ok"), "")
+        fallback = outcome.model != first or outcome.attempts[0].outcome != "ok"
+        reason = first_failure if fallback else ""
+        if outcome.model != first:
+            self.stats.fallbacks[reason] += 1
+            log.warning(
+                "fallback %s -> %s (%s)",
+                first,
+                outcome.model,
+                reason,
+                extra={
+                    "event": "fallback",
+                    "request_id": req.request_id,
+                    "task": req.task,
+                    "from_model": first,
+                    "to_model": outcome.model,
+                    "reason": reason,
+                },
+            )
+        outcome_label = "ok" if not outcome.failed_checks else "quality_failed"
+        self.stats.requests[(outcome.model, arm, req.task, outcome_label)] += 1
+        shadowed = self._maybe_shadow(state, route, req, outcome.model, outcome.output)
+        return RouteResult(
+            output=outcome.output,
+            model=outcome.model,
+            assignment=assignment,
+            fallback_reason=reason,
+            shadowed=shadowed,
+            attempts=outcome.attempts,
+            checks=outcome.checks,
+            model_ms=outcome.model_ms,
+            total_ms=(self.clock() - started) * 1000,
+        )
+
+    def _maybe_shadow(
+        self,
+        state: RouterState,
+        route: RouteSettings,
+        req: RouteRequest,
+        served_by: str,
+        served: ModelOutput,
+    ) -> bool:
+        shadow = route.experiment.shadow if route.experiment else None
+        if (
+            shadow is None
+            or shadow.model == served_by
+            or not sampled(req.request_id, shadow.percent)
+        ):
+            return False
+        backend = state.backends[shadow.model]
+
+        async def call() -> ModelOutput:
+            for endpoint in backend.ordered():
+                if endpoint.serving:
+                    response = await endpoint.stub.ModelInfer(
+                        infer_request(backend.server_name, req), timeout=shadow.timeout_ms / 1000
+                    )
+                    return parse_response(response)
+            raise RouteError(
+                grpc.StatusCode.UNAVAILABLE, f"shadow {shadow.model} has no serving endpoint"
+            )
+
+        return self.shadow.submit(served_by, served, shadow.model, shadow.max_concurrency, call)
+
+    def _record_quality(
+        self, model: str, output: ModelOutput, checks: list[Check], latency_ms: float
+    ) -> None:
+        self.quality.record(model, checks)
+        if self.anomalies is None:
+            return
+        self.anomalies.observe(model, "latency_ms", latency_ms)
+        if output.features is not None and output.features.size:
+            self.anomalies.observe(
+                model, "embedding_norm", float((output.features.astype(float) ** 2).sum() ** 0.5)
+            )
+        if output.scores:
+            self.anomalies.observe(model, "top_score", float(output.scores[0]))
+
+    def _circuit_changed(self, model: str, target: str, old: State, new: State) -> None:
+        self.stats.circuit_changes[(model, target, new.value)] += 1
+        log.warning(
+            "circuit %s %s: %s -> %s",
+            model,
+            target,
+            old.value,
+            new.value,
+            extra={"event": "circuit", "model": model, "endpoint": target, "state": new.value},
+        )
+
+    async def close(self) -> None:
+        await self.shadow.drain()
+        if self.state is not None:
+            for backend in self.state.backends.values():
+                await backend.close()

@@ -1,0 +1,175 @@
+"""The attempt loop: try the chosen model, then the fallback chain, within the caller's
+deadline. Each attempt gets a share of the time left; unhealthy endpoints and open circuits
+are skipped; retries to another endpoint of the same model spend the retry budget; an output
+that fails a quality check counts as a failure and, where configured, moves on to the next
+model. INVALID_ARGUMENT is the caller's fault and goes straight back to the caller."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+
+from router.backends.model import ModelBackend
+from router.backends.oip import infer_request, parse_response
+from router.config import RouteSettings
+from router.errors import RouteError
+from router.outputs import ModelOutput
+from router.quality.validators import Check, validate
+from router.requests import RouteRequest
+
+log = logging.getLogger(__name__)
+
+# Seconds kept back from the caller's deadline to answer it in time.
+RESERVE = 0.01
+REASONS = {
+    grpc.StatusCode.UNAVAILABLE: "unavailable",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "deadline",
+    grpc.StatusCode.INTERNAL: "internal",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "overloaded",
+    grpc.StatusCode.UNKNOWN: "unknown",
+    grpc.StatusCode.CANCELLED: "cancelled",
+}
+
+
+@dataclass(frozen=True)
+class Attempt:
+    model: str
+    endpoint: str
+    outcome: str  # ok, skipped, failed
+    reason: str = ""
+    duration_ms: float = 0.0
+
+
+@dataclass
+class Outcome:
+    output: ModelOutput
+    model: str
+    checks: list[Check]
+    model_ms: float
+    attempts: list[Attempt] = field(default_factory=list)
+
+    @property
+    def failed_checks(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+
+@dataclass
+class DispatchStats:
+    calls: Counter[str] = field(default_factory=Counter)
+    fallbacks: Counter[str] = field(default_factory=Counter)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        on_checks: Callable[[str, ModelOutput, list[Check], float], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._on_checks = on_checks
+        self._clock = clock
+        self.stats = DispatchStats()
+
+    async def run(
+        self,
+        route: RouteSettings,
+        req: RouteRequest,
+        chain: list[ModelBackend],
+        deadline: float,
+    ) -> Outcome:
+        attempts: list[Attempt] = []
+        marked: Outcome | None = None  # an answer that failed quality, kept as a last resort
+        last_error: RouteError | None = None
+        for index, backend in enumerate(chain):
+            if backend.can(req.task) is False:
+                attempts.append(Attempt(backend.key, "", "skipped", "unsupported_task"))
+                continue
+            backend.budget.on_request()
+            tried = False
+            for endpoint in backend.ordered():
+                if not endpoint.serving:
+                    attempts.append(Attempt(backend.key, endpoint.target, "skipped", "unhealthy"))
+                    continue
+                if not endpoint.breaker.allow():
+                    attempts.append(
+                        Attempt(backend.key, endpoint.target, "skipped", "circuit_open")
+                    )
+                    continue
+                if tried and not backend.budget.try_spend():
+                    attempts.append(
+                        Attempt(backend.key, endpoint.target, "skipped", "retry_budget")
+                    )
+                    break
+                remaining = deadline - self._clock() - RESERVE
+                if remaining <= 0.001:
+                    attempts.append(Attempt(backend.key, endpoint.target, "skipped", "deadline"))
+                    return self._give_up(req, attempts, marked, last_error)
+                timeout = min(backend.settings.timeout_ms / 1000, remaining / (len(chain) - index))
+                tried = True
+                started = self._clock()
+                endpoint.in_flight += 1
+                self.stats.calls[backend.key] += 1
+                try:
+                    response = await endpoint.stub.ModelInfer(
+                        infer_request(backend.server_name, req), timeout=timeout
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    seconds = self._clock() - started
+                    if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                        endpoint.breaker.record(True, seconds)
+                        raise RouteError(exc.code(), f"{backend.key}: {exc.details()}") from None
+                    endpoint.breaker.record(False, seconds)
+                    reason = REASONS.get(exc.code(), exc.code().name.lower())
+                    attempts.append(
+                        Attempt(backend.key, endpoint.target, "failed", reason, seconds * 1000)
+                    )
+                    last_error = RouteError(exc.code(), f"{backend.key}: {exc.details()}")
+                    continue
+                finally:
+                    endpoint.in_flight -= 1
+                seconds = self._clock() - started
+                output = parse_response(response)
+                checks = validate(req.task, output, backend.info, route.quality, seconds * 1000)
+                self._on_checks(backend.key, output, checks, seconds * 1000)
+                failed = [c for c in checks if not c.passed]
+                endpoint.breaker.record(not failed, seconds)
+                if failed and route.quality.on_failure == "fallback":
+                    reason = f"quality:{failed[0].name}"
+                    attempts.append(
+                        Attempt(backend.key, endpoint.target, "failed", reason, seconds * 1000)
+                    )
+                    if marked is None:
+                        marked = Outcome(output, backend.key, checks, seconds * 1000)
+                    break  # another endpoint of the same model would answer alike
+                attempts.append(Attempt(backend.key, endpoint.target, "ok", "", seconds * 1000))
+                return Outcome(output, backend.key, checks, seconds * 1000, attempts)
+        return self._give_up(req, attempts, marked, last_error)
+
+    def _give_up(
+        self,
+        req: RouteRequest,
+        attempts: list[Attempt],
+        marked: Outcome | None,
+        last: RouteError | None,
+    ) -> Outcome:
+        if marked is not None:
+            # Every model failed; the first answer that merely failed a check beats no answer.
+            marked.attempts = attempts
+            return marked
+        tried = "; ".join(
+            f"{a.model}@{a.endpoint or '-'}: {a.outcome} ({a.reason})" for a in attempts
+        )
+        if (
+            last is not None
+            and last.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            and all(a.reason in ("overloaded", "unsupported_task") for a in attempts)
+        ):
+            raise RouteError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"every model refused: {tried}")
+        raise RouteError(
+            grpc.StatusCode.UNAVAILABLE,
+            f"no model could serve {req.task}: tried {tried or 'nothing'}",
+        )

@@ -1,0 +1,207 @@
+"""The router process: load and validate the configuration, serve, reload on SIGHUP or file
+change, follow backend health for readiness, and drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import signal
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gamaserving.router.v1 import router_pb2 as rpb
+from gamaserving.router.v1 import router_pb2_grpc as rpb_grpc
+from router.api.servicers import Admission, AudioRouterServicer, RouterAdminServicer
+from router.backends.model import ModelBackend
+from router.config import ConfigError, RouterConfig, load_config
+from router.core import RouterCore
+
+log = logging.getLogger(__name__)
+
+LIVENESS = ("", "liveness")
+READINESS = ("readiness", "gamaserving.router.v1.AudioRouter")
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class StartupError(Exception):
+    """The configuration cannot be served; the message names each problem's field."""
+
+
+class RouterServer:
+    def __init__(
+        self,
+        config_path: Path,
+        port: int | None = None,
+        host: str | None = None,
+        metadata_wait: float = 5.0,
+    ) -> None:
+        self.config_path = config_path
+        self.port_override = port
+        self.host_override = host
+        self.metadata_wait = metadata_wait
+        self.core = RouterCore()
+        self.server: grpc.aio.Server | None = None
+        self.health: health.aio.HealthServicer | None = None
+        self.admission: Admission | None = None
+        self.port = 0
+        self._digest = ""
+        self._tasks: list[asyncio.Task[None]] = []
+        self._ready: bool | None = None
+        self._draining = False
+        self.reloads = 0
+        self.reload_failures = 0
+
+    async def _load(self, config: RouterConfig) -> list[str]:
+        """Build backends for `config`, check tasks against ModelMetadata, swap if clean."""
+        backends = self.core.build(config)
+        errors = await self.core.validate_tasks(config, backends, self.metadata_wait)
+        if errors:
+            current = self.core.state.backends.values() if self.core.state else []
+            for backend in set(backends.values()) - set(current):
+                await backend.close()
+            return errors
+        retired = self.core.swap(config, backends)
+        if retired:
+            # Requests already dispatched to a retired backend may still be running.
+            self._tasks.append(asyncio.get_running_loop().create_task(self._retire(retired)))
+        return []
+
+    @staticmethod
+    async def _retire(backends: list[ModelBackend], after: float = 30.0) -> None:
+        await asyncio.sleep(after)
+        for backend in backends:
+            await backend.close()
+
+    async def start(self) -> int:
+        try:
+            config = load_config(self.config_path)
+        except ConfigError as exc:
+            raise StartupError(str(exc)) from exc
+        self._digest = self._file_digest()
+        errors = await self._load(config)
+        if errors:
+            await self.core.close()
+            raise StartupError(
+                f"{self.config_path}: invalid router configuration\n  " + "\n  ".join(errors)
+            )
+        s = config.server
+        self.admission = Admission(s.max_in_flight)
+        self.health = health.aio.HealthServicer()
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", s.max_message_bytes),
+                ("grpc.max_send_message_length", s.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        rpb_grpc.add_AudioRouterServicer_to_server(
+            AudioRouterServicer(self.core, self.admission), server
+        )
+        rpb_grpc.add_RouterAdminServicer_to_server(RouterAdminServicer(self.core), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (
+                rpb.DESCRIPTOR.services_by_name["AudioRouter"].full_name,
+                rpb.DESCRIPTOR.services_by_name["RouterAdmin"].full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        host = self.host_override or s.host
+        port = s.port if self.port_override is None else self.port_override
+        self.port = server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise StartupError(f"cannot listen on {host}:{port}")
+        self.server = server
+        await server.start()
+        for name in LIVENESS:
+            await self.health.set(name, SERVING)
+        await self._publish_readiness()
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._follow_backends(), name="readiness"),
+            loop.create_task(self._watch_file(s.reload_poll_seconds), name="config-watch"),
+        ]
+        log.info("router listening on %s:%d", host, self.port)
+        return self.port
+
+    async def _publish_readiness(self) -> None:
+        ready = self.core.ready() and not self._draining
+        if ready != self._ready and self.health is not None:
+            self._ready = ready
+            log.info("router readiness: %s", "SERVING" if ready else "NOT_SERVING")
+            for name in READINESS:
+                await self.health.set(name, SERVING if ready else NOT_SERVING)
+
+    async def _follow_backends(self) -> None:
+        while True:
+            await self._publish_readiness()
+            await asyncio.sleep(0.1)
+
+    def _file_digest(self) -> str:
+        try:
+            return hashlib.sha256(self.config_path.read_bytes()).hexdigest()
+        except OSError:
+            return ""
+
+    async def _watch_file(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            digest = self._file_digest()
+            if digest and digest != self._digest:
+                await self.reload()
+
+    async def reload(self) -> bool:
+        """Apply the file's configuration if valid; otherwise keep the current one and log why."""
+        self._digest = self._file_digest()
+        try:
+            config = load_config(self.config_path)
+            errors = await self._load(config)
+        except ConfigError as exc:
+            errors = [str(exc)]
+        if errors:
+            self.reload_failures += 1
+            log.error(
+                "configuration reload rejected; keeping the current one:\n  %s",
+                "\n  ".join(errors),
+                extra={"event": "reload_failed"},
+            )
+            return False
+        self.reloads += 1
+        log.info("configuration reloaded", extra={"event": "reload"})
+        await self._publish_readiness()
+        return True
+
+    async def drain(self, grace: float | None = None) -> None:
+        log.info("draining: readiness NOT_SERVING")
+        self._draining = True
+        await self._publish_readiness()
+        assert self.admission is not None and self.server is not None
+        self.admission.draining = True
+        state = self.core.state
+        grace = grace if grace is not None else (state.config.server.grace_seconds if state else 0)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self.admission.idle.wait()
+        for task in self._tasks:
+            task.cancel()
+        await self.server.stop(0.5)
+        await self.core.close()
+        log.info("stopped")
+
+    async def run(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        await self.start()
+        await stop.wait()
+        await self.drain()
