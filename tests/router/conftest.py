@@ -1,0 +1,74 @@
+"""Router fixtures: real model-server processes (shared per session), fault-injecting model
+servers, and routers started in process on 127.0.0.1:0 from a written YAML file."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+
+from gamaserving.router.v1 import router_pb2 as rpb
+from gamaserving.router.v1 import router_pb2_grpc as rpb_grpc
+from router.server import RouterServer
+from tests.support.processes import ServerProcess, modelserver
+
+
+@pytest.fixture(scope="session")
+def model_servers(
+    tiny_models: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, ServerProcess]]:
+    """`modelserver serve` processes for wav2vec2 and gama, shared by the router tests."""
+    logs = tmp_path_factory.mktemp("model-logs")
+    with (
+        modelserver(tiny_models / "wav2vec2", logs) as w2v,
+        modelserver(tiny_models / "gama", logs) as gama,
+    ):
+        yield {"wav2vec2": w2v, "gama": gama}
+
+
+def base_config(endpoints: dict[str, list[str]], **routes: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "server": {"port": 0, "grace_seconds": 5, "reload_poll_seconds": 0.2},
+        "models": {
+            name: {"endpoints": targets, "timeout_ms": 5000} for name, targets in endpoints.items()
+        },
+        "routes": routes,
+    }
+
+
+class LiveRouter:
+    def __init__(self, server: RouterServer, channel: grpc.aio.Channel, path: Path) -> None:
+        self.server = server
+        self.core = server.core
+        self.channel = channel
+        self.path = path
+        self.stub = rpb_grpc.AudioRouterStub(channel)
+        self.admin = rpb_grpc.RouterAdminStub(channel)
+
+    async def process(
+        self, task: int, audio: bytes, timeout: float = 10, **kwargs: Any
+    ) -> rpb.ProcessResponse:
+        return await self.stub.Process(
+            rpb.ProcessRequest(audio=audio, task=task, **kwargs), timeout=timeout
+        )  # type: ignore[no-any-return]
+
+
+@contextlib.asynccontextmanager
+async def live_router(
+    config: dict[str, Any], tmp_path: Path, metadata_wait: float = 5.0
+) -> AsyncIterator[LiveRouter]:
+    path = tmp_path / "router.yaml"
+    path.write_text(yaml.safe_dump(config))
+    server = RouterServer(path, port=0, host="127.0.0.1", metadata_wait=metadata_wait)
+    port = await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield LiveRouter(server, channel, path)
+    finally:
+        await channel.close()
+        await server.drain(grace=2)
