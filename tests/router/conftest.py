@@ -51,10 +51,10 @@ class LiveRouter:
         self.admin = rpb_grpc.RouterAdminStub(channel)
 
     async def process(
-        self, task: int, audio: bytes, timeout: float = 10, **kwargs: Any
+        self, task: int, audio: bytes, deadline_s: float = 10, **kwargs: Any
     ) -> rpb.ProcessResponse:
         return await self.stub.Process(
-            rpb.ProcessRequest(audio=audio, task=task, **kwargs), timeout=timeout
+            rpb.ProcessRequest(audio=audio, task=task, **kwargs), timeout=deadline_s
         )  # type: ignore[no-any-return]
 
 
