@@ -116,3 +116,18 @@ def modelserver(
         yield server
     finally:
         server.stop()
+
+
+def router_args(config: Path, port: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "router.cli",
+        "serve",
+        "--config",
+        str(config),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
