@@ -112,13 +112,15 @@ class FaultyModel(pb_grpc.GRPCInferenceServiceServicer):
 
 
 @contextlib.asynccontextmanager
-async def fault_server(name: str, **kwargs: object) -> AsyncIterator[tuple[FaultyModel, str]]:
+async def fault_server(
+    name: str, port: int = 0, **kwargs: object
+) -> AsyncIterator[tuple[FaultyModel, str]]:
     model = FaultyModel(name, **kwargs)  # type: ignore[arg-type]
     server = grpc.aio.server()
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(model, server)
     checker = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checker, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     for service in ("", "readiness"):
         await checker.set(service, health_pb2.HealthCheckResponse.SERVING)
