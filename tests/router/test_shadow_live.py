@@ -28,7 +28,7 @@ def _config(primary: str, shadow: str, percent: float, **shadow_extra: object) -
 
 
 async def test_shadow_receives_its_share_and_agreement_is_recorded(tmp_path: Path) -> None:
-    async with fault_server("primary") as (primary, pa), fault_server("shadow") as (shadow, sa):
+    async with fault_server("primary") as (_, pa), fault_server("shadow") as (shadow, sa):
         async with live_router(_config(pa, sa, 30), tmp_path) as router:
             ids = [f"req-{i}" for i in range(200)]
             responses = [await router.process(rpb.TASK_TAG, wav(0.3), request_id=i) for i in ids]
@@ -59,7 +59,7 @@ async def test_failing_or_slow_shadow_never_changes_the_response(tmp_path: Path)
             assert router.core.shadow.stats[("primary", "shadow")].failed == 10
     async with (
         fault_server("primary") as (_, pa),
-        fault_server("shadow", mode="slow", delay=2.0) as (shadow, sa),
+        fault_server("shadow", mode="slow", delay=2.0) as (_, sa),
     ):
         async with live_router(_config(pa, sa, 100, max_concurrency=2), tmp_path) as router:
             t0 = time.monotonic()

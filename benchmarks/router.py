@@ -1,0 +1,173 @@
+"""Router overhead: the same request direct to the model server, through a bare grpc.aio
+pass-through proxy, and through the router, at concurrency 1 and 16, in one run.
+
+    python -m benchmarks.router --models models --out docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+
+from benchmarks.common import Load, closed_loop, machine, write_section
+from gamaserving.inference import grpc_predict_v2_pb2_grpc as pb_grpc
+from gamaserving.router.v1 import router_pb2 as rpb
+from gamaserving.router.v1 import router_pb2_grpc as rpb_grpc
+from tests.support.audio import wav
+from tests.support.oip import infer_request
+from tests.support.processes import ServerProcess, free_port, modelserver_args, router_args
+
+CONCURRENCY = (1, 16)
+
+
+def _wait_port(port: int, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+async def _oip(address: str, clip: bytes, c: int, seconds: float) -> Load:
+    request = infer_request("wav2vec2", audio=clip, task="embed")
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+        async def call() -> int:
+            await stub.ModelInfer(request)
+            return 1
+
+        return await closed_loop(call, c, seconds, warmup=20)
+
+
+async def _router(address: str, clip: bytes, c: int, seconds: float) -> Load:
+    request = rpb.ProcessRequest(audio=clip, task=rpb.TASK_EMBED, user_id="bench")
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = rpb_grpc.AudioRouterStub(channel)
+
+        async def call() -> int:
+            await stub.Process(request)
+            return 1
+
+        return await closed_loop(call, c, seconds, warmup=20)
+
+
+def run(models: Path, seconds: float) -> dict[tuple[str, int], Load]:
+    clip = wav(0.5)
+    results: dict[tuple[str, int], Load] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        mport, pport, rport = free_port(), free_port(), free_port()
+        model = ServerProcess(
+            modelserver_args(models / "wav2vec2", mport), Path(tmp) / "m.log", mport
+        ).start()
+        proxy = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.proxy",
+                "--listen",
+                f"127.0.0.1:{pport}",
+                "--upstream",
+                f"127.0.0.1:{mport}",
+            ]
+        )
+        config = Path(tmp) / "router.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "models": {"wav2vec2": {"endpoints": [f"127.0.0.1:{mport}"]}},
+                    "routes": {"embed": {"primary": "wav2vec2"}},
+                }
+            )
+        )
+        router = ServerProcess(router_args(config, rport), Path(tmp) / "r.log", rport).start()
+        try:
+            model.wait_status()
+            router.wait_status()
+            _wait_port(pport)
+            for c in CONCURRENCY:
+                results[("direct", c)] = asyncio.run(_oip(model.address, clip, c, seconds))
+                results[("proxy", c)] = asyncio.run(_oip(f"127.0.0.1:{pport}", clip, c, seconds))
+                results[("router", c)] = asyncio.run(_router(router.address, clip, c, seconds))
+                for path in ("direct", "proxy", "router"):
+                    r = results[(path, c)]
+                    print(
+                        f"{path:6s} c={c:2d} {r.throughput:7.1f}/s p50 {r.p50_ms:6.2f} ms p99 {r.p99_ms:6.2f} ms",
+                        flush=True,
+                    )
+        finally:
+            router.stop()
+            proxy.terminate()
+            proxy.wait(10)
+            model.stop()
+    return results
+
+
+def table(results: dict[tuple[str, int], Load]) -> str:
+    lines = [
+        "| path | concurrency | req/s | p50 ms | p99 ms | added p50 ms (vs direct) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for c in CONCURRENCY:
+        direct = results[("direct", c)]
+        for path in ("direct", "proxy", "router"):
+            r = results[(path, c)]
+            added = r.p50_ms - direct.p50_ms
+            lines.append(
+                f"| {path} | {c} | {r.throughput:.1f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {added:+.2f} |"
+            )
+    lines += [
+        "",
+        "Ratios, same run:",
+        "",
+        "| measure | router / bare proxy | goal |",
+        "| --- | ---: | --- |",
+    ]
+    for c in CONCURRENCY:
+        d, p, r = results[("direct", c)], results[("proxy", c)], results[("router", c)]
+        added = (r.p50_ms - d.p50_ms) / max(p.p50_ms - d.p50_ms, 1e-9)
+        lines.append(f"| added p50 latency, c={c} | **{added:.2f}** | <= 1.2 |")
+    lines.append(
+        f"| throughput, c=16 | **{results[('router', 16)].throughput / results[('proxy', 16)].throughput:.2f}** | >= 0.8 |"
+    )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", type=Path, default=Path("models"))
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--seconds", type=float, default=4.0)
+    args = parser.parse_args()
+    results = run(args.models, args.seconds)
+    body = "\n".join(
+        [
+            "## Router: added latency against direct calls and a bare proxy",
+            "",
+            f"`make bench` (`python -m benchmarks.router`), {time.strftime('%Y-%m-%d')}, {machine()}.",
+            "Three processes on loopback: a wav2vec2 model server, a bare grpc.aio pass-through proxy",
+            "(`benchmarks/proxy.py`: bytes in, bytes out) and the router (one route, no experiment).",
+            f"The client sends the same 0.5 s WAV clip for `embed` closed-loop, {args.seconds:g} s per",
+            "cell: OIP ModelInfer direct and through the proxy; AudioRouter/Process to the router.",
+            "",
+            table(results),
+        ]
+    )
+    write_section(args.out, "router", body)
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
