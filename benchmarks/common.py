@@ -8,7 +8,7 @@ import platform
 import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ class Load:
     p50_ms: float
     p99_ms: float
     mean_batch: float
+    latencies_ms: list[float] = field(default_factory=list, repr=False)
 
     @property
     def throughput(self) -> float:

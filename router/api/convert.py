@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+import os
 
 import grpc
 
@@ -47,7 +47,7 @@ def route_request(req: rpb.ProcessRequest, metadata_user: str | None) -> RouteRe
     if task == "describe" and not req.prompt.strip():
         raise _invalid("TASK_DESCRIBE needs a prompt")
     return RouteRequest(
-        request_id=req.request_id or uuid.uuid4().hex,
+        request_id=req.request_id or os.urandom(16).hex(),
         task=task,
         audio=req.audio or None,
         pcm_f32le=req.raw_audio.pcm_f32le if has_raw else None,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from gamaserving.inference import grpc_predict_v2_pb2 as pb
-from gamaserving.oip import join_bytes, param_value, split_bytes
+from gamaserving.oip import join_bytes, param_value, params_dict, split_bytes
 from router.outputs import ModelInfo, ModelOutput
 from router.requests import RouteRequest
 
@@ -44,21 +44,17 @@ def parse_response(resp: pb.ModelInferResponse) -> ModelOutput:
     labels = values.get("LABELS")
     scores = values.get("SCORES")
     features = values.get("EMBEDDING")
-
-    def number(key: str) -> float:
-        value = param_value(resp.parameters[key]) if key in resp.parameters else None
-        return float(value) if isinstance(value, int | float) else 0.0
-
+    timing = {k: v for k, v in params_dict(resp.parameters).items() if isinstance(v, int | float)}
     return ModelOutput(
         model_version=resp.model_version,
         text=text[0].decode("utf-8", errors="replace") if isinstance(text, list) and text else None,
         labels=[b.decode("utf-8", errors="replace") for b in labels]
         if isinstance(labels, list)
         else [],
-        scores=[float(x) for x in scores] if isinstance(scores, np.ndarray) else [],
+        scores=scores.tolist() if isinstance(scores, np.ndarray) else [],
         features=features if isinstance(features, np.ndarray) else None,
-        queue_ms=number("queue_ms"),
-        compute_ms=number("compute_ms"),
+        queue_ms=float(timing.get("queue_ms", 0.0)),
+        compute_ms=float(timing.get("compute_ms", 0.0)),
     )
 
 
