@@ -28,6 +28,19 @@ class Load:
         return self.requests / self.seconds
 
 
+def merge(loads: list[Load]) -> Load:
+    """One Load from several rounds of the same cell: pooled percentiles, summed rates."""
+    ms = np.concatenate([np.asarray(x.latencies_ms) for x in loads])
+    return Load(
+        sum(x.requests for x in loads),
+        sum(x.seconds for x in loads),
+        float(np.percentile(ms, 50)),
+        float(np.percentile(ms, 99)),
+        float(np.average([x.mean_batch for x in loads], weights=[x.requests for x in loads])),
+        ms.tolist(),
+    )
+
+
 async def closed_loop(
     call: Callable[[], Awaitable[int]], concurrency: int, seconds: float, warmup: int = 5
 ) -> Load:
@@ -57,6 +70,7 @@ async def closed_loop(
         float(np.percentile(ms, 50)),
         float(np.percentile(ms, 99)),
         float(np.mean(batches)),
+        ms.tolist(),
     )
 
 

@@ -28,6 +28,9 @@ from tests.support.processes import ServerProcess, free_port, modelserver_args, 
 
 CONCURRENCY = (1, 16)
 ROUNDS = 4
+BALANCING = "round_robin"
+# Every call carries a deadline, as production callers do; the proxy forwards it.
+DEADLINE_S = 5.0
 
 
 def _wait_port(port: int, seconds: float = 30) -> None:
@@ -46,7 +49,7 @@ async def _oip(address: str, clip: bytes, c: int, seconds: float) -> Load:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
 
         async def call() -> int:
-            await stub.ModelInfer(request)
+            await stub.ModelInfer(request, timeout=DEADLINE_S)
             return 1
 
         return await closed_loop(call, c, seconds, warmup=20)
@@ -58,7 +61,7 @@ async def _router(address: str, clip: bytes, c: int, seconds: float) -> Load:
         stub = rpb_grpc.AudioRouterStub(channel)
 
         async def call() -> int:
-            await stub.Process(request)
+            await stub.Process(request, timeout=DEADLINE_S)
             return 1
 
         return await closed_loop(call, c, seconds, warmup=20)
@@ -87,7 +90,7 @@ def run(models: Path, seconds: float) -> dict[tuple[str, int], Load]:
         config.write_text(
             yaml.safe_dump(
                 {
-                    "models": {"wav2vec2": {"endpoints": [f"127.0.0.1:{mport}"]}},
+                    "models": {"wav2vec2": {"endpoints": [f"127.0.0.1:{mport}"], "balancing": BALANCING}},
                     "routes": {"embed": {"primary": "wav2vec2"}},
                 }
             )
@@ -109,7 +112,7 @@ def run(models: Path, seconds: float) -> dict[tuple[str, int], Load]:
                     for path, run_cell in calls.items():
                         rounds[path].append(asyncio.run(run_cell(c, seconds / ROUNDS)))
                 for path, loads in rounds.items():
-                    results[(path, c)] = merge(loads, [x.latencies_ms for x in loads])
+                    results[(path, c)] = merge(loads)
                 for path in ("direct", "proxy", "router"):
                     r = results[(path, c)]
                     line = f"{path:6s} c={c:2d} {r.throughput:7.1f}/s"
