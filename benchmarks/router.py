@@ -90,7 +90,9 @@ def run(models: Path, seconds: float) -> dict[tuple[str, int], Load]:
         config.write_text(
             yaml.safe_dump(
                 {
-                    "models": {"wav2vec2": {"endpoints": [f"127.0.0.1:{mport}"], "balancing": BALANCING}},
+                    "models": {
+                        "wav2vec2": {"endpoints": [f"127.0.0.1:{mport}"], "balancing": BALANCING}
+                    },
                     "routes": {"embed": {"primary": "wav2vec2"}},
                 }
             )

@@ -242,3 +242,54 @@ async def test_invalid_files_are_rejected_naming_the_field(
         async with live_router(cfg, tmp_path, metadata_wait=0.1):
             pass
     assert needle in str(info.value)
+
+
+def example_config(servers: dict[str, ServerProcess]) -> dict[str, object]:
+    """config/router.yaml as shipped, pointed at this run's model-server ports."""
+    import yaml
+
+    cfg = yaml.safe_load((Path(__file__).parents[2] / "config" / "router.yaml").read_text())
+    for name, server in servers.items():
+        cfg["models"][name]["endpoints"] = [server.address]
+    cfg["server"]["port"] = 0
+    return cfg  # type: ignore[no-any-return]
+
+
+async def test_the_example_configuration_serves_every_task(
+    model_servers: dict[str, ServerProcess], tmp_path: Path
+) -> None:
+    async with live_router(example_config(model_servers), tmp_path) as router:
+        for task, model in [
+            (rpb.TASK_TRANSCRIBE, "wav2vec2"),
+            (rpb.TASK_TAG, "gama"),
+            (rpb.TASK_DESCRIBE, "gama"),
+        ]:
+            response = await router.process(task, wav(1.0), prompt="What do you hear?")
+            assert response.route.model == model and response.quality.passed
+        forced = await router.process(rpb.TASK_EMBED, wav(1.0), user_id="qa-team")
+        assert (forced.route.experiment, forced.route.arm, forced.route.model) == (
+            "embed-gama",
+            "candidate",
+            "gama",
+        )
+
+
+async def test_replicas_and_restarts_assign_every_user_the_same_arm(
+    model_servers: dict[str, ServerProcess], tmp_path: Path
+) -> None:
+    users = [f"user-{i}" for i in range(60)]
+    cfg = config(model_servers)
+
+    for name in "abc":
+        (tmp_path / name).mkdir()
+
+    async def arms(directory: Path) -> list[str]:
+        async with live_router(cfg, directory) as router:
+            return [
+                (await router.process(rpb.TASK_EMBED, wav(0.3), user_id=u)).route.arm for u in users
+            ]
+
+    first, second = await asyncio.gather(arms(tmp_path / "a"), arms(tmp_path / "b"))
+    restarted = await arms(tmp_path / "c")
+    assert first == second == restarted
+    assert {"control", "candidate"} <= set(first)
