@@ -1,8 +1,12 @@
-"""Transport-free errors; the gRPC layer maps each kind to one status code."""
+"""Errors of the serving core, each with the gRPC status a client should see."""
 
 from __future__ import annotations
 
 from enum import Enum
+
+import grpc
+
+from gamaserving.grpcutil import StatusError
 
 
 class ErrorKind(Enum):
@@ -15,13 +19,12 @@ class ErrorKind(Enum):
     INTERNAL = "INTERNAL"
 
 
-class InferenceError(Exception):
+class InferenceError(StatusError):
     """An error with the status a client should see and a message it can act on."""
 
     def __init__(self, kind: ErrorKind, message: str) -> None:
-        super().__init__(message)
+        super().__init__(grpc.StatusCode[kind.value], message)
         self.kind = kind
-        self.message = message
 
 
 def invalid(message: str) -> InferenceError:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import time
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gamaserving.grpcutil import stop_event
 from gamaserving.inference import grpc_predict_v2_pb2 as pb
 from gamaserving.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelserver.config import ModelConfig, ServerSettings
@@ -124,10 +124,8 @@ class ModelServer:
 
     async def run(self) -> None:
         """Serve until SIGTERM or SIGINT, then drain."""
-        stop = asyncio.Event()
+        stop = stop_event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         await self.start()
         loading = loop.create_task(self.load())
         waiter = loop.create_task(stop.wait())

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import grpc
 
+from gamaserving.grpcutil import StatusError
 
-class RouteError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+
+class RouteError(StatusError):
+    @property
+    def code(self) -> grpc.StatusCode:
+        return self.status

@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gamaserving.grpcutil import stop_event
 from gamaserving.router.v1 import router_pb2 as rpb
 from gamaserving.router.v1 import router_pb2_grpc as rpb_grpc
 from router.api.servicers import Admission, AudioRouterServicer, RouterAdminServicer
@@ -197,10 +198,8 @@ class RouterServer:
         log.info("stopped")
 
     async def run(self) -> None:
-        stop = asyncio.Event()
+        stop = stop_event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         await self.start()
         await stop.wait()

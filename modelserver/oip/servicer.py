@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 
+from gamaserving.grpcutil import grpc_errors
 from gamaserving.inference import grpc_predict_v2_pb2 as pb
 from gamaserving.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from gamaserving.oip import set_param
@@ -19,31 +18,6 @@ from modelserver.errors import ErrorKind, InferenceError
 from modelserver.oip.codec import decode_request, encode_response, task_name
 
 log = logging.getLogger(__name__)
-
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
-Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
-
-
-def grpc_errors(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
-    """The one place where core errors become gRPC statuses."""
-
-    @functools.wraps(method)
-    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
-        try:
-            return await method(self, request, context)
-        except InferenceError as exc:
-            await context.abort(grpc.StatusCode[exc.kind.value], exc.message)
-        except (grpc.aio.AbortError, grpc.RpcError):
-            raise
-        except Exception:
-            log.exception("unexpected error in %s", method.__name__)
-            await context.abort(
-                grpc.StatusCode.INTERNAL, "internal error; see the model server log"
-            )
-        raise AssertionError("unreachable: context.abort raises")
-
-    return wrapper
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):

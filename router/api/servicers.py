@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import math
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 
+from gamaserving.grpcutil import grpc_errors
 from gamaserving.router.v1 import router_pb2 as rpb
 from gamaserving.router.v1 import router_pb2_grpc as rpb_grpc
 from router.api.convert import TASK_ENUMS, process_response, route_request
@@ -18,29 +17,6 @@ from router.core import RouterCore
 from router.errors import RouteError
 
 log = logging.getLogger(__name__)
-
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
-Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
-
-
-def grpc_errors(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
-    """The one place where core errors become gRPC statuses."""
-
-    @functools.wraps(method)
-    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
-        try:
-            return await method(self, request, context)
-        except RouteError as exc:
-            await context.abort(exc.code, exc.message)
-        except (grpc.aio.AbortError, grpc.RpcError):
-            raise
-        except Exception:
-            log.exception("unexpected error in %s", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the router log")
-        raise AssertionError("unreachable: context.abort raises")
-
-    return wrapper
 
 
 class Admission:

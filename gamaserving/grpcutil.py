@@ -1,0 +1,56 @@
+"""gRPC plumbing shared by both processes: one place where errors become statuses, and the
+signals that stop a server."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+log = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+
+
+class StatusError(Exception):
+    """An error with the status a client should see and a message it can act on."""
+
+    def __init__(self, status: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def grpc_errors(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """StatusError -> its status; anything unexpected -> INTERNAL, logged, never leaked."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        try:
+            return await method(self, request, context)
+        except StatusError as exc:
+            await context.abort(exc.status, exc.message)
+        except (grpc.aio.AbortError, grpc.RpcError):
+            raise
+        except Exception:
+            log.exception("unexpected error in %s", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+        raise AssertionError("unreachable: context.abort raises")
+
+    return wrapper
+
+
+def stop_event() -> asyncio.Event:
+    """Set on SIGTERM or SIGINT: the moment a server starts draining."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
