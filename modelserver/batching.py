@@ -73,6 +73,7 @@ class DynamicBatcher(Generic[T, R]):
         on_fault: Callable[[BaseException], None] | None = None,
         on_success: Callable[[], None] | None = None,
         arriving: Callable[[], int] = lambda: 0,
+        on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         self._run_batch = run_batch
         self.settings = settings
@@ -81,6 +82,7 @@ class DynamicBatcher(Generic[T, R]):
         self._on_fault = on_fault
         self._on_success = on_success
         self._arriving = arriving
+        self._on_batch = on_batch
         self._queue: deque[_Entry[T, R]] = deque()
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
@@ -202,6 +204,8 @@ class DynamicBatcher(Generic[T, R]):
                 self._on_success()
             compute_ms = (self._clock() - start) * 1000
             self.stats.record_batch(len(batch))
+            if self._on_batch is not None:
+                self._on_batch(len(batch), compute_ms / 1000)
             for entry, result in zip(batch, results, strict=True):
                 if not entry.future.done():
                     info = BatchInfo((start - entry.enqueued) * 1000, compute_ms, len(batch))

@@ -27,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--grace-seconds", type=float, default=20.0)
     serve.add_argument("--drain-delay-seconds", type=float, default=0.0)
     serve.add_argument("--stuck-after-seconds", type=float, default=60.0)
+    serve.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port")
 
     tiny = sub.add_parser("make-tiny", help="build a tiny reference model directory")
     tiny.add_argument("--family", choices=["wav2vec2", "gama"], required=True)
@@ -59,6 +60,7 @@ def _serve(args: argparse.Namespace) -> int:
             grace_seconds=args.grace_seconds,
             drain_delay_seconds=args.drain_delay_seconds,
             stuck_after_seconds=args.stuck_after_seconds,
+            metrics_port=args.metrics_port,
         )
         config = load_model_config(settings.model_dir)
     except (ModelDirError, ValidationError) as exc:

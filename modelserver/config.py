@@ -244,5 +244,7 @@ class ServerSettings(_Strict):
     """gRPC message size limit, both directions."""
     fault_threshold: int = Field(3, ge=1)
     """Consecutive runtime faults that take readiness to NOT_SERVING until a self-test passes."""
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    """Prometheus scrape port (0 picks one); None turns the endpoint off."""
     self_test_seconds: float = Field(5.0, gt=0)
     """While faulted, how often the server re-runs its warm-up to recover readiness."""

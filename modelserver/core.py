@@ -10,14 +10,14 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from modelserver.audio import AudioDecoder
 from modelserver.batching import DynamicBatcher
 from modelserver.config import ModelConfig, Task
-from modelserver.errors import invalid, unavailable
+from modelserver.errors import InferenceError, invalid, unavailable
 from modelserver.families.base import Family
 from modelserver.messages import TASK_OUTPUTS, AudioPayload, InferRequest, InferResult
 
@@ -29,6 +29,12 @@ class ModelState(Enum):
     READY = "ready"
     FAULTED = "faulted"
     DRAINING = "draining"
+
+
+class CoreMetrics(Protocol):
+    def request(self, task: str, outcome: str, queue_s: float | None) -> None: ...
+
+    def batch(self, size: int, seconds: float) -> None: ...
 
 
 class InferenceCore:
@@ -45,6 +51,7 @@ class InferenceCore:
         self.on_state_change: list[Any] = []
         self.arriving = 0
         self.in_flight = 0
+        self.metrics: CoreMetrics | None = None
         self._idle = asyncio.Event()
         self._idle.set()
         self._prep = ThreadPoolExecutor(prep_threads, thread_name_prefix="prepare")
@@ -71,6 +78,7 @@ class InferenceCore:
             on_fault=self._fault,
             on_success=self._success,
             arriving=lambda: self.arriving,
+            on_batch=self._batch_done,
         )
         self.batcher.start()
 
@@ -130,6 +138,11 @@ class InferenceCore:
         busy = self.batcher.busy_since if self.batcher else None
         return busy is not None and (now or time.monotonic()) - busy > stuck_after
 
+    def _batch_done(self, size: int, seconds: float) -> None:
+        # Warm-up batches are not traffic.
+        if self.metrics is not None and self.state is not ModelState.LOADING:
+            self.metrics.batch(size, seconds)
+
     def _fault(self, exc: BaseException) -> None:
         self.consecutive_faults += 1
         if self.consecutive_faults >= self.fault_threshold and self.state is ModelState.READY:
@@ -179,8 +192,17 @@ class InferenceCore:
         """`deadline` is on time.monotonic()."""
         self.in_flight += 1
         self._idle.clear()
+        metrics = None if warming else self.metrics
         try:
-            return await self._infer(request, deadline, warming)
+            result = await self._infer(request, deadline, warming)
+        except InferenceError as exc:
+            if metrics is not None:
+                metrics.request(request.task.value, exc.kind.value.lower(), None)
+            raise
+        else:
+            if metrics is not None:
+                metrics.request(request.task.value, "ok", result.queue_ms / 1000)
+            return result
         finally:
             self.in_flight -= 1
             if self.in_flight == 0:

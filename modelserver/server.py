@@ -14,9 +14,12 @@ from grpc_reflection.v1alpha import reflection
 from gamaserving.grpcutil import stop_event
 from gamaserving.inference import grpc_predict_v2_pb2 as pb
 from gamaserving.inference import grpc_predict_v2_pb2_grpc as pb_grpc
+from gamaserving.telemetry import Telemetry
+from gamaserving.telemetry.rpc import RpcMetricsInterceptor
 from modelserver.config import ModelConfig, ServerSettings
 from modelserver.core import InferenceCore, ModelState
 from modelserver.health import HealthReporter
+from modelserver.metrics import ModelServerMetrics
 from modelserver.oip.servicer import InferenceServicer
 
 log = logging.getLogger(__name__)
@@ -32,17 +35,24 @@ class ModelServer:
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self._recovery: asyncio.Task[None] | None = None
+        self.telemetry: Telemetry | None = None
 
     def _build(self) -> grpc.aio.Server:
         # grpc.aio objects bind to the running loop: build them inside it.
         self.health = HealthReporter(self.core, self.settings.stuck_after_seconds)
         limit = self.settings.max_message_bytes
+        interceptors = []
+        if self.settings.metrics_port is not None:
+            self.telemetry = Telemetry("modelserver")
+            self.core.metrics = ModelServerMetrics(self.telemetry.meter, self.core)
+            interceptors.append(RpcMetricsInterceptor(self.telemetry.meter))
         server = grpc.aio.server(
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.core), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
@@ -68,6 +78,8 @@ class ModelServer:
             raise OSError(f"cannot listen on {self.settings.host}:{self.settings.port}")
         await self.server.start()
         await self.health.start()
+        if self.telemetry is not None and self.settings.metrics_port is not None:
+            self.telemetry.serve(self.settings.host, self.settings.metrics_port)
         log.info("listening on %s:%d (NOT_SERVING until warm)", self.settings.host, self.port)
         return self.port
 
@@ -120,6 +132,8 @@ class ModelServer:
         await self.server.stop(0.5)
         await self.health.stop()
         await self.core.close()
+        if self.telemetry is not None:
+            self.telemetry.shutdown()
         log.info("stopped")
 
     async def run(self) -> None:

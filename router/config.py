@@ -165,8 +165,16 @@ class ServerSettings(_Strict):
     """How often the configuration file is checked for changes."""
 
 
+class TelemetrySettings(_Strict):
+    prometheus_host: str = "0.0.0.0"
+    """Interface of the Prometheus scrape endpoint."""
+    prometheus_port: int | None = Field(None, ge=0, le=65535)
+    """Port of /metrics (0 picks one); None turns it off. OTLP export follows OTEL_* variables."""
+
+
 class RouterConfig(_Strict):
     server: ServerSettings = ServerSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
     models: dict[str, ModelSettings] = Field(min_length=1)
     routes: dict[TaskName, RouteSettings] = Field(min_length=1)
     anomaly: AnomalySettings = AnomalySettings()

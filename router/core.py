@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
+import numpy as np
 
 from router.backends.model import ModelBackend
 from router.backends.oip import infer_request, parse_response
@@ -20,6 +21,7 @@ from router.experiments.assignment import Assignment, assign
 from router.experiments.shadow import ShadowRunner, sampled
 from router.failover.circuit import State
 from router.failover.dispatch import Attempt, Dispatcher
+from router.metrics import RouterMetrics
 from router.outputs import ModelOutput
 from router.quality.tracker import AnomalyMonitor, QualityTracker
 from router.quality.validators import Check
@@ -73,6 +75,22 @@ class RouterCore:
         self.shadow = ShadowRunner()
         self.stats = RouterStats()
         self.dispatcher = Dispatcher(self._record_quality, clock)
+        self.metrics: RouterMetrics | None = None
+
+    def attach_metrics(self, metrics: RouterMetrics) -> None:
+        self.metrics = metrics
+        self.dispatcher.on_call = metrics.client_call
+        self.shadow.on_agreement = metrics.agreement
+
+    def circuits(self) -> list[tuple[str, str, State]]:
+        """(model, endpoint, circuit state) for every endpoint of the current state."""
+        if self.state is None:
+            return []
+        return [
+            (m, e.target, e.breaker.state)
+            for m, b in self.state.backends.items()
+            for e in b.endpoints
+        ]
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -154,13 +172,17 @@ class RouterCore:
         try:
             outcome = await self.dispatcher.run(route, req, backends, deadline)
         except RouteError as exc:
-            self.stats.requests[(first, arm, req.task, exc.code.name.lower())] += 1
+            self._count(first, arm, req.task, exc.code.name.lower())
             raise
         first_failure = next((a.reason for a in outcome.attempts if a.outcome != "ok"), "")
         fallback = outcome.model != first or outcome.attempts[0].outcome != "ok"
         reason = first_failure if fallback else ""
+        if assignment is not None and self.metrics is not None:
+            self.metrics.exposure(assignment.experiment, assignment.arm)
         if outcome.model != first:
             self.stats.fallbacks[reason] += 1
+            if self.metrics is not None:
+                self.metrics.fallback(reason, first, outcome.model)
             log.warning(
                 "fallback %s -> %s (%s)",
                 first,
@@ -176,7 +198,7 @@ class RouterCore:
                 },
             )
         outcome_label = "ok" if not outcome.failed_checks else "quality_failed"
-        self.stats.requests[(outcome.model, arm, req.task, outcome_label)] += 1
+        self._count(outcome.model, arm, req.task, outcome_label)
         shadowed = self._maybe_shadow(state, route, req, outcome.model, outcome.output)
         return RouteResult(
             output=outcome.output,
@@ -220,17 +242,24 @@ class RouterCore:
 
         return self.shadow.submit(served_by, served, shadow.model, shadow.max_concurrency, call)
 
+    def _count(self, model: str, arm: str, task: str, outcome: str) -> None:
+        self.stats.requests[(model, arm, task, outcome)] += 1
+        if self.metrics is not None:
+            self.metrics.request(model, arm, task, outcome)
+
     def _record_quality(
         self, model: str, output: ModelOutput, checks: list[Check], latency_ms: float
     ) -> None:
         self.quality.record(model, checks)
+        if self.metrics is not None:
+            for check in checks:
+                if not check.passed:
+                    self.metrics.quality_failure(model, check.name)
         if self.anomalies is None:
             return
         self.anomalies.observe(model, "latency_ms", latency_ms)
         if output.features is not None and output.features.size:
-            self.anomalies.observe(
-                model, "embedding_norm", float((output.features.astype(float) ** 2).sum() ** 0.5)
-            )
+            self.anomalies.observe(model, "embedding_norm", float(np.linalg.norm(output.features)))
         if output.scores:
             self.anomalies.observe(model, "top_score", float(output.scores[0]))
 

@@ -17,10 +17,13 @@ from grpc_reflection.v1alpha import reflection
 from gamaserving.grpcutil import stop_event
 from gamaserving.router.v1 import router_pb2 as rpb
 from gamaserving.router.v1 import router_pb2_grpc as rpb_grpc
+from gamaserving.telemetry import Telemetry
+from gamaserving.telemetry.rpc import RpcMetricsInterceptor
 from router.api.servicers import Admission, AudioRouterServicer, RouterAdminServicer
 from router.backends.model import ModelBackend
 from router.config import ConfigError, RouterConfig, load_config
 from router.core import RouterCore
+from router.metrics import RouterMetrics
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,8 @@ class RouterServer:
         self._ready: bool | None = None
         self._draining = False
         self.reloads = 0
+        self.telemetry: Telemetry | None = None
+        self.metrics_port = 0
         self.reload_failures = 0
 
     async def _load(self, config: RouterConfig) -> list[str]:
@@ -94,12 +99,23 @@ class RouterServer:
         s = config.server
         self.admission = Admission(s.max_in_flight)
         self.health = health.aio.HealthServicer()
+        interceptors = []
+        if config.telemetry.prometheus_port is not None:
+            self.telemetry = Telemetry("router")
+            admission = self.admission
+            metrics = RouterMetrics(
+                self.telemetry.meter, self.core.circuits, lambda: admission.in_flight
+            )
+            self.core.attach_metrics(metrics)
+            admission.on_shed = metrics.shed
+            interceptors.append(RpcMetricsInterceptor(self.telemetry.meter))
         server = grpc.aio.server(
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         rpb_grpc.add_AudioRouterServicer_to_server(
             AudioRouterServicer(self.core, self.admission), server
@@ -124,6 +140,9 @@ class RouterServer:
         await server.start()
         for name in LIVENESS:
             await self.health.set(name, SERVING)
+        t = config.telemetry
+        if self.telemetry is not None and t.prometheus_port is not None:
+            self.metrics_port = self.telemetry.serve(t.prometheus_host, t.prometheus_port)
         await self._publish_readiness()
         loop = asyncio.get_running_loop()
         self._tasks = [
@@ -195,6 +214,9 @@ class RouterServer:
             task.cancel()
         await self.server.stop(0.5)
         await self.core.close()
+        if self.telemetry is not None:
+            self.telemetry.shutdown()
+            self.telemetry = None
         log.info("stopped")
 
     async def run(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -29,6 +30,7 @@ class Admission:
         self.draining = False
         self.idle = asyncio.Event()
         self.idle.set()
+        self.on_shed: Callable[[], None] | None = None
 
     def enter(self) -> None:
         if self.draining:
@@ -37,6 +39,8 @@ class Admission:
             )
         if self.in_flight >= self.limit:
             self.shed += 1
+            if self.on_shed is not None:
+                self.on_shed()
             raise RouteError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"the router has {self.in_flight} requests in flight (limit {self.limit}); "

@@ -73,6 +73,7 @@ def sampled(request_id: str, percent: float) -> bool:
 class ShadowRunner:
     def __init__(self) -> None:
         self.stats: dict[tuple[str, str], AgreementStats] = defaultdict(AgreementStats)
+        self.on_agreement: Callable[[str, str, str, float], None] | None = None
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -90,7 +91,9 @@ class ShadowRunner:
         if slots.locked():
             stats.dropped += 1
             return False
-        task = asyncio.get_running_loop().create_task(self._run(slots, stats, served, call))
+        task = asyncio.get_running_loop().create_task(
+            self._run(slots, stats, served, call, (primary, shadow))
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return True
@@ -101,6 +104,7 @@ class ShadowRunner:
         stats: AgreementStats,
         served: ModelOutput,
         call: Callable[[], Awaitable[ModelOutput]],
+        pair: tuple[str, str],
     ) -> None:
         async with slots:
             try:
@@ -109,13 +113,16 @@ class ShadowRunner:
                 stats.failed += 1
                 log.debug("shadow call failed: %s", exc)
                 return
-        stats.add(
-            {
-                "label_agreement": label_agreement(served, shadow),
-                "embedding_cosine": embedding_cosine(served, shadow),
-                "text_similarity": text_similarity(served, shadow),
-            }
-        )
+        measures = {
+            "label_agreement": label_agreement(served, shadow),
+            "embedding_cosine": embedding_cosine(served, shadow),
+            "text_similarity": text_similarity(served, shadow),
+        }
+        stats.add(measures)
+        if self.on_agreement is not None:
+            for name, value in measures.items():
+                if value is not None:
+                    self.on_agreement(*pair, name, value)
 
     async def drain(self) -> None:
         if self._tasks:

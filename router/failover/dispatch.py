@@ -71,8 +71,10 @@ class Dispatcher:
         self,
         on_checks: Callable[[str, ModelOutput, list[Check], float], None],
         clock: Callable[[], float] = time.monotonic,
+        on_call: Callable[[str, str, float, str], None] | None = None,
     ) -> None:
         self._on_checks = on_checks
+        self.on_call = on_call
         self._clock = clock
         self.stats = DispatchStats()
 
@@ -122,6 +124,8 @@ class Dispatcher:
                     )
                 except grpc.aio.AioRpcError as exc:
                     seconds = self._clock() - started
+                    if self.on_call is not None:
+                        self.on_call(backend.key, endpoint.target, seconds, exc.code().name)
                     if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                         endpoint.breaker.record(True, seconds)
                         raise RouteError(exc.code(), f"{backend.key}: {exc.details()}") from None
@@ -135,6 +139,8 @@ class Dispatcher:
                 finally:
                     endpoint.in_flight -= 1
                 seconds = self._clock() - started
+                if self.on_call is not None:
+                    self.on_call(backend.key, endpoint.target, seconds, "OK")
                 output = parse_response(response)
                 checks = validate(req.task, output, backend.info, route.quality, seconds * 1000)
                 self._on_checks(backend.key, output, checks, seconds * 1000)

@@ -1,0 +1,154 @@
+"""OpenTelemetry metrics for both processes.
+
+Each server owns its MeterProvider (tests run several servers in one process, and the global
+provider can be set only once) with a Prometheus reader on its own registry, served on a
+scrape port, plus an OTLP exporter when the standard OTEL_* variables ask for one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import psutil
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.sdk.metrics import Histogram, MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+from opentelemetry.sdk.resources import Resource
+from prometheus_client import CollectorRegistry, start_http_server
+
+log = logging.getLogger(__name__)
+
+# Second-scale buckets: the SDK's defaults are meant for milliseconds.
+SECONDS_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+RATIO_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+
+
+def _otlp_wanted() -> bool:
+    if os.environ.get("OTEL_METRICS_EXPORTER", "").lower() == "none":
+        return False
+    return bool(
+        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+    )
+
+
+class Telemetry:
+    def __init__(self, service: str) -> None:
+        self.registry = CollectorRegistry()
+        readers: list[MetricReader] = [PrometheusMetricReader(registry=self.registry)]
+        if _otlp_wanted():
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+            readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+        views = [
+            View(
+                instrument_type=Histogram,
+                instrument_unit="s",
+                aggregation=ExplicitBucketHistogramAggregation(SECONDS_BUCKETS),
+            ),
+            View(
+                instrument_name="*.batch.size",
+                aggregation=ExplicitBucketHistogramAggregation(BATCH_BUCKETS),
+            ),
+            View(
+                instrument_type=Histogram,
+                instrument_unit="1",
+                aggregation=ExplicitBucketHistogramAggregation(RATIO_BUCKETS),
+            ),
+        ]
+        # Resource.create honours OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES.
+        resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service)})
+        self.provider = MeterProvider(metric_readers=readers, resource=resource, views=views)
+        self.meter: Meter = self.provider.get_meter("gamaserving")
+        self._http: Any = None
+        self.port = 0
+        process_metrics(self.meter)
+
+    def serve(self, host: str, port: int) -> int:
+        """Expose /metrics for Prometheus; returns the bound port (0 picks one)."""
+        self._http, _ = start_http_server(port, addr=host, registry=self.registry)
+        self.port = int(self._http.server_port)
+        log.info("metrics on http://%s:%d/metrics", host, self.port)
+        return self.port
+
+    def shutdown(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+        self.provider.shutdown()
+
+
+def process_metrics(meter: Meter) -> None:
+    """Process memory and CPU; GPU utilisation and memory through NVML when a GPU is present."""
+    proc = psutil.Process()
+
+    def memory(_: CallbackOptions) -> list[Observation]:
+        return [Observation(proc.memory_info().rss, {"process.memory.type": "rss"})]
+
+    def cpu(_: CallbackOptions) -> list[Observation]:
+        t = proc.cpu_times()
+        return [
+            Observation(t.user, {"cpu.mode": "user"}),
+            Observation(t.system, {"cpu.mode": "system"}),
+        ]
+
+    meter.create_observable_up_down_counter(
+        "process.memory.usage", [memory], unit="By", description="Process memory"
+    )
+    meter.create_observable_counter(
+        "process.cpu.time", [cpu], unit="s", description="Process CPU time"
+    )
+    gpu_metrics(meter)
+
+
+def gpu_metrics(meter: Meter) -> bool:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        count = pynvml.nvmlDeviceGetCount()
+    except Exception:
+        return False
+    handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+
+    def utilization(_: CallbackOptions) -> list[Observation]:
+        return [
+            Observation(pynvml.nvmlDeviceGetUtilizationRates(h).gpu / 100, {"gpu.id": i})
+            for i, h in enumerate(handles)
+        ]
+
+    def used(_: CallbackOptions) -> list[Observation]:
+        return [
+            Observation(pynvml.nvmlDeviceGetMemoryInfo(h).used, {"gpu.id": i})
+            for i, h in enumerate(handles)
+        ]
+
+    meter.create_observable_gauge(
+        "gpu.utilization", [utilization], unit="1", description="GPU busy share"
+    )
+    meter.create_observable_up_down_counter(
+        "gpu.memory.usage", [used], unit="By", description="GPU memory used"
+    )
+    return True

@@ -1,0 +1,108 @@
+"""Router metrics (names, units and attributes: docs/observability.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+
+from router.failover.circuit import State
+
+StateSource = Callable[[], list[tuple[str, str, State]]]
+Gauge = Callable[[], int]
+
+
+class RouterMetrics:
+    def __init__(self, meter: Meter, circuits: StateSource, in_flight: Gauge) -> None:
+        self._requests = meter.create_counter(
+            "gamaserving.router.requests",
+            unit="{request}",
+            description="Requests by model, arm, task and outcome",
+        )
+        self._fallbacks = meter.create_counter(
+            "gamaserving.router.fallbacks",
+            unit="{request}",
+            description="Requests served by another model, by reason",
+        )
+        self._quality = meter.create_counter(
+            "gamaserving.router.quality.failures",
+            unit="{check}",
+            description="Failed quality checks by model and check",
+        )
+        self._exposures = meter.create_counter(
+            "gamaserving.router.experiment.exposures",
+            unit="{request}",
+            description="Requests assigned to an arm",
+        )
+        self._shed = meter.create_counter(
+            "gamaserving.router.shed",
+            unit="{request}",
+            description="Requests refused over the in-flight limit",
+        )
+        self._agreement = meter.create_histogram(
+            "gamaserving.router.shadow.agreement",
+            unit="1",
+            description="Agreement of a shadow answer with the served one",
+        )
+        self._client = meter.create_histogram(
+            "rpc.client.call.duration",
+            unit="s",
+            description="Duration of the router's calls to model servers",
+        )
+
+        def circuit(_: CallbackOptions) -> list[Observation]:
+            return [
+                Observation(
+                    int(state is s), {"model": model, "endpoint": endpoint, "state": s.value}
+                )
+                for model, endpoint, state in circuits()
+                for s in State
+            ]
+
+        def flying(_: CallbackOptions) -> list[Observation]:
+            return [Observation(in_flight())]
+
+        meter.create_observable_gauge(
+            "gamaserving.router.circuit.state",
+            [circuit],
+            unit="1",
+            description="1 for each endpoint's current state",
+        )
+        meter.create_observable_up_down_counter(
+            "gamaserving.router.in_flight",
+            [flying],
+            unit="{request}",
+            description="Requests being served",
+        )
+
+    def request(self, model: str, arm: str, task: str, outcome: str) -> None:
+        self._requests.add(1, {"model": model, "arm": arm, "task": task, "outcome": outcome})
+
+    def fallback(self, reason: str, from_model: str, to_model: str) -> None:
+        self._fallbacks.add(1, {"reason": reason, "from_model": from_model, "to_model": to_model})
+
+    def quality_failure(self, model: str, check: str) -> None:
+        self._quality.add(1, {"model": model, "check": check})
+
+    def exposure(self, experiment: str, arm: str) -> None:
+        self._exposures.add(1, {"experiment": experiment, "arm": arm})
+
+    def shed(self) -> None:
+        self._shed.add(1)
+
+    def agreement(self, primary: str, shadow: str, measure: str, value: float) -> None:
+        self._agreement.record(
+            value, {"primary_model": primary, "shadow_model": shadow, "measure": measure}
+        )
+
+    def client_call(self, model: str, endpoint: str, seconds: float, status: str) -> None:
+        self._client.record(
+            seconds,
+            {
+                "rpc.system.name": "grpc",
+                "rpc.method": "inference.GRPCInferenceService/ModelInfer",
+                "rpc.response.status_code": status,
+                "server.address": endpoint,
+                "model": model,
+            },
+        )

@@ -1,0 +1,198 @@
+"""Both Prometheus endpoints, scraped after known traffic: documented names, units and
+attributes, with counts that match the traffic."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gamaserving.router.v1 import router_pb2 as rpb
+from tests.modelserver.conftest import live_server
+from tests.router.conftest import base_config, live_router
+from tests.support.audio import wav
+from tests.support.fault_server import fault_server
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def scrape(port: int) -> Samples:
+    text = await asyncio.to_thread(
+        lambda: (
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        )
+    )
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = frozenset(
+                (k, v) for k, v in s.labels.items() if not k.startswith("otel_scope")
+            )
+            samples[(s.name, labels)] = s.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """Sum over the series of `name` whose labels include `labels`."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
+
+
+async def test_metrics_match_known_traffic(tiny_models: Path, tmp_path: Path) -> None:
+    async with (
+        live_server(tiny_models / "wav2vec2", settings={"metrics_port": 0}) as w2v,
+        fault_server("faulty", mode="unavailable") as (_, faulty),
+    ):
+        address = f"127.0.0.1:{w2v.server.port}"
+        cfg = base_config(
+            {"wav2vec2": [address], "faulty": [faulty]},
+            transcribe={"primary": "wav2vec2"},
+            embed={"primary": "faulty", "fallbacks": ["wav2vec2"]},
+        )
+        cfg["telemetry"] = {"prometheus_host": "127.0.0.1", "prometheus_port": 0}
+        async with live_router(cfg, tmp_path) as router:
+            for _ in range(5):
+                await router.process(rpb.TASK_TRANSCRIBE, wav(0.5))
+            for _ in range(3):
+                assert (await router.process(rpb.TASK_EMBED, wav(0.5))).route.fallback_used
+            for _ in range(2):
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await router.stub.Process(rpb.ProcessRequest(task=rpb.TASK_EMBED))
+            r = await scrape(router.server.metrics_port)
+            assert w2v.server.telemetry is not None
+            m = await scrape(w2v.server.telemetry.port)
+
+    # Router: requests by model, arm, task and outcome; fallbacks by reason.
+    assert (
+        value(
+            r,
+            "gamaserving_router_requests_total",
+            model="wav2vec2",
+            task="transcribe",
+            outcome="ok",
+        )
+        == 5
+    )
+    assert (
+        value(r, "gamaserving_router_requests_total", model="wav2vec2", task="embed", outcome="ok")
+        == 3
+    )
+    assert (
+        value(
+            r,
+            "gamaserving_router_fallbacks_total",
+            reason="unavailable",
+            from_model="faulty",
+            to_model="wav2vec2",
+        )
+        == 3
+    )
+    # RPC durations under the semantic-convention names, in seconds with second-scale buckets.
+    process = "gamaserving.router.v1.AudioRouter/Process"
+    assert (
+        value(
+            r,
+            "rpc_server_call_duration_seconds_count",
+            rpc_method=process,
+            rpc_response_status_code="OK",
+        )
+        == 8
+    )
+    assert (
+        value(
+            r,
+            "rpc_server_call_duration_seconds_count",
+            rpc_method=process,
+            rpc_response_status_code="INVALID_ARGUMENT",
+        )
+        == 2
+    )
+    assert value(r, "rpc_server_call_duration_seconds_bucket", rpc_method=process, le="0.005") > 0
+    assert (
+        value(
+            r,
+            "rpc_client_call_duration_seconds_count",
+            server_address=address,
+            rpc_response_status_code="OK",
+        )
+        == 8
+    )
+    assert (
+        value(
+            r,
+            "rpc_client_call_duration_seconds_count",
+            server_address=faulty,
+            rpc_response_status_code="UNAVAILABLE",
+        )
+        == 3
+    )
+    assert value(r, "gamaserving_router_circuit_state", model="wav2vec2", state="closed") == 1
+    assert value(r, "gamaserving_router_circuit_state", model="wav2vec2", state="open") == 0
+    assert value(r, "process_memory_usage_bytes") > 10_000_000
+    assert not any(dict(ls).get("rpc_method", "").startswith("grpc.health") for _, ls in r)
+
+    # Model server: requests, batches, queue and compute time; warm-up excluded.
+    assert value(m, "gamaserving_modelserver_requests_total", task="transcribe", outcome="ok") == 5
+    assert value(m, "gamaserving_modelserver_requests_total", task="embed", outcome="ok") == 3
+    assert value(m, "gamaserving_modelserver_batch_size_sum") == 8
+    assert value(m, "gamaserving_modelserver_queue_duration_seconds_count") == 8
+    assert value(m, "gamaserving_modelserver_compute_duration_seconds_count") >= 1
+    assert value(m, "gamaserving_modelserver_queue_depth") == 0
+    infer = "inference.GRPCInferenceService/ModelInfer"
+    assert value(m, "rpc_server_call_duration_seconds_count", rpc_method=infer) == 8
+    assert value(m, "process_cpu_time_seconds_total", cpu_mode="user") > 0
+
+
+async def test_model_server_counts_errors_by_kind(tiny_models: Path) -> None:
+    from tests.support.oip import infer_request
+
+    async with live_server(tiny_models / "wav2vec2", settings={"metrics_port": 0}) as live:
+        with pytest.raises(grpc.aio.AioRpcError):
+            await live.stub.ModelInfer(infer_request("wav2vec2", audio=b"junk"))
+        assert live.server.telemetry is not None
+        m = await scrape(live.server.telemetry.port)
+    assert value(m, "gamaserving_modelserver_requests_total", outcome="invalid_argument") == 1
+    infer = "inference.GRPCInferenceService/ModelInfer"
+    assert (
+        value(
+            m,
+            "rpc_server_call_duration_seconds_count",
+            rpc_method=infer,
+            rpc_response_status_code="INVALID_ARGUMENT",
+        )
+        == 1
+    )
+
+
+def _family(sample: str) -> str:
+    for suffix in ("_bucket", "_count", "_sum", "_created", "_total"):
+        sample = sample.removesuffix(suffix)
+    for unit in ("_seconds", "_bytes", "_ratio"):
+        sample = sample.removesuffix(unit)
+    return sample
+
+
+async def test_every_exposed_metric_is_documented(tiny_models: Path, tmp_path: Path) -> None:
+    import re
+
+    doc = (Path(__file__).parents[2] / "docs" / "observability.md").read_text()
+    documented = {
+        name.replace(".", "_") for name in re.findall(r"^\| `([a-z][a-z0-9_.]+)` \|", doc, re.M)
+    }
+    async with live_server(tiny_models / "wav2vec2", settings={"metrics_port": 0}) as w2v:
+        cfg = base_config(
+            {"wav2vec2": [f"127.0.0.1:{w2v.server.port}"]}, transcribe={"primary": "wav2vec2"}
+        )
+        cfg["telemetry"] = {"prometheus_host": "127.0.0.1", "prometheus_port": 0}
+        async with live_router(cfg, tmp_path) as router:
+            await router.process(rpb.TASK_TRANSCRIBE, wav(0.5))
+            assert w2v.server.telemetry is not None
+            exposed = set(await scrape(router.server.metrics_port)) | set(
+                await scrape(w2v.server.telemetry.port)
+            )
+    families = {_family(name) for name, _ in exposed} - {"target_info"}
+    assert families and not families - documented, f"undocumented: {sorted(families - documented)}"
