@@ -33,6 +33,10 @@ class BatchInfo:
     queue_ms: float
     compute_ms: float
     batch_size: int
+    started: float = 0.0
+    """When the model call began, on the batcher's clock."""
+    tags: tuple[Any, ...] = ()
+    """The `tag` of every request in the batch (trace contexts, for span links)."""
 
 
 @dataclass
@@ -61,6 +65,7 @@ class _Entry(Generic[T, R]):
     future: asyncio.Future[tuple[R, BatchInfo]]
     enqueued: float
     deadline: float | None
+    tag: Any = None
 
 
 class DynamicBatcher(Generic[T, R]):
@@ -114,8 +119,10 @@ class DynamicBatcher(Generic[T, R]):
                 entry.future.set_exception(unavailable("the model server is shutting down"))
         self._queue.clear()
 
-    async def submit(self, item: T, deadline: float | None = None) -> tuple[R, BatchInfo]:
-        """Queue one item; `deadline` is on this batcher's clock."""
+    async def submit(
+        self, item: T, deadline: float | None = None, tag: Any = None
+    ) -> tuple[R, BatchInfo]:
+        """Queue one item; `deadline` is on this batcher's clock; `tag` comes back in BatchInfo."""
         if self._closed:
             raise unavailable("the model server is draining and takes no new requests")
         if len(self._queue) >= self.settings.max_queue_size:
@@ -125,7 +132,7 @@ class DynamicBatcher(Generic[T, R]):
                 "retry with backoff or send to another replica"
             )
         future: asyncio.Future[tuple[R, BatchInfo]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Entry(item, future, self._clock(), deadline))
+        self._queue.append(_Entry(item, future, self._clock(), deadline, tag))
         self.stats.submitted += 1
         self._wakeup.set()
         return await future
@@ -206,7 +213,10 @@ class DynamicBatcher(Generic[T, R]):
             self.stats.record_batch(len(batch))
             if self._on_batch is not None:
                 self._on_batch(len(batch), compute_ms / 1000)
+            tags = tuple(e.tag for e in batch)
             for entry, result in zip(batch, results, strict=True):
                 if not entry.future.done():
-                    info = BatchInfo((start - entry.enqueued) * 1000, compute_ms, len(batch))
+                    info = BatchInfo(
+                        (start - entry.enqueued) * 1000, compute_ms, len(batch), start, tags
+                    )
                     entry.future.set_result((result, info))

@@ -13,9 +13,12 @@ from enum import Enum
 from typing import Any, Protocol
 
 import numpy as np
+from opentelemetry import trace
+from opentelemetry.trace import Tracer
 
+from gamaserving.telemetry.tracing import span_between
 from modelserver.audio import AudioDecoder
-from modelserver.batching import DynamicBatcher
+from modelserver.batching import BatchInfo, DynamicBatcher
 from modelserver.config import ModelConfig, Task
 from modelserver.errors import InferenceError, invalid, unavailable
 from modelserver.families.base import Family
@@ -52,6 +55,7 @@ class InferenceCore:
         self.arriving = 0
         self.in_flight = 0
         self.metrics: CoreMetrics | None = None
+        self.tracer: Tracer = trace.NoOpTracer()
         self._idle = asyncio.Event()
         self._idle.set()
         self._prep = ThreadPoolExecutor(prep_threads, thread_name_prefix="prepare")
@@ -227,21 +231,45 @@ class InferenceCore:
                 f"{self.config.limits.max_prompt_chars}"
             )
         assert self.batcher is not None
-        if self._prepare_inline(family, request):
-            item = self._prepare(family, request)
-        else:
-            self.arriving += 1
-            try:
-                loop = asyncio.get_running_loop()
-                item = await loop.run_in_executor(self._prep, self._prepare, family, request)
-            finally:
-                self.arriving -= 1
-        outputs, info = await self.batcher.submit(item, deadline)
+        with self.tracer.start_as_current_span("decode", attributes={"task": request.task.value}):
+            item = await self._prepare_item(family, request)
+        own = trace.get_current_span().get_span_context()
+        enqueued = time.monotonic()
+        outputs, info = await self.batcher.submit(item, deadline, tag=own)
+        self._trace_batch(enqueued, info, own)
         return InferResult(
             outputs={name: value for name, value in outputs.items() if name in request.outputs},
             queue_ms=info.queue_ms,
             compute_ms=info.compute_ms,
             batch_size=info.batch_size,
+        )
+
+    async def _prepare_item(self, family: Family, request: InferRequest) -> Any:
+        if self._prepare_inline(family, request):
+            return self._prepare(family, request)
+        self.arriving += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._prep, self._prepare, family, request)
+        finally:
+            self.arriving -= 1
+
+    def _trace_batch(self, enqueued: float, info: BatchInfo, own: trace.SpanContext) -> None:
+        """Queue wait and the batch call as spans of this request, linked to its batch mates."""
+        if not own.is_valid:
+            return
+        end = info.started + info.compute_ms / 1000
+        span_between(
+            self.tracer, "queue", enqueued, info.started, attributes={"queue_ms": info.queue_ms}
+        )
+        links = [
+            trace.Link(t)
+            for t in info.tags
+            if isinstance(t, trace.SpanContext) and t.is_valid and t != own
+        ]
+        attributes = {"batch_size": info.batch_size, "model": self.config.name}
+        span_between(
+            self.tracer, "batch_inference", info.started, end, attributes=attributes, links=links
         )
 
     @staticmethod

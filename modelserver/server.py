@@ -16,6 +16,7 @@ from gamaserving.inference import grpc_predict_v2_pb2 as pb
 from gamaserving.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from gamaserving.telemetry import Telemetry
 from gamaserving.telemetry.rpc import RpcMetricsInterceptor
+from gamaserving.telemetry.tracing import Tracing, TracingInterceptor
 from modelserver.config import ModelConfig, ServerSettings
 from modelserver.core import InferenceCore, ModelState
 from modelserver.health import HealthReporter
@@ -36,12 +37,17 @@ class ModelServer:
         self.port = 0
         self._recovery: asyncio.Task[None] | None = None
         self.telemetry: Telemetry | None = None
+        self.tracing: Tracing | None = None
 
     def _build(self) -> grpc.aio.Server:
         # grpc.aio objects bind to the running loop: build them inside it.
         self.health = HealthReporter(self.core, self.settings.stuck_after_seconds)
         limit = self.settings.max_message_bytes
-        interceptors = []
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        self.tracing = Tracing("modelserver")
+        if self.tracing.enabled:
+            self.core.tracer = self.tracing.tracer
+            interceptors.append(TracingInterceptor(self.tracing.tracer))
         if self.settings.metrics_port is not None:
             self.telemetry = Telemetry("modelserver")
             self.core.metrics = ModelServerMetrics(self.telemetry.meter, self.core)
@@ -134,6 +140,8 @@ class ModelServer:
         await self.core.close()
         if self.telemetry is not None:
             self.telemetry.shutdown()
+        if self.tracing is not None:
+            self.tracing.shutdown()
         log.info("stopped")
 
     async def run(self) -> None:

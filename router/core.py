@@ -165,7 +165,13 @@ class RouterCore:
         started = self.clock()
         if deadline is None:
             deadline = started + route.default_timeout_ms / 1000
-        assignment = assign(route.experiment, req.user_id) if route.experiment else None
+        with self.dispatcher.tracer.start_as_current_span(
+            "assign", attributes={"task": req.task}
+        ) as span:
+            assignment = assign(route.experiment, req.user_id) if route.experiment else None
+            if assignment is not None:
+                span.set_attribute("experiment", assignment.experiment)
+                span.set_attribute("arm", assignment.arm)
         first = assignment.model if assignment else route.primary
         backends = [state.backends[key] for key in chain(route, first)]
         arm = assignment.arm if assignment else ""

@@ -19,6 +19,7 @@ from gamaserving.router.v1 import router_pb2 as rpb
 from gamaserving.router.v1 import router_pb2_grpc as rpb_grpc
 from gamaserving.telemetry import Telemetry
 from gamaserving.telemetry.rpc import RpcMetricsInterceptor
+from gamaserving.telemetry.tracing import Tracing, TracingInterceptor
 from router.api.servicers import Admission, AudioRouterServicer, RouterAdminServicer
 from router.backends.model import ModelBackend
 from router.config import ConfigError, RouterConfig, load_config
@@ -60,6 +61,7 @@ class RouterServer:
         self._draining = False
         self.reloads = 0
         self.telemetry: Telemetry | None = None
+        self.tracing: Tracing | None = None
         self.metrics_port = 0
         self.reload_failures = 0
 
@@ -99,7 +101,11 @@ class RouterServer:
         s = config.server
         self.admission = Admission(s.max_in_flight)
         self.health = health.aio.HealthServicer()
-        interceptors = []
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        self.tracing = Tracing("router")
+        if self.tracing.enabled:
+            self.core.dispatcher.tracer = self.tracing.tracer
+            interceptors.append(TracingInterceptor(self.tracing.tracer))
         if config.telemetry.prometheus_port is not None:
             self.telemetry = Telemetry("router")
             admission = self.admission
@@ -217,6 +223,9 @@ class RouterServer:
         if self.telemetry is not None:
             self.telemetry.shutdown()
             self.telemetry = None
+        if self.tracing is not None:
+            self.tracing.shutdown()
+            self.tracing = None
         log.info("stopped")
 
     async def run(self) -> None:

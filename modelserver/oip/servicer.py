@@ -75,7 +75,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         result = await self.core.infer(plain, deadline)
-        return encode_response(request, result, self.core.config.name, self.core.config.version)
+        with self.core.tracer.start_as_current_span("postprocess"):
+            return encode_response(request, result, self.core.config.name, self.core.config.version)
 
 
 def model_metadata(core: InferenceCore) -> pb.ModelMetadataResponse:

@@ -13,7 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Tracer
 
+from gamaserving.telemetry.tracing import inject, record_status
 from router.backends.model import ModelBackend
 from router.backends.oip import infer_request, parse_response
 from router.config import RouteSettings
@@ -75,6 +78,7 @@ class Dispatcher:
     ) -> None:
         self._on_checks = on_checks
         self.on_call = on_call
+        self.tracer: Tracer = trace.NoOpTracer()
         self._clock = clock
         self.stats = DispatchStats()
 
@@ -118,45 +122,83 @@ class Dispatcher:
                 started = self._clock()
                 endpoint.in_flight += 1
                 self.stats.calls[backend.key] += 1
+                span = self.tracer.start_span(
+                    "attempt",
+                    kind=SpanKind.CLIENT,
+                    attributes={
+                        "model": backend.key,
+                        "server.address": endpoint.target,
+                        "rpc.method": "inference.GRPCInferenceService/ModelInfer",
+                        "attempt.timeout_ms": round(timeout * 1000, 1),
+                    },
+                )
                 try:
-                    response = await endpoint.stub.ModelInfer(
-                        infer_request(backend.server_name, req), timeout=timeout
-                    )
+                    with trace.use_span(span):
+                        response = await endpoint.stub.ModelInfer(
+                            infer_request(backend.server_name, req),
+                            timeout=timeout,
+                            metadata=inject(),
+                        )
                 except grpc.aio.AioRpcError as exc:
                     seconds = self._clock() - started
+                    reason = REASONS.get(exc.code(), exc.code().name.lower())
+                    record_status(span, exc.code())
+                    span.set_attributes({"attempt.outcome": "failed", "attempt.reason": reason})
+                    span.end()
                     if self.on_call is not None:
                         self.on_call(backend.key, endpoint.target, seconds, exc.code().name)
                     if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                         endpoint.breaker.record(True, seconds)
                         raise RouteError(exc.code(), f"{backend.key}: {exc.details()}") from None
                     endpoint.breaker.record(False, seconds)
-                    reason = REASONS.get(exc.code(), exc.code().name.lower())
                     attempts.append(
                         Attempt(backend.key, endpoint.target, "failed", reason, seconds * 1000)
                     )
                     last_error = RouteError(exc.code(), f"{backend.key}: {exc.details()}")
                     continue
+                except BaseException:
+                    span.end()  # cancelled by the caller: still close the span
+                    raise
                 finally:
                     endpoint.in_flight -= 1
                 seconds = self._clock() - started
                 if self.on_call is not None:
                     self.on_call(backend.key, endpoint.target, seconds, "OK")
+                record_status(span, None)
                 output = parse_response(response)
-                checks = validate(req.task, output, backend.info, route.quality, seconds * 1000)
+                with self.tracer.start_as_current_span(
+                    "validate", attributes={"model": backend.key}
+                ) as checking:
+                    checks = validate(req.task, output, backend.info, route.quality, seconds * 1000)
+                    failed_names = [c.name for c in checks if not c.passed]
+                    checking.set_attribute("quality.passed", not failed_names)
+                    if failed_names:
+                        checking.set_attribute("quality.failed_checks", failed_names)
                 self._on_checks(backend.key, output, checks, seconds * 1000)
                 failed = [c for c in checks if not c.passed]
                 endpoint.breaker.record(not failed, seconds)
                 if failed and route.quality.on_failure == "fallback":
                     reason = f"quality:{failed[0].name}"
+                    span.set_attributes({"attempt.outcome": "failed", "attempt.reason": reason})
+                    span.end()
                     attempts.append(
                         Attempt(backend.key, endpoint.target, "failed", reason, seconds * 1000)
                     )
                     if marked is None:
                         marked = Outcome(output, backend.key, checks, seconds * 1000)
                     break  # another endpoint of the same model would answer alike
+                span.set_attribute("attempt.outcome", "ok")
+                span.end()
                 attempts.append(Attempt(backend.key, endpoint.target, "ok", "", seconds * 1000))
                 return Outcome(output, backend.key, checks, seconds * 1000, attempts)
         return self._give_up(req, attempts, marked, last_error)
+
+    @staticmethod
+    def _skip(model: str, target: str, reason: str) -> Attempt:
+        trace.get_current_span().add_event(
+            "skipped", {"model": model, "server.address": target, "reason": reason}
+        )
+        return Attempt(model, target, "skipped", reason)
 
     def _give_up(
         self,

@@ -1,0 +1,146 @@
+"""Traces: one per request from client to router to model server, W3C trace context carried
+in gRPC metadata. Each server owns its TracerProvider; without OTEL_* exporter settings the
+tracer is a no-op and costs next to nothing."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from gamaserving.telemetry.rpc import SKIPPED, split_method
+
+PROPAGATOR = TraceContextTextMapPropagator()
+
+
+def tracing_wanted() -> bool:
+    if os.environ.get("OTEL_TRACES_EXPORTER", "").lower() == "none":
+        return False
+    return bool(
+        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
+
+
+class Tracing:
+    def __init__(self, service: str) -> None:
+        self.provider: TracerProvider | None = None
+        if tracing_wanted():
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+            resource = Resource.create(
+                {"service.name": os.environ.get("OTEL_SERVICE_NAME", service)}
+            )
+            self.provider = TracerProvider(resource=resource)
+            self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+            self.tracer: Tracer = self.provider.get_tracer("gamaserving")
+        else:
+            self.tracer = trace.NoOpTracer()
+
+    @property
+    def enabled(self) -> bool:
+        return self.provider is not None
+
+    def shutdown(self) -> None:
+        if self.provider is not None:
+            self.provider.shutdown()
+
+
+def extract(metadata: Iterable[tuple[str, Any]] | None) -> Context:
+    carrier = {k: v if isinstance(v, str) else v.decode() for k, v in metadata or ()}
+    return PROPAGATOR.extract(carrier)
+
+
+def inject() -> list[tuple[str, str]]:
+    """Metadata carrying the current span's trace context to the next hop."""
+    carrier: dict[str, str] = {}
+    PROPAGATOR.inject(carrier)
+    return list(carrier.items())
+
+
+def record_status(span: trace.Span, code: grpc.StatusCode | None) -> None:
+    name = code.name if code is not None else "OK"
+    span.set_attribute("rpc.response.status_code", name)
+    if code not in (None, grpc.StatusCode.OK):
+        span.set_status(Status(StatusCode.ERROR, name))
+
+
+class TracingInterceptor(grpc.aio.ServerInterceptor):
+    """A SERVER span per unary call, continuing the caller's trace; health and reflection
+    stay out of traces."""
+
+    def __init__(self, tracer: Tracer) -> None:
+        self.tracer = tracer
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        method: str = details.method  # type: ignore[attr-defined]
+        if handler is None or handler.unary_unary is None or method.startswith(SKIPPED):
+            return handler
+        inner = handler.unary_unary
+        service, name = split_method(method)
+        tracer = self.tracer
+
+        async def traced(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            parent = extract(context.invocation_metadata())
+            attributes = {"rpc.system.name": "grpc", "rpc.method": f"{service}/{name}"}
+            with tracer.start_as_current_span(
+                f"{service}/{name}", context=parent, kind=SpanKind.SERVER, attributes=attributes
+            ) as span:
+                try:
+                    response = await inner(request, context)
+                except BaseException:
+                    code = context.code()
+                    record_status(
+                        span, code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+                    )
+                    raise
+                record_status(span, None)
+                return response
+
+        return grpc.unary_unary_rpc_method_handler(
+            traced,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def span_between(
+    tracer: Tracer,
+    name: str,
+    start_s: float,
+    end_s: float,
+    parent: Context | None = None,
+    attributes: dict[str, Any] | None = None,
+    links: Sequence[trace.Link] = (),
+) -> trace.Span:
+    """A span for an interval measured on time.monotonic() (queue waits, batch calls)."""
+    offset = time.time_ns() - time.monotonic_ns()
+    span = tracer.start_span(
+        name,
+        context=parent,
+        attributes=attributes,
+        links=links,
+        start_time=int(start_s * 1e9) + offset,
+    )
+    span.end(end_time=int(end_s * 1e9) + offset)
+    return span
+
+
+def current() -> Context:
+    return otel_context.get_current()
