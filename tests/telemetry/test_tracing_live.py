@@ -1,0 +1,141 @@
+"""One trace from the client through the router to the model server, received by a real
+OTLP/gRPC receiver built from opentelemetry-proto's service definitions."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+from gamaserving.router.v1 import router_pb2 as rpb
+from gamaserving.router.v1 import router_pb2_grpc as rpb_grpc
+from tests.support.audio import wav
+from tests.support.fault_server import fault_server
+from tests.support.processes import ServerProcess, free_port, modelserver_args, router_args
+
+
+class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
+    def __init__(self) -> None:
+        self.spans: list[dict[str, Any]] = []
+
+    async def Export(
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: Any
+    ) -> Any:
+        for resource_spans in request.resource_spans:
+            service = next(
+                a.value.string_value
+                for a in resource_spans.resource.attributes
+                if a.key == "service.name"
+            )
+            for scope in resource_spans.scope_spans:
+                for span in scope.spans:
+                    self.spans.append(
+                        {
+                            "service": service,
+                            "name": span.name,
+                            "trace": span.trace_id.hex(),
+                            "id": span.span_id.hex(),
+                            "parent": span.parent_span_id.hex(),
+                            "attributes": {a.key: _value(a.value) for a in span.attributes},
+                            "links": len(span.links),
+                        }
+                    )
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+def _value(v: Any) -> Any:
+    kind = v.WhichOneof("value")
+    if kind == "array_value":
+        return [_value(x) for x in v.array_value.values]
+    return getattr(v, kind) if kind else None
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[Receiver, int]]:
+    collector = Receiver()
+    server = grpc.aio.server()
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    yield collector, port
+    await server.stop(0)
+
+
+async def test_one_trace_across_router_and_model_server(
+    tiny_models: Path,
+    tmp_path: Path,
+    receiver: tuple[Receiver, int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    collector, otlp_port = receiver
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{otlp_port}")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "200")
+    mport, rport = free_port(), free_port()
+    model = ServerProcess(
+        modelserver_args(tiny_models / "wav2vec2", mport), tmp_path / "m.log", mport
+    ).start()
+    async with fault_server("wav2vec2", mode="unavailable") as (_, broken):
+        config = {
+            "models": {
+                "broken": {"endpoints": [broken], "model_name": "wav2vec2"},
+                "wav2vec2": {"endpoints": [model.address]},
+            },
+            "routes": {"transcribe": {"primary": "broken", "fallbacks": ["wav2vec2"]}},
+        }
+        (tmp_path / "router.yaml").write_text(yaml.safe_dump(config))
+        router = ServerProcess(
+            router_args(tmp_path / "router.yaml", rport), tmp_path / "r.log", rport
+        ).start()
+        try:
+            await asyncio.to_thread(model.wait_status)
+            await asyncio.to_thread(router.wait_status)
+            trace_id, client_span = secrets.token_hex(16), secrets.token_hex(8)
+            async with grpc.aio.insecure_channel(router.address) as channel:
+                stub = rpb_grpc.AudioRouterStub(channel)
+                response = await stub.Process(
+                    rpb.ProcessRequest(audio=wav(0.5), task=rpb.TASK_TRANSCRIBE),
+                    metadata=(("traceparent", f"00-{trace_id}-{client_span}-01"),),
+                    timeout=10,
+                )
+            assert response.route.fallback_used and response.route.model == "wav2vec2"
+        finally:
+            # Off the event loop: the receiver in this loop must answer the final flushes.
+            await asyncio.to_thread(router.stop)
+            await asyncio.to_thread(model.stop)
+    assert router.wait() == 0 and model.wait() == 0  # spans are flushed on shutdown
+
+    spans = [s for s in collector.spans if s["trace"] == trace_id]
+    assert spans, [(s["service"], s["name"], s["trace"][:6]) for s in collector.spans][:20]
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for s in spans:
+        by_name.setdefault(s["name"], []).append(s)
+    (process,) = by_name["gamaserving.router.v1.AudioRouter/Process"]
+    assert process["service"] == "router" and process["parent"] == client_span
+    (assign,) = by_name["assign"]
+    (validate,) = by_name["validate"]
+    assert assign["parent"] == validate["parent"] == process["id"]
+    failed, ok = sorted(by_name["attempt"], key=lambda s: s["attributes"]["attempt.outcome"])
+    assert (
+        failed["attributes"]["model"] == "broken"
+        and failed["attributes"]["attempt.reason"] == "unavailable"
+    )
+    assert ok["attributes"]["model"] == "wav2vec2" and ok["attributes"]["attempt.outcome"] == "ok"
+    assert failed["parent"] == ok["parent"] == process["id"]
+    (infer,) = by_name["inference.GRPCInferenceService/ModelInfer"]
+    assert infer["service"] == "modelserver" and infer["parent"] == ok["id"]
+    for name in ("decode", "queue", "batch_inference", "postprocess"):
+        (child,) = by_name[name]
+        assert child["service"] == "modelserver" and child["parent"] == infer["id"], name
+    assert by_name["batch_inference"][0]["attributes"]["batch_size"] == 1
+    # Health checks and reflection stay out of traces.
+    assert not [
+        s for s in collector.spans if "grpc.health" in s["name"] or "reflection" in s["name"]
+    ]
