@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import yaml
@@ -27,6 +28,7 @@ from tests.support.oip import infer_request
 from tests.support.processes import ServerProcess, free_port, modelserver_args, router_args
 
 CONCURRENCY = (1, 16)
+PATHS = ("direct", "proxy", "router", "router+telemetry")
 ROUNDS = 4
 BALANCING = "round_robin"
 # Every call carries a deadline, as production callers do; the proxy forwards it.
@@ -67,13 +69,25 @@ async def _router(address: str, clip: bytes, c: int, seconds: float) -> Load:
         return await closed_loop(call, c, seconds, warmup=20)
 
 
+def _router_config(path: Path, model_port: int, metrics_port: int | None) -> Path:
+    config: dict[str, Any] = {
+        "models": {"wav2vec2": {"endpoints": [f"127.0.0.1:{model_port}"], "balancing": BALANCING}},
+        "routes": {"embed": {"primary": "wav2vec2"}},
+    }
+    if metrics_port is not None:
+        config["telemetry"] = {"prometheus_host": "127.0.0.1", "prometheus_port": metrics_port}
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 def run(models: Path, seconds: float) -> dict[tuple[str, int], Load]:
     clip = wav(0.5)
     results: dict[tuple[str, int], Load] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        mport, pport, rport = free_port(), free_port(), free_port()
+        d = Path(tmp)
+        mport, pport, rport, tport, sink_port = (free_port() for _ in range(5))
         model = ServerProcess(
-            modelserver_args(models / "wav2vec2", mport), Path(tmp) / "m.log", mport
+            modelserver_args(models / "wav2vec2", mport), d / "m.log", mport
         ).start()
         proxy = subprocess.Popen(
             [
@@ -86,26 +100,33 @@ def run(models: Path, seconds: float) -> dict[tuple[str, int], Load]:
                 f"127.0.0.1:{mport}",
             ]
         )
-        config = Path(tmp) / "router.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "models": {
-                        "wav2vec2": {"endpoints": [f"127.0.0.1:{mport}"], "balancing": BALANCING}
-                    },
-                    "routes": {"embed": {"primary": "wav2vec2"}},
-                }
-            )
+        sink = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.otlp_sink", "--port", str(sink_port)]
         )
-        router = ServerProcess(router_args(config, rport), Path(tmp) / "r.log", rport).start()
+        router = ServerProcess(
+            router_args(_router_config(d / "r.yaml", mport, None), rport), d / "r.log", rport
+        )
+        # Telemetry on: Prometheus metrics, and traces and metrics sent by OTLP to a sink.
+        observed = ServerProcess(
+            router_args(_router_config(d / "t.yaml", mport, free_port()), tport), d / "t.log", tport
+        )
+        otel = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}",
+            "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        }
+        router.start()
+        observed.start(env=otel)
         try:
             model.wait_status()
             router.wait_status()
+            observed.wait_status()
             _wait_port(pport)
+            _wait_port(sink_port)
             calls = {
                 "direct": lambda c, t: _oip(model.address, clip, c, t),
                 "proxy": lambda c, t: _oip(f"127.0.0.1:{pport}", clip, c, t),
                 "router": lambda c, t: _router(router.address, clip, c, t),
+                "router+telemetry": lambda c, t: _router(observed.address, clip, c, t),
             }
             for c in CONCURRENCY:
                 # Interleaved short rounds: slow drifts of a shared machine hit all paths alike.
@@ -114,15 +135,15 @@ def run(models: Path, seconds: float) -> dict[tuple[str, int], Load]:
                     for path, run_cell in calls.items():
                         rounds[path].append(asyncio.run(run_cell(c, seconds / ROUNDS)))
                 for path, loads in rounds.items():
-                    results[(path, c)] = merge(loads)
-                for path in ("direct", "proxy", "router"):
-                    r = results[(path, c)]
-                    line = f"{path:6s} c={c:2d} {r.throughput:7.1f}/s"
+                    results[(path, c)] = r = merge(loads)
+                    line = f"{path:16s} c={c:2d} {r.throughput:7.1f}/s"
                     print(f"{line} p50 {r.p50_ms:6.2f} ms p99 {r.p99_ms:6.2f} ms", flush=True)
         finally:
+            observed.stop()
             router.stop()
-            proxy.terminate()
-            proxy.wait(10)
+            for p in (proxy, sink):
+                p.terminate()
+                p.wait(10)
             model.stop()
     return results
 
@@ -134,7 +155,7 @@ def table(results: dict[tuple[str, int], Load]) -> str:
     ]
     for c in CONCURRENCY:
         direct = results[("direct", c)]
-        for path in ("direct", "proxy", "router"):
+        for path in PATHS:
             r = results[(path, c)]
             added = r.p50_ms - direct.p50_ms
             cells = [path, str(c), f"{r.throughput:.1f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}"]
@@ -152,6 +173,17 @@ def table(results: dict[tuple[str, int], Load]) -> str:
         lines.append(f"| added p50 latency, c={c} | **{added:.2f}** | <= 1.2 |")
     ratio = results[("router", 16)].throughput / results[("proxy", 16)].throughput
     lines.append(f"| throughput, c=16 | **{ratio:.2f}** | >= 0.8 |")
+    lines += ["", "| measure | telemetry on / off | goal |", "| --- | ---: | --- |"]
+    for c in CONCURRENCY:
+        d, off, on = (
+            results[("direct", c)],
+            results[("router", c)],
+            results[("router+telemetry", c)],
+        )
+        added = (on.p50_ms - d.p50_ms) / max(off.p50_ms - d.p50_ms, 1e-9)
+        lines.append(f"| router's added p50 latency, c={c} | **{added:.2f}** | <= 1.10 |")
+    on_off = results[("router+telemetry", 16)].throughput / results[("router", 16)].throughput
+    lines.append(f"| throughput, c=16 | **{on_off:.2f}** | |")
     return "\n".join(lines)
 
 
@@ -169,7 +201,9 @@ def main() -> None:
             f"`make bench` (`python -m benchmarks.router`), {time.strftime('%Y-%m-%d')},",
             f"{machine()}. Three processes on loopback: a wav2vec2 model server, a bare",
             "grpc.aio pass-through proxy (`benchmarks/proxy.py`: bytes in, bytes out) and the",
-            "router (one route, no experiment). The client sends the same 0.5 s WAV clip for",
+            "router (one route, no experiment), and a second router with telemetry on (Prometheus",
+            "metrics; OTLP traces and metrics to a discarding sink, `benchmarks/otlp_sink.py`).",
+            "The client sends the same 0.5 s WAV clip for",
             f"`embed` closed-loop, {args.seconds:g} s per cell in {ROUNDS} interleaved rounds: OIP",
             "ModelInfer direct and through the proxy; AudioRouter/Process to the router.",
             "",
