@@ -82,12 +82,12 @@ class RouterCore:
         self.dispatcher.on_call = metrics.client_call
         self.shadow.on_agreement = metrics.agreement
 
-    def circuits(self) -> list[tuple[str, str, State]]:
-        """(model, endpoint, circuit state) for every endpoint of the current state."""
+    def circuits(self) -> list[tuple[str, str, State, bool]]:
+        """(model, endpoint, circuit state, serving) for every endpoint of the current state."""
         if self.state is None:
             return []
         return [
-            (m, e.target, e.breaker.state)
+            (m, e.target, e.breaker.state, bool(e.serving))
             for m, b in self.state.backends.items()
             for e in b.endpoints
         ]
@@ -178,7 +178,7 @@ class RouterCore:
         try:
             outcome = await self.dispatcher.run(route, req, backends, deadline)
         except RouteError as exc:
-            self._count(first, arm, req.task, exc.code.name.lower())
+            self._count(first, arm, req.task, exc.code.name.lower(), started)
             raise
         first_failure = next((a.reason for a in outcome.attempts if a.outcome != "ok"), "")
         fallback = outcome.model != first or outcome.attempts[0].outcome != "ok"
@@ -204,7 +204,7 @@ class RouterCore:
                 },
             )
         outcome_label = "ok" if not outcome.failed_checks else "quality_failed"
-        self._count(outcome.model, arm, req.task, outcome_label)
+        self._count(outcome.model, arm, req.task, outcome_label, started)
         shadowed = self._maybe_shadow(state, route, req, outcome.model, outcome.output)
         return RouteResult(
             output=outcome.output,
@@ -248,10 +248,13 @@ class RouterCore:
 
         return self.shadow.submit(served_by, served, shadow.model, shadow.max_concurrency, call)
 
-    def _count(self, model: str, arm: str, task: str, outcome: str) -> None:
+    def _count(
+        self, model: str, arm: str, task: str, outcome: str, started: float | None = None
+    ) -> None:
         self.stats.requests[(model, arm, task, outcome)] += 1
         if self.metrics is not None:
-            self.metrics.request(model, arm, task, outcome)
+            seconds = None if started is None else self.clock() - started
+            self.metrics.request(model, arm, task, outcome, seconds)
 
     def _record_quality(
         self, model: str, output: ModelOutput, checks: list[Check], latency_ms: float
@@ -263,11 +266,17 @@ class RouterCore:
                     self.metrics.quality_failure(model, check.name)
         if self.anomalies is None:
             return
-        self.anomalies.observe(model, "latency_ms", latency_ms)
+        signals = {"latency_ms": latency_ms}
         if output.features is not None and output.features.size:
-            self.anomalies.observe(model, "embedding_norm", float(np.linalg.norm(output.features)))
+            signals["embedding_norm"] = float(np.linalg.norm(output.features))
         if output.scores:
-            self.anomalies.observe(model, "top_score", float(output.scores[0]))
+            signals["top_score"] = float(output.scores[0])
+        for signal, value in signals.items():
+            if (
+                self.anomalies.observe(model, signal, value) is not None
+                and self.metrics is not None
+            ):
+                self.metrics.anomaly(model, signal)
 
     def _circuit_changed(self, model: str, target: str, old: State, new: State) -> None:
         self.stats.circuit_changes[(model, target, new.value)] += 1

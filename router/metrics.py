@@ -8,7 +8,7 @@ from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from router.failover.circuit import State
 
-StateSource = Callable[[], list[tuple[str, str, State]]]
+StateSource = Callable[[], list[tuple[str, str, State, bool]]]
 Gauge = Callable[[], int]
 
 
@@ -44,6 +44,21 @@ class RouterMetrics:
             unit="1",
             description="Agreement of a shadow answer with the served one",
         )
+        self._duration = meter.create_histogram(
+            "gamaserving.router.request.duration",
+            unit="s",
+            description="Routing time by model, arm, task and outcome",
+        )
+        self._reloads = meter.create_counter(
+            "gamaserving.router.config.reloads",
+            unit="{reload}",
+            description="Configuration reloads by outcome",
+        )
+        self._anomalies = meter.create_counter(
+            "gamaserving.router.anomalies",
+            unit="{anomaly}",
+            description="Anomalies detected by model and signal",
+        )
         self._client = meter.create_histogram(
             "rpc.client.call.duration",
             unit="s",
@@ -55,9 +70,12 @@ class RouterMetrics:
                 Observation(
                     int(state is s), {"model": model, "endpoint": endpoint, "state": s.value}
                 )
-                for model, endpoint, state in circuits()
+                for model, endpoint, state, _ in circuits()
                 for s in State
             ]
+
+        def serving(_: CallbackOptions) -> list[Observation]:
+            return [Observation(int(up), {"model": m, "endpoint": e}) for m, e, _, up in circuits()]
 
         def flying(_: CallbackOptions) -> list[Observation]:
             return [Observation(in_flight())]
@@ -68,6 +86,12 @@ class RouterMetrics:
             unit="1",
             description="1 for each endpoint's current state",
         )
+        meter.create_observable_gauge(
+            "gamaserving.router.endpoint.serving",
+            [serving],
+            unit="1",
+            description="1 while the endpoint's health is SERVING",
+        )
         meter.create_observable_up_down_counter(
             "gamaserving.router.in_flight",
             [flying],
@@ -75,8 +99,19 @@ class RouterMetrics:
             description="Requests being served",
         )
 
-    def request(self, model: str, arm: str, task: str, outcome: str) -> None:
-        self._requests.add(1, {"model": model, "arm": arm, "task": task, "outcome": outcome})
+    def request(
+        self, model: str, arm: str, task: str, outcome: str, seconds: float | None = None
+    ) -> None:
+        attributes = {"model": model, "arm": arm, "task": task, "outcome": outcome}
+        self._requests.add(1, attributes)
+        if seconds is not None:
+            self._duration.record(seconds, attributes)
+
+    def reload(self, ok: bool) -> None:
+        self._reloads.add(1, {"outcome": "ok" if ok else "failed"})
+
+    def anomaly(self, model: str, signal: str) -> None:
+        self._anomalies.add(1, {"model": model, "signal": signal})
 
     def fallback(self, reason: str, from_model: str, to_model: str) -> None:
         self._fallbacks.add(1, {"reason": reason, "from_model": from_model, "to_model": to_model})

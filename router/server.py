@@ -192,6 +192,8 @@ class RouterServer:
             errors = await self._load(config)
         except ConfigError as exc:
             errors = [str(exc)]
+        if self.core.metrics is not None:
+            self.core.metrics.reload(not errors)
         if errors:
             self.reload_failures += 1
             log.error(

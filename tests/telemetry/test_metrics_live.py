@@ -130,6 +130,16 @@ async def test_metrics_match_known_traffic(tiny_models: Path, tmp_path: Path) ->
         )
         == 3
     )
+    assert (
+        value(
+            r,
+            "gamaserving_router_request_duration_seconds_count",
+            model="wav2vec2",
+            task="transcribe",
+        )
+        == 5
+    )
+    assert value(r, "gamaserving_router_endpoint_serving", model="wav2vec2") == 1
     assert value(r, "gamaserving_router_circuit_state", model="wav2vec2", state="closed") == 1
     assert value(r, "gamaserving_router_circuit_state", model="wav2vec2", state="open") == 0
     assert value(r, "process_memory_usage_bytes") > 10_000_000
