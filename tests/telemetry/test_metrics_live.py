@@ -16,6 +16,7 @@ from tests.modelserver.conftest import live_server
 from tests.router.conftest import base_config, live_router
 from tests.support.audio import wav
 from tests.support.fault_server import fault_server
+from tests.support.prom import documented, family
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -27,8 +28,8 @@ async def scrape(port: int) -> Samples:
         )
     )
     samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
+    for metric in text_string_to_metric_families(text):
+        for s in metric.samples:
             labels = frozenset(
                 (k, v) for k, v in s.labels.items() if not k.startswith("otel_scope")
             )
@@ -178,21 +179,8 @@ async def test_model_server_counts_errors_by_kind(tiny_models: Path) -> None:
     )
 
 
-def _family(sample: str) -> str:
-    for suffix in ("_bucket", "_count", "_sum", "_created", "_total"):
-        sample = sample.removesuffix(suffix)
-    for unit in ("_seconds", "_bytes", "_ratio"):
-        sample = sample.removesuffix(unit)
-    return sample
-
-
 async def test_every_exposed_metric_is_documented(tiny_models: Path, tmp_path: Path) -> None:
-    import re
-
-    doc = (Path(__file__).parents[2] / "docs" / "observability.md").read_text()
-    documented = {
-        name.replace(".", "_") for name in re.findall(r"^\| `([a-z][a-z0-9_.]+)` \|", doc, re.M)
-    }
+    known = documented()
     async with live_server(tiny_models / "wav2vec2", settings={"metrics_port": 0}) as w2v:
         cfg = base_config(
             {"wav2vec2": [f"127.0.0.1:{w2v.server.port}"]}, transcribe={"primary": "wav2vec2"}
@@ -204,5 +192,5 @@ async def test_every_exposed_metric_is_documented(tiny_models: Path, tmp_path: P
             exposed = set(await scrape(router.server.metrics_port)) | set(
                 await scrape(w2v.server.telemetry.port)
             )
-    families = {_family(name) for name, _ in exposed} - {"target_info"}
-    assert families and not families - documented, f"undocumented: {sorted(families - documented)}"
+    families = {family(name) for name, _ in exposed} - {"target_info"}
+    assert families and not families - known, f"undocumented: {sorted(families - known)}"
