@@ -10,6 +10,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from router.alerts.settings import AlertingSettings
+
 TaskName = Literal["transcribe", "tag", "embed", "describe"]
 
 
@@ -175,6 +177,7 @@ class TelemetrySettings(_Strict):
 class RouterConfig(_Strict):
     server: ServerSettings = ServerSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    alerting: AlertingSettings = AlertingSettings()
     models: dict[str, ModelSettings] = Field(min_length=1)
     routes: dict[TaskName, RouteSettings] = Field(min_length=1)
     anomaly: AnomalySettings = AnomalySettings()

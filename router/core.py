@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -58,6 +58,14 @@ class RouterStats:
     requests: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
     """(model, arm, task, outcome) -> count."""
     fallbacks: Counter[str] = field(default_factory=Counter)
+    fallbacks_from: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """(chosen model, reason) -> requests another model served."""
+    validated: Counter[str] = field(default_factory=Counter)
+    """model -> outputs validated."""
+    quality_failed: Counter[str] = field(default_factory=Counter)
+    """model -> outputs that failed at least one check."""
+    latencies: deque[tuple[float, str, float]] = field(default_factory=lambda: deque(maxlen=20_000))
+    """(time, model, ms) of recent requests, for latency percentiles over a window."""
     circuit_changes: Counter[tuple[str, str, str]] = field(default_factory=Counter)
 
 
@@ -187,6 +195,7 @@ class RouterCore:
             self.metrics.exposure(assignment.experiment, assignment.arm)
         if outcome.model != first:
             self.stats.fallbacks[reason] += 1
+            self.stats.fallbacks_from[(first, reason)] += 1
             if self.metrics is not None:
                 self.metrics.fallback(reason, first, outcome.model)
             log.warning(
@@ -205,6 +214,7 @@ class RouterCore:
             )
         outcome_label = "ok" if not outcome.failed_checks else "quality_failed"
         self._count(outcome.model, arm, req.task, outcome_label, started)
+        self.stats.latencies.append((self.clock(), outcome.model, (self.clock() - started) * 1000))
         shadowed = self._maybe_shadow(state, route, req, outcome.model, outcome.output)
         return RouteResult(
             output=outcome.output,
@@ -260,6 +270,9 @@ class RouterCore:
         self, model: str, output: ModelOutput, checks: list[Check], latency_ms: float
     ) -> None:
         self.quality.record(model, checks)
+        self.stats.validated[model] += 1
+        if any(not c.passed for c in checks):
+            self.stats.quality_failed[model] += 1
         if self.metrics is not None:
             for check in checks:
                 if not check.passed:

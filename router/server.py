@@ -20,6 +20,8 @@ from gamaserving.router.v1 import router_pb2_grpc as rpb_grpc
 from gamaserving.telemetry import Telemetry
 from gamaserving.telemetry.rpc import RpcMetricsInterceptor
 from gamaserving.telemetry.tracing import Tracing, TracingInterceptor
+from router.alerts.service import AlertService
+from router.alerts.signals import Signals
 from router.api.servicers import Admission, AudioRouterServicer, RouterAdminServicer
 from router.backends.model import ModelBackend
 from router.config import ConfigError, RouterConfig, load_config
@@ -61,6 +63,7 @@ class RouterServer:
         self._draining = False
         self.reloads = 0
         self.telemetry: Telemetry | None = None
+        self.alerts: AlertService | None = None
         self.tracing: Tracing | None = None
         self.metrics_port = 0
         self.reload_failures = 0
@@ -126,7 +129,9 @@ class RouterServer:
         rpb_grpc.add_AudioRouterServicer_to_server(
             AudioRouterServicer(self.core, self.admission), server
         )
-        rpb_grpc.add_RouterAdminServicer_to_server(RouterAdminServicer(self.core), server)
+        rpb_grpc.add_RouterAdminServicer_to_server(
+            RouterAdminServicer(self.core, lambda: self.alerts), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (
@@ -151,6 +156,12 @@ class RouterServer:
             self.metrics_port = self.telemetry.serve(t.prometheus_host, t.prometheus_port)
         await self._publish_readiness()
         loop = asyncio.get_running_loop()
+        if config.alerting.enabled:
+            signals = Signals(
+                self.core, config.alerting.window_seconds, lambda: self.reload_failures
+            )
+            self.alerts = AlertService(config.alerting, signals.sample)
+            self.alerts.start()
         self._tasks = [
             loop.create_task(self._follow_backends(), name="readiness"),
             loop.create_task(self._watch_file(s.reload_poll_seconds), name="config-watch"),
@@ -221,6 +232,9 @@ class RouterServer:
         for task in self._tasks:
             task.cancel()
         await self.server.stop(0.5)
+        if self.alerts is not None:
+            await self.alerts.drain()
+            await self.alerts.stop()
         await self.core.close()
         if self.telemetry is not None:
             self.telemetry.shutdown()

@@ -13,6 +13,8 @@ import grpc
 from gamaserving.grpcutil import grpc_errors
 from gamaserving.router.v1 import router_pb2 as rpb
 from gamaserving.router.v1 import router_pb2_grpc as rpb_grpc
+from router.alerts.engine import Alert
+from router.alerts.service import AlertService
 from router.api.convert import TASK_ENUMS, process_response, route_request
 from router.core import RouterCore
 from router.errors import RouteError
@@ -86,9 +88,35 @@ def _nan_to_zero(x: float) -> float:
     return 0.0 if math.isnan(x) else x
 
 
+def _alert_message(a: Alert) -> rpb.Alert:
+    return rpb.Alert(
+        id=a.id,
+        name=a.name,
+        state=a.state.value,
+        severity=a.severity,
+        labels=a.labels,
+        summary=a.summary,
+        started_at_unix=a.started_at,
+        resolved_at_unix=a.resolved_at,
+        acknowledged=bool(a.acknowledged_by),
+    )
+
+
 class RouterAdminServicer(rpb_grpc.RouterAdminServicer):
-    def __init__(self, core: RouterCore) -> None:
+    def __init__(
+        self, core: RouterCore, alerts: Callable[[], AlertService | None] = lambda: None
+    ) -> None:
         self.core = core
+        self.alerts = alerts
+
+    def _service(self) -> AlertService:
+        service = self.alerts()
+        if service is None:
+            raise RouteError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "alerting is disabled (alerting.enabled: false)",
+            )
+        return service
 
     async def ListExperiments(
         self, request: rpb.ListExperimentsRequest, context: Any
@@ -146,8 +174,22 @@ class RouterAdminServicer(rpb_grpc.RouterAdminServicer):
             grpc.StatusCode.UNIMPLEMENTED, "experiment reports arrive with the A/B analysis work"
         )
 
-    async def ListAlerts(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "alerts arrive with the monitoring work")
+    @grpc_errors
+    async def ListAlerts(
+        self, request: rpb.ListAlertsRequest, context: Any
+    ) -> rpb.ListAlertsResponse:
+        if request.limit < 0:
+            raise RouteError(grpc.StatusCode.INVALID_ARGUMENT, "limit must be 0 (all) or positive")
+        alerts = self._service().list(request.include_resolved, request.limit)
+        return rpb.ListAlertsResponse(alerts=[_alert_message(a) for a in alerts])
 
-    async def AcknowledgeAlert(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "alerts arrive with the monitoring work")
+    @grpc_errors
+    async def AcknowledgeAlert(
+        self, request: rpb.AcknowledgeAlertRequest, context: Any
+    ) -> rpb.AcknowledgeAlertResponse:
+        if not request.id:
+            raise RouteError(grpc.StatusCode.INVALID_ARGUMENT, "id is required (from ListAlerts)")
+        alert = self._service().acknowledge(request.id, request.by)
+        if alert is None:
+            raise RouteError(grpc.StatusCode.NOT_FOUND, f"no alert {request.id!r} in the history")
+        return rpb.AcknowledgeAlertResponse(alert=_alert_message(alert))

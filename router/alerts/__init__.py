@@ -1,0 +1,1 @@
+"""Alerting: rules over router signals, a state machine per alert, history and handlers."""

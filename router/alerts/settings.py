@@ -1,0 +1,144 @@
+"""Alert rules and alerting settings (the `alerting` section of the router configuration)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Signal = Literal[
+    "model_unhealthy",
+    "fallback_rate",
+    "circuit_open",
+    "process_memory_bytes",
+    "gpu_memory_ratio",
+    "quality_failure_rate",
+    "anomalies",
+    "latency_p95_ms",
+    "config_reload_failures",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class AlertRule(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
+    """Alert name (Alertmanager's alertname)."""
+    signal: Signal
+    """What is measured; each signal yields one value per label set (e.g. per model)."""
+    op: Literal[">", ">=", "<", "<="] = ">"
+    threshold: float
+    for_seconds: float = Field(0.0, ge=0)
+    """How long the condition must hold before the alert fires (pending until then)."""
+    severity: Literal["info", "warning", "critical"] = "warning"
+    labels: dict[str, str] = Field(default_factory=dict)
+    summary: str = ""
+    """Text for notifications; {labels} and {value} are filled in."""
+
+
+class Inhibition(_Strict):
+    source: str
+    """While an alert of this name fires ..."""
+    target: str
+    """... alerts of this name with the same `equal` labels are not notified."""
+    equal: list[str] = Field(default_factory=list)
+
+
+class WebhookSettings(_Strict):
+    url: str = Field(pattern=r"^https?://")
+    """Receives Alertmanager's webhook JSON (version 4) by POST."""
+    timeout_seconds: float = Field(5.0, gt=0)
+    attempts: int = Field(4, ge=1, le=20)
+    """Tries per notification, with exponential backoff between them."""
+
+
+BUILT_IN_RULES = [
+    AlertRule(
+        name="ModelUnhealthy",
+        signal="model_unhealthy",
+        threshold=0.5,
+        for_seconds=30,
+        severity="critical",
+        summary="no endpoint of model {model} is serving",
+    ),
+    AlertRule(
+        name="FailoverRateHigh",
+        signal="fallback_rate",
+        threshold=0.05,
+        for_seconds=60,
+        summary="{value:.0%} of requests fall back from {model}",
+    ),
+    AlertRule(
+        name="CircuitOpen",
+        signal="circuit_open",
+        threshold=0.5,
+        for_seconds=30,
+        summary="circuit open for {model} at {endpoint}",
+    ),
+    AlertRule(
+        name="ProcessMemoryHigh",
+        signal="process_memory_bytes",
+        threshold=8e9,
+        for_seconds=300,
+        summary="router memory at {value:.3g} bytes",
+    ),
+    AlertRule(
+        name="GpuMemoryHigh",
+        signal="gpu_memory_ratio",
+        threshold=0.9,
+        for_seconds=300,
+        summary="GPU {gpu} memory {value:.0%} full",
+    ),
+    AlertRule(
+        name="QualityFailureRateHigh",
+        signal="quality_failure_rate",
+        threshold=0.05,
+        for_seconds=60,
+        summary="{value:.0%} of {model} outputs fail quality checks",
+    ),
+    AlertRule(
+        name="AnomalyDetected",
+        signal="anomalies",
+        threshold=0,
+        severity="info",
+        summary="{value:g} anomalies in {signal} of {model}",
+    ),
+    AlertRule(
+        name="LatencySloBreached",
+        signal="latency_p95_ms",
+        threshold=2000,
+        for_seconds=60,
+        summary="p95 routing latency of {model} at {value:.0f} ms",
+    ),
+    AlertRule(
+        name="ConfigReloadFailed",
+        signal="config_reload_failures",
+        threshold=0,
+        severity="warning",
+        summary="{value:g} configuration reloads rejected; the previous one is still served",
+    ),
+]
+
+
+class AlertingSettings(_Strict):
+    enabled: bool = True
+    evaluation_seconds: float = Field(5.0, gt=0)
+    """How often rules are evaluated."""
+    window_seconds: float = Field(300.0, gt=0)
+    """Window of the rate signals (fallback and quality-failure rates, anomalies, reloads)."""
+    repeat_seconds: float = Field(3600.0, gt=0)
+    """A firing alert is notified again after this long."""
+    max_notifications_per_minute: int = Field(60, ge=1)
+    """Notifications beyond this are dropped (and counted); history keeps every transition."""
+    history_size: int = Field(1000, ge=1)
+    history_path: str | None = None
+    """SQLite file that keeps the history across restarts."""
+    webhook: WebhookSettings | None = None
+    rules: list[AlertRule] = Field(default_factory=lambda: list(BUILT_IN_RULES))
+    inhibit: list[Inhibition] = Field(
+        default_factory=lambda: [
+            Inhibition(source="ModelUnhealthy", target="FailoverRateHigh", equal=["model"])
+        ]
+    )

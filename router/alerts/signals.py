@@ -1,0 +1,131 @@
+"""Alert signals from the router's own bookkeeping: one value per label set, rates over a
+sliding window of counter snapshots."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING
+
+import numpy as np
+import psutil
+
+from router.alerts.engine import Sample
+from router.failover.circuit import State
+
+if TYPE_CHECKING:
+    from router.core import RouterCore
+
+
+class Windowed:
+    """Deltas of a cumulative counter over the last `window` seconds."""
+
+    def __init__(
+        self, read: Callable[[], Counter[Hashable]], window: float, clock: Callable[[], float]
+    ) -> None:
+        self.read = read
+        self.window = window
+        self.clock = clock
+        self.snapshots: deque[tuple[float, Counter[Hashable]]] = deque()
+
+    def delta(self) -> Counter[Hashable]:
+        now = self.clock()
+        current = Counter(self.read())
+        self.snapshots.append((now, current))
+        while len(self.snapshots) > 1 and self.snapshots[1][0] <= now - self.window:
+            self.snapshots.popleft()
+        base = self.snapshots[0][1]
+        return Counter(
+            {k: v - base.get(k, 0) for k, v in current.items() if v - base.get(k, 0) > 0}
+        )
+
+
+class Signals:
+    def __init__(
+        self,
+        core: RouterCore,
+        window: float,
+        reload_failures: Callable[[], int],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.core = core
+        self.window = window
+        self.clock = clock
+        stats = core.stats
+        self._requests = Windowed(
+            lambda: Counter({"all": sum(stats.requests.values())}), window, clock
+        )
+        self._fallbacks = Windowed(
+            lambda: Counter({k[0]: v for k, v in stats.fallbacks_from.items()}), window, clock
+        )
+        self._validated = Windowed(lambda: Counter(stats.validated), window, clock)
+        self._failed = Windowed(lambda: Counter(stats.quality_failed), window, clock)
+        self._reloads = Windowed(lambda: Counter({"failed": reload_failures()}), window, clock)
+        self._process = psutil.Process()
+
+    def sample(self, signal: str) -> list[Sample]:
+        return getattr(self, f"_{signal}")()  # type: ignore[no-any-return]
+
+    def _model_unhealthy(self) -> list[Sample]:
+        state = self.core.state
+        if state is None:
+            return []
+        return [
+            ({"model": m}, float(not any(e.serving for e in b.endpoints)))
+            for m, b in state.backends.items()
+        ]
+
+    def _circuit_open(self) -> list[Sample]:
+        return [
+            ({"model": m, "endpoint": e}, float(s is State.OPEN))
+            for m, e, s, _ in self.core.circuits()
+        ]
+
+    def _fallback_rate(self) -> list[Sample]:
+        total = self._requests.delta().get("all", 0)
+        fallbacks = self._fallbacks.delta()
+        return [({"model": str(m)}, n / total) for m, n in fallbacks.items() if total]
+
+    def _quality_failure_rate(self) -> list[Sample]:
+        validated, failed = self._validated.delta(), self._failed.delta()
+        return [({"model": str(m)}, failed.get(m, 0) / n) for m, n in validated.items() if n]
+
+    def _anomalies(self) -> list[Sample]:
+        if self.core.anomalies is None:
+            return []
+        since = self.clock() - self.window
+        counts = Counter(
+            (a.model, a.signal) for a in self.core.anomalies.anomalies if a.at >= since
+        )
+        return [({"model": m, "signal": s}, float(n)) for (m, s), n in counts.items()]
+
+    def _latency_p95_ms(self) -> list[Sample]:
+        since = self.core.clock() - self.window
+        by_model: dict[str, list[float]] = {}
+        for t, model, ms in self.core.stats.latencies:
+            if t >= since:
+                by_model.setdefault(model, []).append(ms)
+        return [({"model": m}, float(np.percentile(v, 95))) for m, v in by_model.items()]
+
+    def _process_memory_bytes(self) -> list[Sample]:
+        return [({}, float(self._process.memory_info().rss))]
+
+    def _gpu_memory_ratio(self) -> list[Sample]:
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            handles = [
+                pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())
+            ]
+        except Exception:
+            return []
+        out = []
+        for i, h in enumerate(handles):
+            info = pynvml.nvmlDeviceGetMemoryInfo(h)
+            out.append(({"gpu": str(i)}, info.used / info.total))
+        return out
+
+    def _config_reload_failures(self) -> list[Sample]:
+        return [({}, float(self._reloads.delta().get("failed", 0)))]
