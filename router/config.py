@@ -155,6 +155,15 @@ class AnomalySettings(_Strict):
     """Observations before z-scores are judged."""
 
 
+class TrendSettings(_Strict):
+    bucket_seconds: float = Field(60.0, gt=0)
+    """Width of one trend bucket."""
+    buckets: int = Field(60, ge=2, le=10_000)
+    """Buckets kept per model (60 x 60 s = the last hour)."""
+    flat_below: float = Field(0.05, ge=0)
+    """A fitted relative change smaller than this is reported as flat."""
+
+
 class ServerSettings(_Strict):
     host: str = "0.0.0.0"
     port: int = Field(50051, ge=0, le=65535)
@@ -181,6 +190,7 @@ class RouterConfig(_Strict):
     models: dict[str, ModelSettings] = Field(min_length=1)
     routes: dict[TaskName, RouteSettings] = Field(min_length=1)
     anomaly: AnomalySettings = AnomalySettings()
+    trends: TrendSettings = TrendSettings()
 
     @model_validator(mode="after")
     def _references(self) -> RouterConfig:

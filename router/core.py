@@ -24,6 +24,7 @@ from router.failover.dispatch import Attempt, Dispatcher
 from router.metrics import RouterMetrics
 from router.outputs import ModelOutput
 from router.quality.tracker import AnomalyMonitor, QualityTracker
+from router.quality.trends import TrendTracker
 from router.quality.validators import Check
 from router.requests import RouteRequest
 
@@ -80,6 +81,7 @@ class RouterCore:
         self.clock = clock
         self.quality = QualityTracker()
         self.anomalies: AnomalyMonitor | None = None
+        self.trends: TrendTracker | None = None
         self.shadow = ShadowRunner()
         self.stats = RouterStats()
         self.dispatcher = Dispatcher(self._record_quality, clock)
@@ -138,6 +140,7 @@ class RouterCore:
         old = self.state
         self.state = RouterState(config, backends)
         self.anomalies = self.anomalies or AnomalyMonitor(config.anomaly)
+        self.trends = self.trends or TrendTracker(config.trends)
         if old is None:
             return []
         kept = {id(b) for b in backends.values()}
@@ -214,7 +217,10 @@ class RouterCore:
             )
         outcome_label = "ok" if not outcome.failed_checks else "quality_failed"
         self._count(outcome.model, arm, req.task, outcome_label, started)
-        self.stats.latencies.append((self.clock(), outcome.model, (self.clock() - started) * 1000))
+        latency_ms = (self.clock() - started) * 1000
+        self.stats.latencies.append((self.clock(), outcome.model, latency_ms))
+        if self.trends is not None:
+            self.trends.record(first, outcome.model, latency_ms, not outcome.failed_checks)
         shadowed = self._maybe_shadow(state, route, req, outcome.model, outcome.output)
         return RouteResult(
             output=outcome.output,

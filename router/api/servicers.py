@@ -157,6 +157,17 @@ class RouterAdminServicer(rpb_grpc.RouterAdminServicer):
                     response.anomalies.add(
                         model=a.model, signal=a.signal, value=a.value, zscore=a.zscore, at_unix=a.at
                     )
+        for t in self.core.trends.series(request.model) if self.core.trends else []:
+            series = response.trends.add(
+                model=t.model,
+                metric=t.metric,
+                bucket_seconds=t.bucket_seconds,
+                direction=t.direction,
+                slope_per_hour=t.slope_per_hour,
+                relative_change=t.relative_change,
+            )
+            for start, value, count in t.points:
+                series.points.add(start_unix=start, value=value, count=count)
         for (primary, shadow), s in sorted(self.core.shadow.stats.items()):
             response.shadow.add(
                 primary_model=primary,

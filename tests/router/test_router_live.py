@@ -175,7 +175,9 @@ async def test_admin_lists_experiments_and_quality(
             and checks["patterns.score_range"].pass_rate == 1
         )
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await router.admin.GetExperimentReport(rpb.GetExperimentReportRequest(experiment="embed-ab"))
+            await router.admin.GetExperimentReport(
+                rpb.GetExperimentReportRequest(experiment="embed-ab")
+            )
         assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 

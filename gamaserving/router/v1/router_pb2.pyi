@@ -572,28 +572,103 @@ class ShadowAgreement(_message.Message):
 Global___ShadowAgreement: _TypeAlias = ShadowAgreement  # noqa: Y015
 
 @_typing.final
+class TrendPoint(_message.Message):
+    """One time bucket of a trend series."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_UNIX_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    start_unix: _builtins.float
+    value: _builtins.float
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        start_unix: _builtins.float = ...,
+        value: _builtins.float = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "start_unix", b"start_unix", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrendPoint: _TypeAlias = TrendPoint  # noqa: Y015
+
+@_typing.final
+class TrendSeries(_message.Message):
+    """A per-model series over time buckets, with the least-squares trend through it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    BUCKET_SECONDS_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    DIRECTION_FIELD_NUMBER: _builtins.int
+    SLOPE_PER_HOUR_FIELD_NUMBER: _builtins.int
+    RELATIVE_CHANGE_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    metric: _builtins.str
+    """latency_p50_ms, latency_p95_ms, latency_p99_ms, pass_rate or fallback_rate."""
+    bucket_seconds: _builtins.float
+    direction: _builtins.str
+    """up, down or flat."""
+    slope_per_hour: _builtins.float
+    """Slope of the fitted line, in the metric's unit per hour."""
+    relative_change: _builtins.float
+    """Fitted change across the series, relative to its fitted start (0.25 = +25%)."""
+    @_builtins.property
+    def points(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrendPoint]: ...
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        metric: _builtins.str = ...,
+        bucket_seconds: _builtins.float = ...,
+        points: _abc.Iterable[Global___TrendPoint] | None = ...,
+        direction: _builtins.str = ...,
+        slope_per_hour: _builtins.float = ...,
+        relative_change: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_seconds", b"bucket_seconds", "direction", b"direction", "metric", b"metric", "model", b"model", "points", b"points", "relative_change", b"relative_change", "slope_per_hour", b"slope_per_hour"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrendSeries: _TypeAlias = TrendSeries  # noqa: Y015
+
+@_typing.final
 class GetQualityReportResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CHECKS_FIELD_NUMBER: _builtins.int
     ANOMALIES_FIELD_NUMBER: _builtins.int
     SHADOW_FIELD_NUMBER: _builtins.int
+    TRENDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def checks(self) -> _containers.RepeatedCompositeFieldContainer[Global___CheckStats]: ...
     @_builtins.property
     def anomalies(self) -> _containers.RepeatedCompositeFieldContainer[Global___Anomaly]: ...
     @_builtins.property
     def shadow(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShadowAgreement]: ...
+    @_builtins.property
+    def trends(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrendSeries]: ...
     def __init__(
         self,
         *,
         checks: _abc.Iterable[Global___CheckStats] | None = ...,
         anomalies: _abc.Iterable[Global___Anomaly] | None = ...,
         shadow: _abc.Iterable[Global___ShadowAgreement] | None = ...,
+        trends: _abc.Iterable[Global___TrendSeries] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomalies", b"anomalies", "checks", b"checks", "shadow", b"shadow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomalies", b"anomalies", "checks", b"checks", "shadow", b"shadow", "trends", b"trends"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
