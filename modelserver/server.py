@@ -15,8 +15,8 @@ from gamaserving.grpcutil import stop_event
 from gamaserving.inference import grpc_predict_v2_pb2 as pb
 from gamaserving.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from gamaserving.telemetry import Telemetry
-from gamaserving.telemetry.rpc import RpcMetricsInterceptor
-from gamaserving.telemetry.tracing import Tracing, TracingInterceptor
+from gamaserving.telemetry.rpc import TelemetryInterceptor
+from gamaserving.telemetry.tracing import Tracing
 from modelserver.config import ModelConfig, ServerSettings
 from modelserver.core import InferenceCore, ModelState
 from modelserver.health import HealthReporter
@@ -47,11 +47,16 @@ class ModelServer:
         self.tracing = Tracing("modelserver")
         if self.tracing.enabled:
             self.core.tracer = self.tracing.tracer
-            interceptors.append(TracingInterceptor(self.tracing.tracer))
         if self.settings.metrics_port is not None:
             self.telemetry = Telemetry("modelserver")
             self.core.metrics = ModelServerMetrics(self.telemetry.meter, self.core)
-            interceptors.append(RpcMetricsInterceptor(self.telemetry.meter))
+        if self.tracing.enabled or self.telemetry is not None:
+            interceptors.append(
+                TelemetryInterceptor(
+                    self.tracing.tracer if self.tracing.enabled else None,
+                    self.telemetry.meter if self.telemetry is not None else None,
+                )
+            )
         server = grpc.aio.server(
             interceptors=interceptors,
             options=[

@@ -176,13 +176,16 @@ class RouterCore:
         started = self.clock()
         if deadline is None:
             deadline = started + route.default_timeout_ms / 1000
-        with self.dispatcher.tracer.start_as_current_span(
-            "assign", attributes={"task": req.task}
-        ) as span:
-            assignment = assign(route.experiment, req.user_id) if route.experiment else None
-            if assignment is not None:
-                span.set_attribute("experiment", assignment.experiment)
-                span.set_attribute("arm", assignment.arm)
+        assignment = None
+        if route.experiment is not None:
+            # Only experiments assign; a route without one gets no assignment span.
+            with self.dispatcher.tracer.start_as_current_span(
+                "assign", attributes={"task": req.task}
+            ) as span:
+                assignment = assign(route.experiment, req.user_id)
+                if assignment is not None:
+                    span.set_attribute("experiment", assignment.experiment)
+                    span.set_attribute("arm", assignment.arm)
         first = assignment.model if assignment else route.primary
         backends = [state.backends[key] for key in chain(route, first)]
         arm = assignment.arm if assignment else ""

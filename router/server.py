@@ -18,8 +18,8 @@ from gamaserving.grpcutil import stop_event
 from gamaserving.router.v1 import router_pb2 as rpb
 from gamaserving.router.v1 import router_pb2_grpc as rpb_grpc
 from gamaserving.telemetry import Telemetry
-from gamaserving.telemetry.rpc import RpcMetricsInterceptor
-from gamaserving.telemetry.tracing import Tracing, TracingInterceptor
+from gamaserving.telemetry.rpc import TelemetryInterceptor
+from gamaserving.telemetry.tracing import Tracing
 from router.alerts.service import AlertService
 from router.alerts.signals import Signals
 from router.api.servicers import Admission, AudioRouterServicer, RouterAdminServicer
@@ -108,7 +108,6 @@ class RouterServer:
         self.tracing = Tracing("router")
         if self.tracing.enabled:
             self.core.dispatcher.tracer = self.tracing.tracer
-            interceptors.append(TracingInterceptor(self.tracing.tracer))
         if config.telemetry.prometheus_port is not None:
             self.telemetry = Telemetry("router")
             admission = self.admission
@@ -117,7 +116,13 @@ class RouterServer:
             )
             self.core.attach_metrics(metrics)
             admission.on_shed = metrics.shed
-            interceptors.append(RpcMetricsInterceptor(self.telemetry.meter))
+        if self.tracing.enabled or self.telemetry is not None:
+            interceptors.append(
+                TelemetryInterceptor(
+                    self.tracing.tracer if self.tracing.enabled else None,
+                    self.telemetry.meter if self.telemetry is not None else None,
+                )
+            )
         server = grpc.aio.server(
             interceptors=interceptors,
             options=[

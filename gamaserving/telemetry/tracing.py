@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -16,10 +16,8 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-from gamaserving.telemetry.rpc import SKIPPED, split_method
 
 PROPAGATOR = TraceContextTextMapPropagator()
 
@@ -74,50 +72,6 @@ def record_status(span: trace.Span, code: grpc.StatusCode | None) -> None:
     span.set_attribute("rpc.response.status_code", name)
     if code not in (None, grpc.StatusCode.OK):
         span.set_status(Status(StatusCode.ERROR, name))
-
-
-class TracingInterceptor(grpc.aio.ServerInterceptor):
-    """A SERVER span per unary call, continuing the caller's trace; health and reflection
-    stay out of traces."""
-
-    def __init__(self, tracer: Tracer) -> None:
-        self.tracer = tracer
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        method: str = details.method  # type: ignore[attr-defined]
-        if handler is None or handler.unary_unary is None or method.startswith(SKIPPED):
-            return handler
-        inner = handler.unary_unary
-        service, name = split_method(method)
-        tracer = self.tracer
-
-        async def traced(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            parent = extract(context.invocation_metadata())
-            attributes = {"rpc.system.name": "grpc", "rpc.method": f"{service}/{name}"}
-            with tracer.start_as_current_span(
-                f"{service}/{name}", context=parent, kind=SpanKind.SERVER, attributes=attributes
-            ) as span:
-                try:
-                    response = await inner(request, context)
-                except BaseException:
-                    code = context.code()
-                    record_status(
-                        span, code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
-                    )
-                    raise
-                record_status(span, None)
-                return response
-
-        return grpc.unary_unary_rpc_method_handler(
-            traced,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
 
 
 def span_between(

@@ -88,7 +88,17 @@ async def test_one_trace_across_router_and_model_server(
                 "broken": {"endpoints": [broken], "model_name": "wav2vec2"},
                 "wav2vec2": {"endpoints": [model.address]},
             },
-            "routes": {"transcribe": {"primary": "broken", "fallbacks": ["wav2vec2"]}},
+            "routes": {
+                "transcribe": {
+                    "primary": "broken",
+                    "fallbacks": ["wav2vec2"],
+                    "experiment": {
+                        "name": "exp",
+                        "seed": "s",
+                        "arms": [{"name": "control", "model": "broken", "weight": 1.0}],
+                    },
+                }
+            },
         }
         (tmp_path / "router.yaml").write_text(yaml.safe_dump(config))
         router = ServerProcess(
@@ -120,6 +130,7 @@ async def test_one_trace_across_router_and_model_server(
     (process,) = by_name["gamaserving.router.v1.AudioRouter/Process"]
     assert process["service"] == "router" and process["parent"] == client_span
     (assign,) = by_name["assign"]
+    assert (assign["attributes"]["experiment"], assign["attributes"]["arm"]) == ("exp", "control")
     (validate,) = by_name["validate"]
     assert assign["parent"] == validate["parent"] == process["id"]
     failed, ok = sorted(by_name["attempt"], key=lambda s: s["attributes"]["attempt.outcome"])
