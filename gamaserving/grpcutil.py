@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from opentelemetry.metrics import Meter
+from opentelemetry.trace import Tracer
 
 log = logging.getLogger(__name__)
 
@@ -54,3 +56,22 @@ def stop_event() -> asyncio.Event:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     return stop
+
+
+def aio_server(
+    max_message_bytes: int, tracer: Tracer | None = None, meter: Meter | None = None
+) -> grpc.aio.Server:
+    """A grpc.aio server with message limits, and per-call telemetry when either is given."""
+    from gamaserving.telemetry.rpc import TelemetryInterceptor
+
+    interceptors = (
+        [TelemetryInterceptor(tracer, meter)] if tracer is not None or meter is not None else []
+    )
+    return grpc.aio.server(
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+    )

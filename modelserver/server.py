@@ -11,11 +11,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gamaserving.grpcutil import stop_event
+from gamaserving.grpcutil import aio_server, stop_event
 from gamaserving.inference import grpc_predict_v2_pb2 as pb
 from gamaserving.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from gamaserving.telemetry import Telemetry
-from gamaserving.telemetry.rpc import TelemetryInterceptor
 from gamaserving.telemetry.tracing import Tracing
 from modelserver.config import ModelConfig, ServerSettings
 from modelserver.core import InferenceCore, ModelState
@@ -42,28 +41,16 @@ class ModelServer:
     def _build(self) -> grpc.aio.Server:
         # grpc.aio objects bind to the running loop: build them inside it.
         self.health = HealthReporter(self.core, self.settings.stuck_after_seconds)
-        limit = self.settings.max_message_bytes
-        interceptors: list[grpc.aio.ServerInterceptor] = []
         self.tracing = Tracing("modelserver")
         if self.tracing.enabled:
             self.core.tracer = self.tracing.tracer
         if self.settings.metrics_port is not None:
             self.telemetry = Telemetry("modelserver")
             self.core.metrics = ModelServerMetrics(self.telemetry.meter, self.core)
-        if self.tracing.enabled or self.telemetry is not None:
-            interceptors.append(
-                TelemetryInterceptor(
-                    self.tracing.tracer if self.tracing.enabled else None,
-                    self.telemetry.meter if self.telemetry is not None else None,
-                )
-            )
-        server = grpc.aio.server(
-            interceptors=interceptors,
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
-                ("grpc.so_reuseport", 0),
-            ],
+        server = aio_server(
+            self.settings.max_message_bytes,
+            self.tracing.tracer if self.tracing.enabled else None,
+            self.telemetry.meter if self.telemetry is not None else None,
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.core), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)

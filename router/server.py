@@ -14,11 +14,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gamaserving.grpcutil import stop_event
+from gamaserving.grpcutil import aio_server, stop_event
 from gamaserving.router.v1 import router_pb2 as rpb
 from gamaserving.router.v1 import router_pb2_grpc as rpb_grpc
 from gamaserving.telemetry import Telemetry
-from gamaserving.telemetry.rpc import TelemetryInterceptor
 from gamaserving.telemetry.tracing import Tracing
 from router.alerts.service import AlertService
 from router.alerts.signals import Signals
@@ -104,7 +103,6 @@ class RouterServer:
         s = config.server
         self.admission = Admission(s.max_in_flight)
         self.health = health.aio.HealthServicer()
-        interceptors: list[grpc.aio.ServerInterceptor] = []
         self.tracing = Tracing("router")
         if self.tracing.enabled:
             self.core.dispatcher.tracer = self.tracing.tracer
@@ -116,20 +114,10 @@ class RouterServer:
             )
             self.core.attach_metrics(metrics)
             admission.on_shed = metrics.shed
-        if self.tracing.enabled or self.telemetry is not None:
-            interceptors.append(
-                TelemetryInterceptor(
-                    self.tracing.tracer if self.tracing.enabled else None,
-                    self.telemetry.meter if self.telemetry is not None else None,
-                )
-            )
-        server = grpc.aio.server(
-            interceptors=interceptors,
-            options=[
-                ("grpc.max_receive_message_length", s.max_message_bytes),
-                ("grpc.max_send_message_length", s.max_message_bytes),
-                ("grpc.so_reuseport", 0),
-            ],
+        server = aio_server(
+            s.max_message_bytes,
+            self.tracing.tracer if self.tracing.enabled else None,
+            self.telemetry.meter if self.telemetry is not None else None,
         )
         rpb_grpc.add_AudioRouterServicer_to_server(
             AudioRouterServicer(self.core, self.admission), server
