@@ -1,0 +1,272 @@
+"""Statistics for experiments, on the standard library and numpy (no scipy at run time).
+
+Two-sample estimates come from sufficient statistics (n, sum, sum of squares), so replicas and
+Prometheus can aggregate them. Distributions are implemented here (regularised incomplete gamma
+and beta by Lentz's continued fractions) and checked against scipy in the tests.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from statistics import NormalDist
+
+import numpy as np
+
+_NORMAL = NormalDist()
+_EPS = 1e-14
+
+
+# -- distributions ------------------------------------------------------------------------------
+
+
+def _gammainc_upper(a: float, x: float) -> float:
+    """Regularised upper incomplete gamma Q(a, x)."""
+    if x <= 0:
+        return 1.0
+    if x < a + 1:  # series for P, then Q = 1 - P
+        term = total = 1 / a
+        ap = a
+        for _ in range(10_000):
+            ap += 1
+            term *= x / ap
+            total += term
+            if abs(term) < abs(total) * _EPS:
+                break
+        return max(0.0, 1 - total * math.exp(-x + a * math.log(x) - math.lgamma(a)))
+    b, c, d = x + 1 - a, 1 / 1e-300, 1 / (x + 1 - a)
+    h = d
+    for i in range(1, 10_000):
+        an = -i * (i - a)
+        b += 2
+        d = an * d + b
+        d = 1e-300 if abs(d) < 1e-300 else d
+        c = b + an / c
+        c = 1e-300 if abs(c) < 1e-300 else c
+        d = 1 / d
+        delta = d * c
+        h *= delta
+        if abs(delta - 1) < _EPS:
+            break
+    return math.exp(-x + a * math.log(x) - math.lgamma(a)) * h
+
+
+def chi2_sf(x: float, df: int) -> float:
+    """P(X >= x) for a chi-square variable with `df` degrees of freedom."""
+    return _gammainc_upper(df / 2, x / 2)
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    qab, qap, qam = a + b, a + 1, a - 1
+    c, d = 1.0, 1 - qab * x / qap
+    d = 1 / (1e-300 if abs(d) < 1e-300 else d)
+    h = d
+    for m in range(1, 10_000):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1 + aa * d
+        d = 1 / (1e-300 if abs(d) < 1e-300 else d)
+        c = 1 + aa / c
+        c = 1e-300 if abs(c) < 1e-300 else c
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1 + aa * d
+        d = 1 / (1e-300 if abs(d) < 1e-300 else d)
+        c = 1 + aa / c
+        c = 1e-300 if abs(c) < 1e-300 else c
+        delta = d * c
+        h *= delta
+        if abs(delta - 1) < _EPS:
+            break
+    return h
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """Regularised incomplete beta I_x(a, b)."""
+    if x <= 0:
+        return 0.0
+    if x >= 1:
+        return 1.0
+    front = math.exp(
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
+    if x < (a + 1) / (a + b + 2):
+        return front * _betacf(a, b, x) / a
+    return 1 - front * _betacf(b, a, 1 - x) / b
+
+
+def t_sf(t: float, df: float) -> float:
+    """P(T >= t) for Student's t with `df` degrees of freedom."""
+    tail = 0.5 * betainc(df / 2, 0.5, df / (df + t * t))
+    return tail if t >= 0 else 1 - tail
+
+
+def t_pdf(t: float, df: float) -> float:
+    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    return math.exp(log_norm - (df + 1) / 2 * math.log1p(t * t / df))
+
+
+def t_ppf(p: float, df: float) -> float:
+    """Quantile of Student's t: Newton's method from the normal quantile."""
+    t = _NORMAL.inv_cdf(p)
+    for _ in range(50):
+        step = ((1 - t_sf(t, df)) - p) / t_pdf(t, df)
+        t -= step
+        if abs(step) < 1e-12 * max(1.0, abs(t)):
+            break
+    return t
+
+
+# -- sufficient statistics and two-sample effects ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Moments:
+    """n, sum and sum of squares of one arm's observations: enough for means and variances."""
+
+    n: int
+    total: float
+    squares: float
+
+    @classmethod
+    def of(cls, values: np.ndarray | list[float]) -> Moments:
+        v = np.asarray(values, dtype=np.float64)
+        return cls(int(v.size), float(v.sum()), float((v * v).sum()))
+
+    def __add__(self, other: Moments) -> Moments:
+        return Moments(self.n + other.n, self.total + other.total, self.squares + other.squares)
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.n if self.n else math.nan
+
+    @property
+    def variance(self) -> float:
+        """Sample variance (n - 1 in the denominator)."""
+        if self.n < 2:
+            return math.nan
+        return max(self.squares - self.total * self.total / self.n, 0.0) / (self.n - 1)
+
+
+@dataclass(frozen=True)
+class Effect:
+    """Treatment minus control, absolute and relative, with two-sided intervals."""
+
+    difference: float
+    ci: tuple[float, float]
+    relative: float
+    relative_ci: tuple[float, float]
+    p_value: float
+
+
+def welch(treatment: Moments, control: Moments, alpha: float = 0.05) -> Effect:
+    """Welch's t for the difference of means; the delta method for the relative effect."""
+    vt, vc = treatment.variance / treatment.n, control.variance / control.n
+    se = math.sqrt(vt + vc)
+    diff = treatment.mean - control.mean
+    df = (
+        (vt + vc) ** 2 / (vt**2 / (treatment.n - 1) + vc**2 / (control.n - 1))
+        if se > 0
+        else math.inf
+    )
+    q = t_ppf(1 - alpha / 2, df) if math.isfinite(df) else _NORMAL.inv_cdf(1 - alpha / 2)
+    p = 2 * t_sf(abs(diff / se), df) if se > 0 else (1.0 if diff == 0 else 0.0)
+    mc, mt = control.mean, treatment.mean
+    relative = mt / mc - 1
+    # Var(mt/mc) ~ vt/mc^2 + mt^2 vc/mc^4 (first-order Taylor expansion).
+    rel_se = math.sqrt(vt / mc**2 + mt**2 * vc / mc**4)
+    z = _NORMAL.inv_cdf(1 - alpha / 2)
+    return Effect(
+        diff,
+        (diff - q * se, diff + q * se),
+        relative,
+        (relative - z * rel_se, relative + z * rel_se),
+        p,
+    )
+
+
+def srm_p_value(counts: list[int], weights: list[float]) -> float:
+    """Sample-ratio mismatch: chi-square goodness of fit of arm counts to configured weights."""
+    total = sum(counts)
+    expected = [total * w / sum(weights) for w in weights]
+    stat = sum((o - e) ** 2 / e for o, e in zip(counts, expected, strict=True) if e > 0)
+    return chi2_sf(stat, len(counts) - 1)
+
+
+def confidence_sequence(
+    treatment: Moments, control: Moments, alpha: float = 0.05, tuned_for: int = 10_000
+) -> tuple[float, float]:
+    """Always-valid interval for the difference of means (asymptotic confidence sequence,
+    Waudby-Smith et al. 2023): it may be checked after every observation and still covers the
+    truth with probability 1 - alpha. `tuned_for` is the sample size where it is tightest."""
+    n = treatment.n + control.n
+    diff = treatment.mean - control.mean
+    # The scaled variance of the difference estimator: n * Var(diff).
+    sigma2 = n * (treatment.variance / treatment.n + control.variance / control.n)
+    rho2 = (-2 * math.log(alpha) + math.log(-2 * math.log(alpha) + 1)) / tuned_for
+    radius = math.sqrt(sigma2) * math.sqrt(
+        2 * (n * rho2 + 1) / (n * n * rho2) * math.log(math.sqrt(n * rho2 + 1) / alpha)
+    )
+    return diff - radius, diff + radius
+
+
+# -- paired tests for offline comparison --------------------------------------------------------
+
+
+def mcnemar(b: int, c: int, exact: bool | None = None) -> float:
+    """p-value for paired correctness: b = only model A right, c = only model B right."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    if exact if exact is not None else n < 25:
+        k = min(b, c)
+        tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+        return float(min(1.0, 2 * tail))
+    stat = (abs(b - c) - 1) ** 2 / n
+    return chi2_sf(stat, 1)
+
+
+def wilcoxon(x: np.ndarray | list[float], y: np.ndarray | list[float]) -> float:
+    """Two-sided Wilcoxon signed-rank p-value for paired samples (normal approximation with
+    the tie correction; zero differences are dropped, as scipy's default 'wilcox')."""
+    d = np.asarray(x, dtype=np.float64) - np.asarray(y, dtype=np.float64)
+    d = d[d != 0]
+    n = d.size
+    if n == 0:
+        return 1.0
+    order = np.argsort(np.abs(d), kind="mergesort")
+    ranks = np.empty(n)
+    sorted_abs = np.abs(d)[order]
+    i = 0
+    tie_term = 0.0
+    while i < n:
+        j = i
+        while j + 1 < n and sorted_abs[j + 1] == sorted_abs[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        t = j - i + 1
+        tie_term += t**3 - t
+        i = j + 1
+    w_plus = float(ranks[d > 0].sum())
+    mean = n * (n + 1) / 4
+    var = n * (n + 1) * (2 * n + 1) / 24 - tie_term / 48
+    z = (w_plus - mean) / math.sqrt(var)
+    return 2 * (1 - _NORMAL.cdf(abs(z)))
+
+
+def paired_bootstrap(
+    x: np.ndarray | list[float],
+    y: np.ndarray | list[float],
+    statistic: str = "mean",
+    alpha: float = 0.05,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, tuple[float, float]]:
+    """Percentile bootstrap interval for mean(x - y) (or the median), resampling pairs."""
+    d = np.asarray(x, dtype=np.float64) - np.asarray(y, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, d.size, size=(resamples, d.size))
+    reduce = np.median if statistic == "median" else np.mean
+    draws = reduce(d[idx], axis=1)
+    point = float(reduce(d))
+    return point, (float(np.quantile(draws, alpha / 2)), float(np.quantile(draws, 1 - alpha / 2)))
