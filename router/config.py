@@ -93,6 +93,22 @@ class ShadowSettings(_Strict):
     """Deadline of one shadow call."""
 
 
+class Criterion(_Strict):
+    """A bound on how much worse an arm may be than the control arm, on one metric."""
+
+    metric: Literal["latency_ms", "error_rate", "fallback_rate", "quality_failure_rate"]
+    max_absolute_increase: float | None = Field(None, ge=0)
+    """Arm mean minus control mean at most this (e.g. 0.01 = one percentage point)."""
+    max_relative_increase: float | None = Field(None, ge=0)
+    """Arm mean at most (1 + this) times the control mean (e.g. 0.5 = 1.5 times)."""
+
+    @model_validator(mode="after")
+    def _bound(self) -> Criterion:
+        if self.max_absolute_increase is None and self.max_relative_increase is None:
+            raise ValueError("set max_absolute_increase or max_relative_increase")
+        return self
+
+
 class ExperimentSettings(_Strict):
     name: str = Field(min_length=1)
     seed: str = Field(min_length=1)
@@ -103,6 +119,20 @@ class ExperimentSettings(_Strict):
     allowlist: dict[str, str] = Field(default_factory=dict)
     """user id -> arm name, overriding the hash."""
     shadow: ShadowSettings | None = None
+    control: str | None = None
+    """The arm others are compared with; the first arm when unset."""
+    guardrails: list[Criterion] = Field(default_factory=list)
+    """Evidence (always-valid interval) that an arm breaks one of these gives ROLL_BACK."""
+    success: list[Criterion] = Field(default_factory=list)
+    """Evidence that every arm keeps all of these (and no guardrail fails) gives PROMOTE."""
+    min_samples: int = Field(100, ge=2)
+    """Requests per arm before any verdict but KEEP_RUNNING."""
+    alpha: float = Field(0.05, gt=0, lt=0.5)
+    """Error rate of the intervals."""
+    auto_rollback: bool = False
+    """On ROLL_BACK, set coverage to 0 at run time and raise an alert."""
+    evaluation_seconds: float = Field(10.0, gt=0)
+    """How often the automatic rollback evaluates."""
 
     @model_validator(mode="after")
     def _arms(self) -> ExperimentSettings:
@@ -112,6 +142,8 @@ class ExperimentSettings(_Strict):
         names = [a.name for a in self.arms]
         if len(set(names)) != len(names):
             raise ValueError(f"arms: names must be unique, got {names}")
+        if self.control is not None and self.control not in names:
+            raise ValueError(f"control: unknown arm {self.control!r} (arms: {', '.join(names)})")
         for user, arm in self.allowlist.items():
             if arm not in names:
                 raise ValueError(

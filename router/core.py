@@ -15,9 +15,10 @@ import numpy as np
 
 from router.backends.model import ModelBackend
 from router.backends.oip import infer_request, parse_response
-from router.config import RouterConfig, RouteSettings
+from router.config import ExperimentSettings, RouterConfig, RouteSettings
 from router.errors import RouteError
 from router.experiments.assignment import Assignment, assign
+from router.experiments.results import Report, ResultsCollector, report
 from router.experiments.shadow import ShadowRunner, sampled
 from router.failover.circuit import State
 from router.failover.dispatch import Attempt, Dispatcher
@@ -82,6 +83,9 @@ class RouterCore:
         self.quality = QualityTracker()
         self.anomalies: AnomalyMonitor | None = None
         self.trends: TrendTracker | None = None
+        self.results = ResultsCollector()
+        # (experiment, seed) -> coverage set at run time by the automatic rollback.
+        self.coverage_overrides: dict[tuple[str, str], float] = {}
         self.shadow = ShadowRunner()
         self.stats = RouterStats()
         self.dispatcher = Dispatcher(self._record_quality, clock)
@@ -182,7 +186,7 @@ class RouterCore:
             with self.dispatcher.tracer.start_as_current_span(
                 "assign", attributes={"task": req.task}
             ) as span:
-                assignment = assign(route.experiment, req.user_id)
+                assignment = assign(self.effective(route.experiment), req.user_id)
                 if assignment is not None:
                     span.set_attribute("experiment", assignment.experiment)
                     span.set_attribute("arm", assignment.arm)
@@ -193,6 +197,12 @@ class RouterCore:
             outcome = await self.dispatcher.run(route, req, backends, deadline)
         except RouteError as exc:
             self._count(first, arm, req.task, exc.code.name.lower(), started)
+            if assignment is not None and exc.code is not grpc.StatusCode.INVALID_ARGUMENT:
+                # The caller's own mistakes do not count against an arm.
+                latency = (self.clock() - started) * 1000
+                self.results.record(
+                    assignment.experiment, assignment.arm, latency, True, False, False
+                )
             raise
         first_failure = next((a.reason for a in outcome.attempts if a.outcome != "ok"), "")
         fallback = outcome.model != first or outcome.attempts[0].outcome != "ok"
@@ -224,6 +234,15 @@ class RouterCore:
         self.stats.latencies.append((self.clock(), outcome.model, latency_ms))
         if self.trends is not None:
             self.trends.record(first, outcome.model, latency_ms, not outcome.failed_checks)
+        if assignment is not None:
+            self.results.record(
+                assignment.experiment,
+                assignment.arm,
+                latency_ms,
+                False,
+                outcome.model != first,
+                bool(outcome.failed_checks),
+            )
         shadowed = self._maybe_shadow(state, route, req, outcome.model, outcome.output)
         return RouteResult(
             output=outcome.output,
@@ -236,6 +255,55 @@ class RouterCore:
             model_ms=outcome.model_ms,
             total_ms=(self.clock() - started) * 1000,
         )
+
+    def effective(self, experiment: ExperimentSettings) -> ExperimentSettings:
+        """The experiment as configured, or with the coverage the automatic rollback set."""
+        override = self.coverage_overrides.get((experiment.name, experiment.seed))
+        return (
+            experiment if override is None else experiment.model_copy(update={"coverage": override})
+        )
+
+    def experiment(self, name: str) -> ExperimentSettings | None:
+        state = self.state
+        if state is None:
+            return None
+        return next(
+            (
+                r.experiment
+                for r in state.config.routes.values()
+                if r.experiment and r.experiment.name == name
+            ),
+            None,
+        )
+
+    def experiment_report(self, name: str) -> Report | None:
+        settings = self.experiment(name)
+        return None if settings is None else report(settings, self.results.arms.get(name, {}))
+
+    def rolled_back(self, experiment: ExperimentSettings) -> bool:
+        return self.coverage_overrides.get((experiment.name, experiment.seed)) == 0.0
+
+    def auto_rollback(self) -> list[str]:
+        """Roll back every experiment whose guardrails fail and that asks for it; returns names."""
+        state = self.state
+        done: list[str] = []
+        if state is None:
+            return done
+        for route in state.config.routes.values():
+            e = route.experiment
+            if e is None or not e.auto_rollback or self.rolled_back(e):
+                continue
+            result = report(e, self.results.arms.get(e.name, {}))
+            if result.verdict == "ROLL_BACK":
+                self.coverage_overrides[(e.name, e.seed)] = 0.0
+                log.error(
+                    "experiment %s rolled back: %s",
+                    e.name,
+                    "; ".join(result.reasons),
+                    extra={"event": "rollback", "experiment": e.name, "reasons": result.reasons},
+                )
+                done.append(e.name)
+        return done
 
     def _maybe_shadow(
         self,

@@ -156,6 +156,7 @@ class RouterServer:
             self.alerts = AlertService(config.alerting, signals.sample)
             self.alerts.start()
         self._tasks = [
+            loop.create_task(self._rollback_watch(), name="auto-rollback"),
             loop.create_task(self._follow_backends(), name="readiness"),
             loop.create_task(self._watch_file(s.reload_poll_seconds), name="config-watch"),
         ]
@@ -174,6 +175,19 @@ class RouterServer:
         while True:
             await self._publish_readiness()
             await asyncio.sleep(0.1)
+
+    async def _rollback_watch(self) -> None:
+        """Evaluate the experiments that ask for automatic rollback, at their own pace."""
+        while True:
+            state = self.core.state
+            periods = [
+                r.experiment.evaluation_seconds
+                for r in (state.config.routes.values() if state else [])
+                if r.experiment is not None and r.experiment.auto_rollback
+            ]
+            await asyncio.sleep(min(periods, default=1.0))
+            if periods:
+                self.core.auto_rollback()
 
     def _file_digest(self) -> str:
         try:

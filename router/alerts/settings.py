@@ -16,6 +16,7 @@ Signal = Literal[
     "anomalies",
     "latency_p95_ms",
     "config_reload_failures",
+    "experiment_rolled_back",
 ]
 
 
@@ -111,6 +112,13 @@ BUILT_IN_RULES = [
         threshold=2000,
         for_seconds=60,
         summary="p95 routing latency of {model} at {value:.0f} ms",
+    ),
+    AlertRule(
+        name="ExperimentRolledBack",
+        signal="experiment_rolled_back",
+        threshold=0.5,
+        severity="critical",
+        summary="experiment {experiment} was rolled back: its guardrails failed",
     ),
     AlertRule(
         name="ConfigReloadFailed",

@@ -127,5 +127,15 @@ class Signals:
             out.append(({"gpu": str(i)}, info.used / info.total))
         return out
 
+    def _experiment_rolled_back(self) -> list[Sample]:
+        state = self.core.state
+        if state is None:
+            return []
+        return [
+            ({"experiment": r.experiment.name}, float(self.core.rolled_back(r.experiment)))
+            for r in state.config.routes.values()
+            if r.experiment is not None
+        ]
+
     def _config_reload_failures(self) -> list[Sample]:
         return [({}, float(self._reloads.delta().get("failed", 0)))]

@@ -130,7 +130,10 @@ class RouterAdminServicer(rpb_grpc.RouterAdminServicer):
             if e is None:
                 continue
             item = response.experiments.add(
-                name=e.name, task=TASK_ENUMS[task], seed=e.seed, coverage=e.coverage
+                name=e.name,
+                task=TASK_ENUMS[task],
+                seed=e.seed,
+                coverage=self.core.effective(e).coverage,
             )
             for arm in e.arms:
                 item.arms.add(name=arm.name, model=arm.model, weight=arm.weight)
@@ -180,10 +183,51 @@ class RouterAdminServicer(rpb_grpc.RouterAdminServicer):
             )
         return response
 
-    async def GetExperimentReport(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "experiment reports arrive with the A/B analysis work"
+    @grpc_errors
+    async def GetExperimentReport(
+        self, request: rpb.GetExperimentReportRequest, context: Any
+    ) -> rpb.GetExperimentReportResponse:
+        if not request.experiment:
+            raise RouteError(
+                grpc.StatusCode.INVALID_ARGUMENT, "experiment is required (see ListExperiments)"
+            )
+        settings = self.core.experiment(request.experiment)
+        result = self.core.experiment_report(request.experiment)
+        if settings is None or result is None:
+            raise RouteError(
+                grpc.StatusCode.NOT_FOUND,
+                f"no experiment {request.experiment!r} in the configuration",
+            )
+        response = rpb.GetExperimentReportResponse(
+            experiment=result.experiment,
+            verdict=result.verdict,
+            reasons=result.reasons,
+            srm_p_value=result.srm_p_value,
+            rolled_back=self.core.rolled_back(settings),
+            control_arm=result.control,
         )
+        for arm in settings.arms:
+            response.arms.add(
+                name=arm.name, model=arm.model, weight=arm.weight, count=result.counts[arm.name]
+            )
+        for c in result.comparisons:
+            e = c.effect
+            response.comparisons.add(
+                arm=c.arm,
+                metric=c.metric,
+                control_mean=c.control_mean,
+                arm_mean=c.arm_mean,
+                difference=e.difference,
+                ci_low=e.ci[0],
+                ci_high=e.ci[1],
+                relative=e.relative,
+                relative_ci_low=e.relative_ci[0],
+                relative_ci_high=e.relative_ci[1],
+                p_value=e.p_value,
+                cs_low=c.cs[0],
+                cs_high=c.cs[1],
+            )
+        return response
 
     @grpc_errors
     async def ListAlerts(

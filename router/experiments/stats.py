@@ -172,17 +172,16 @@ def welch(treatment: Moments, control: Moments, alpha: float = 0.05) -> Effect:
     q = t_ppf(1 - alpha / 2, df) if math.isfinite(df) else _NORMAL.inv_cdf(1 - alpha / 2)
     p = 2 * t_sf(abs(diff / se), df) if se > 0 else (1.0 if diff == 0 else 0.0)
     mc, mt = control.mean, treatment.mean
-    relative = mt / mc - 1
-    # Var(mt/mc) ~ vt/mc^2 + mt^2 vc/mc^4 (first-order Taylor expansion).
-    rel_se = math.sqrt(vt / mc**2 + mt**2 * vc / mc**4)
     z = _NORMAL.inv_cdf(1 - alpha / 2)
-    return Effect(
-        diff,
-        (diff - q * se, diff + q * se),
-        relative,
-        (relative - z * rel_se, relative + z * rel_se),
-        p,
-    )
+    if mc == 0:
+        # A rate that is zero in the control arm has no relative change.
+        relative, relative_ci = math.nan, (math.nan, math.nan)
+    else:
+        relative = mt / mc - 1
+        # Var(mt/mc) ~ vt/mc^2 + mt^2 vc/mc^4 (first-order Taylor expansion).
+        rel_se = math.sqrt(vt / mc**2 + mt**2 * vc / mc**4)
+        relative_ci = (relative - z * rel_se, relative + z * rel_se)
+    return Effect(diff, (diff - q * se, diff + q * se), relative, relative_ci, p)
 
 
 def srm_p_value(counts: list[int], weights: list[float]) -> float:

@@ -694,27 +694,136 @@ class GetExperimentReportRequest(_message.Message):
 Global___GetExperimentReportRequest: _TypeAlias = GetExperimentReportRequest  # noqa: Y015
 
 @_typing.final
+class ArmSummary(_message.Message):
+    """One arm's share of the traffic."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    model: _builtins.str
+    weight: _builtins.float
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        model: _builtins.str = ...,
+        weight: _builtins.float = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "model", b"model", "name", b"name", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArmSummary: _TypeAlias = ArmSummary  # noqa: Y015
+
+@_typing.final
+class MetricComparison(_message.Message):
+    """One metric of one arm against the control arm."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARM_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    CONTROL_MEAN_FIELD_NUMBER: _builtins.int
+    ARM_MEAN_FIELD_NUMBER: _builtins.int
+    DIFFERENCE_FIELD_NUMBER: _builtins.int
+    CI_LOW_FIELD_NUMBER: _builtins.int
+    CI_HIGH_FIELD_NUMBER: _builtins.int
+    RELATIVE_FIELD_NUMBER: _builtins.int
+    RELATIVE_CI_LOW_FIELD_NUMBER: _builtins.int
+    RELATIVE_CI_HIGH_FIELD_NUMBER: _builtins.int
+    P_VALUE_FIELD_NUMBER: _builtins.int
+    CS_LOW_FIELD_NUMBER: _builtins.int
+    CS_HIGH_FIELD_NUMBER: _builtins.int
+    arm: _builtins.str
+    metric: _builtins.str
+    """latency_ms, error_rate, fallback_rate or quality_failure_rate."""
+    control_mean: _builtins.float
+    arm_mean: _builtins.float
+    difference: _builtins.float
+    """arm - control, with Welch's 95% interval."""
+    ci_low: _builtins.float
+    ci_high: _builtins.float
+    relative: _builtins.float
+    """arm / control - 1, with the delta method's interval."""
+    relative_ci_low: _builtins.float
+    relative_ci_high: _builtins.float
+    p_value: _builtins.float
+    cs_low: _builtins.float
+    """Always-valid interval for the difference: safe to look at any time."""
+    cs_high: _builtins.float
+    def __init__(
+        self,
+        *,
+        arm: _builtins.str = ...,
+        metric: _builtins.str = ...,
+        control_mean: _builtins.float = ...,
+        arm_mean: _builtins.float = ...,
+        difference: _builtins.float = ...,
+        ci_low: _builtins.float = ...,
+        ci_high: _builtins.float = ...,
+        relative: _builtins.float = ...,
+        relative_ci_low: _builtins.float = ...,
+        relative_ci_high: _builtins.float = ...,
+        p_value: _builtins.float = ...,
+        cs_low: _builtins.float = ...,
+        cs_high: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "arm_mean", b"arm_mean", "ci_high", b"ci_high", "ci_low", b"ci_low", "control_mean", b"control_mean", "cs_high", b"cs_high", "cs_low", b"cs_low", "difference", b"difference", "metric", b"metric", "p_value", b"p_value", "relative", b"relative", "relative_ci_high", b"relative_ci_high", "relative_ci_low", b"relative_ci_low"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MetricComparison: _TypeAlias = MetricComparison  # noqa: Y015
+
+@_typing.final
 class GetExperimentReportResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EXPERIMENT_FIELD_NUMBER: _builtins.int
     VERDICT_FIELD_NUMBER: _builtins.int
     REASONS_FIELD_NUMBER: _builtins.int
+    ARMS_FIELD_NUMBER: _builtins.int
+    SRM_P_VALUE_FIELD_NUMBER: _builtins.int
+    COMPARISONS_FIELD_NUMBER: _builtins.int
+    ROLLED_BACK_FIELD_NUMBER: _builtins.int
+    CONTROL_ARM_FIELD_NUMBER: _builtins.int
     experiment: _builtins.str
     verdict: _builtins.str
     """PROMOTE, ROLL_BACK or KEEP_RUNNING."""
+    srm_p_value: _builtins.float
+    rolled_back: _builtins.bool
+    """The automatic rollback has set this experiment's coverage to 0."""
+    control_arm: _builtins.str
     @_builtins.property
     def reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def arms(self) -> _containers.RepeatedCompositeFieldContainer[Global___ArmSummary]: ...
+    @_builtins.property
+    def comparisons(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricComparison]: ...
     def __init__(
         self,
         *,
         experiment: _builtins.str = ...,
         verdict: _builtins.str = ...,
         reasons: _abc.Iterable[_builtins.str] | None = ...,
+        arms: _abc.Iterable[Global___ArmSummary] | None = ...,
+        srm_p_value: _builtins.float = ...,
+        comparisons: _abc.Iterable[Global___MetricComparison] | None = ...,
+        rolled_back: _builtins.bool = ...,
+        control_arm: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment", b"experiment", "reasons", b"reasons", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arms", b"arms", "comparisons", b"comparisons", "control_arm", b"control_arm", "experiment", b"experiment", "reasons", b"reasons", "rolled_back", b"rolled_back", "srm_p_value", b"srm_p_value", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,168 @@
+"""Experiment reports: verdicts from guardrails and success criteria, the sample-ratio check,
+and automatic rollback against a live router with a fault-injecting candidate."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from gamaserving.router.v1 import router_pb2 as rpb
+from router.config import ExperimentSettings
+from router.experiments.results import ArmResults, report
+from tests.router.conftest import base_config, live_router
+from tests.support.audio import wav
+from tests.support.fault_server import fault_server
+
+
+def experiment(**extra: Any) -> ExperimentSettings:
+    arms = [
+        {"name": "control", "model": "a", "weight": 0.5},
+        {"name": "candidate", "model": "b", "weight": 0.5},
+    ]
+    return ExperimentSettings.model_validate(
+        {"name": "e", "seed": "s", "arms": arms, "min_samples": 50, **extra}
+    )
+
+
+def arm(
+    n: int, latency: float, error_rate: float = 0.0, fallback_rate: float = 0.0, seed: int = 0
+) -> ArmResults:
+    rng = np.random.default_rng(seed)
+    results = ArmResults()
+    for i in range(n):
+        results.add(
+            float(rng.normal(latency, latency * 0.1)),
+            i < error_rate * n,
+            i < fallback_rate * n,
+            False,
+        )
+    return results
+
+
+def test_guardrail_failure_rolls_back() -> None:
+    e = experiment(guardrails=[{"metric": "error_rate", "max_absolute_increase": 0.01}])
+    r = report(e, {"control": arm(2000, 100), "candidate": arm(2000, 100, error_rate=0.2, seed=1)})
+    assert r.verdict == "ROLL_BACK" and "guardrail error_rate" in r.reasons[0]
+    (errors,) = [c for c in r.comparisons if c.metric == "error_rate"]
+    assert errors.effect.difference == pytest.approx(0.2) and errors.cs[0] > 0.01
+
+
+def test_healthy_candidate_is_promoted_on_its_success_criteria() -> None:
+    e = experiment(
+        success=[
+            {"metric": "latency_ms", "max_relative_increase": 0.5},
+            {"metric": "error_rate", "max_absolute_increase": 0.01},
+        ]
+    )
+    r = report(e, {"control": arm(3000, 100), "candidate": arm(3000, 101, seed=2)})
+    assert r.verdict == "PROMOTE", r.reasons
+    (latency,) = [c for c in r.comparisons if c.metric == "latency_ms"]
+    assert latency.effect.relative == pytest.approx(0.01, abs=0.01) and latency.cs[1] < 50
+
+
+def test_too_few_samples_or_a_ratio_mismatch_keep_it_running() -> None:
+    e = experiment(success=[{"metric": "error_rate", "max_absolute_increase": 0.01}])
+    few = report(e, {"control": arm(20, 100), "candidate": arm(20, 100, seed=3)})
+    assert few.verdict == "KEEP_RUNNING" and "fewer than 50" in few.reasons[0]
+    skewed = report(e, {"control": arm(10_400, 100), "candidate": arm(9_600, 100, seed=4)})
+    assert skewed.verdict == "KEEP_RUNNING" and skewed.srm_p_value < 0.001
+    assert "sample ratio mismatch" in skewed.reasons[0]
+
+
+def _config(control: str, candidate: str, **experiment_extra: Any) -> dict[str, Any]:
+    e = {
+        "name": "gama-ab",
+        "seed": "phase-1",
+        "arms": [
+            {"name": "control", "model": "incumbent", "weight": 0.5},
+            {"name": "candidate", "model": "candidate", "weight": 0.5},
+        ],
+        "min_samples": 20,
+        **experiment_extra,
+    }
+    cfg = base_config(
+        {"incumbent": [control], "candidate": [candidate]},
+        embed={"primary": "incumbent", "experiment": e},
+    )
+    cfg["alerting"] = {"evaluation_seconds": 0.1}
+    return cfg
+
+
+async def _traffic(router: Any, users: range) -> list[rpb.ProcessResponse]:
+    return [await router.process(rpb.TASK_EMBED, wav(0.3), user_id=f"user-{u}") for u in users]
+
+
+async def test_failing_candidate_is_rolled_back_within_one_evaluation(tmp_path: Path) -> None:
+    async with (
+        fault_server("incumbent") as (_, a),
+        fault_server("candidate", mode="internal") as (_, b),
+    ):
+        cfg = _config(
+            a,
+            b,
+            guardrails=[{"metric": "fallback_rate", "max_absolute_increase": 0.05}],
+            auto_rollback=True,
+            evaluation_seconds=0.3,
+        )
+        async with live_router(cfg, tmp_path) as router:
+            first = await _traffic(router, range(0, 200))
+            assert {r.route.arm for r in first} == {"control", "candidate"}
+            assert all(r.route.model == "incumbent" for r in first), {(r.route.arm, r.route.model, r.route.fallback_reason) for r in first}
+            report_ = await router.admin.GetExperimentReport(
+                rpb.GetExperimentReportRequest(experiment="gama-ab")
+            )
+            assert (
+                report_.verdict == "ROLL_BACK" and "guardrail fallback_rate" in report_.reasons[0]
+            )
+            await asyncio.sleep(0.7)  # one evaluation interval (0.3 s), with margin
+            after = await router.admin.GetExperimentReport(
+                rpb.GetExperimentReportRequest(experiment="gama-ab")
+            )
+            assert after.rolled_back
+            (listed,) = (
+                await router.admin.ListExperiments(rpb.ListExperimentsRequest())
+            ).experiments
+            assert listed.coverage == 0.0
+            later = await _traffic(router, range(200, 260))
+            assert all(
+                r.route.arm == "" and r.route.model == "incumbent" and not r.route.fallback_used
+                for r in later
+            ), {(r.route.arm, r.route.model, r.route.fallback_reason) for r in later}
+            await asyncio.sleep(0.3)
+            alerts = {
+                a.name for a in (await router.admin.ListAlerts(rpb.ListAlertsRequest())).alerts
+            }
+            assert "ExperimentRolledBack" in alerts
+
+
+async def test_healthy_candidate_keeps_running_or_is_promoted_with_reasons(tmp_path: Path) -> None:
+    async with fault_server("incumbent") as (_, a), fault_server("candidate") as (_, b):
+        cfg = _config(
+            a,
+            b,
+            guardrails=[{"metric": "error_rate", "max_absolute_increase": 0.05}],
+            success=[
+                {"metric": "error_rate", "max_absolute_increase": 0.02},
+                {"metric": "latency_ms", "max_relative_increase": 1.0},
+            ],
+        )
+        async with live_router(cfg, tmp_path) as router:
+            await _traffic(router, range(300))
+            r = await router.admin.GetExperimentReport(
+                rpb.GetExperimentReportRequest(experiment="gama-ab")
+            )
+            assert r.verdict in ("PROMOTE", "KEEP_RUNNING") and r.reasons and not r.rolled_back
+            assert {a.name: a.count for a in r.arms}.keys() == {"control", "candidate"}
+            assert sum(a.count for a in r.arms) == 300 and r.srm_p_value > 0.001
+            metrics = {c.metric for c in r.comparisons if c.arm == "candidate"}
+            assert metrics == {"latency_ms", "error_rate", "fallback_rate", "quality_failure_rate"}
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await router.admin.GetExperimentReport(
+                    rpb.GetExperimentReportRequest(experiment="nope")
+                )
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND
