@@ -174,11 +174,13 @@ async def test_admin_lists_experiments_and_quality(
             checks["patterns.score_range"].total == 1
             and checks["patterns.score_range"].pass_rate == 1
         )
+        report = await router.admin.GetExperimentReport(
+            rpb.GetExperimentReportRequest(experiment="embed-ab")
+        )
+        assert report.verdict == "KEEP_RUNNING" and report.control_arm == "control"
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await router.admin.GetExperimentReport(
-                rpb.GetExperimentReportRequest(experiment="embed-ab")
-            )
-        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            await router.admin.GetExperimentReport(rpb.GetExperimentReportRequest())
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_arm_whose_model_cannot_do_the_task_is_rejected_at_start(
