@@ -25,7 +25,40 @@ def _parser() -> argparse.ArgumentParser:
         default=5.0,
         help="seconds to wait for each model's metadata at start and reload",
     )
+    fleet = sub.add_parser("report", help="experiment report for a fleet, from Prometheus")
+    fleet.add_argument(
+        "--prometheus", required=True, help="Prometheus base URL, e.g. http://prometheus:9090"
+    )
+    fleet.add_argument("--experiment", required=True)
+    fleet.add_argument(
+        "--config", type=Path, required=True, help="the routers' configuration (arms, criteria)"
+    )
     return parser
+
+
+def _report(args: argparse.Namespace) -> int:
+    import json
+
+    from router.config import ConfigError, load_config
+    from router.experiments.results import report
+    from router.fleet import FleetError, as_json, find_experiment, fleet_arms
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"router: {exc}", file=sys.stderr)
+        return 2
+    settings = find_experiment(config.routes, args.experiment)
+    if settings is None:
+        print(f"router: no experiment {args.experiment!r} in {args.config}", file=sys.stderr)
+        return 2
+    try:
+        arms = fleet_arms(args.prometheus, args.experiment)
+    except FleetError as exc:
+        print(f"router: {exc}", file=sys.stderr)
+        return 3
+    print(json.dumps(as_json(report(settings, arms)), indent=2, default=float))
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -45,7 +78,7 @@ def _serve(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.log_level)
-    return _serve(args)
+    return _report(args) if args.command == "report" else _serve(args)
 
 
 if __name__ == "__main__":

@@ -96,6 +96,16 @@ class RouterCore:
         self.dispatcher.on_call = metrics.client_call
         self.shadow.on_agreement = metrics.agreement
 
+    def result_moments(self) -> dict[str, dict[str, dict[str, tuple[int, float, float]]]]:
+        """experiment -> arm -> metric -> (n, sum, sum of squares), for metric export."""
+        return {
+            e: {
+                a: {m: (x.n, x.total, x.squares) for m, x in r.metrics.items()}
+                for a, r in arms.items()
+            }
+            for e, arms in self.results.arms.items()
+        }
+
     def circuits(self) -> list[tuple[str, str, State, bool]]:
         """(model, endpoint, circuit state, serving) for every endpoint of the current state."""
         if self.state is None:

@@ -10,10 +10,14 @@ from router.failover.circuit import State
 
 StateSource = Callable[[], list[tuple[str, str, State, bool]]]
 Gauge = Callable[[], int]
+# experiment -> arm -> metric -> (n, sum, sum of squares)
+ResultsSource = Callable[[], dict[str, dict[str, dict[str, tuple[int, float, float]]]]]
 
 
 class RouterMetrics:
-    def __init__(self, meter: Meter, circuits: StateSource, in_flight: Gauge) -> None:
+    def __init__(
+        self, meter: Meter, circuits: StateSource, in_flight: Gauge, results: ResultsSource = dict
+    ) -> None:
         self._requests = meter.create_counter(
             "gamaserving.router.requests",
             unit="{request}",
@@ -92,6 +96,33 @@ class RouterMetrics:
             unit="1",
             description="1 while the endpoint's health is SERVING",
         )
+
+        def moments(index: int) -> Callable[[CallbackOptions], list[Observation]]:
+            def observe(_: CallbackOptions) -> list[Observation]:
+                return [
+                    Observation(values[index], {"experiment": e, "arm": a, "metric": m})
+                    for e, arms in results().items()
+                    for a, metrics in arms.items()
+                    for m, values in metrics.items()
+                ]
+
+            return observe
+
+        # Sufficient statistics per arm, so Prometheus can sum them over replicas
+        # (`router report --prometheus`).
+        for index, (name, what) in enumerate(
+            [
+                ("observations", "Requests"),
+                ("sum", "Sum of values"),
+                ("sum_squares", "Sum of squared values"),
+            ]
+        ):
+            meter.create_observable_counter(
+                f"gamaserving.router.experiment.{name}",
+                [moments(index)],
+                unit="1",
+                description=f"{what} per experiment, arm and metric",
+            )
         meter.create_observable_up_down_counter(
             "gamaserving.router.in_flight",
             [flying],

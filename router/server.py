@@ -110,7 +110,10 @@ class RouterServer:
             self.telemetry = Telemetry("router")
             admission = self.admission
             metrics = RouterMetrics(
-                self.telemetry.meter, self.core.circuits, lambda: admission.in_flight
+                self.telemetry.meter,
+                self.core.circuits,
+                lambda: admission.in_flight,
+                self.core.result_moments,
             )
             self.core.attach_metrics(metrics)
             admission.on_shed = metrics.shed
