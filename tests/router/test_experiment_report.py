@@ -121,7 +121,8 @@ async def test_failing_candidate_is_rolled_back_within_one_evaluation(tmp_path: 
         )
         async with live_router(cfg, tmp_path) as router:
             first = await _traffic(router, range(0, 200))
-            assert {r.route.arm for r in first} == {"control", "candidate"}
+            # The rollback may already act during this traffic, as soon as the evidence suffices.
+            assert {"control", "candidate"} <= {r.route.arm for r in first}
             assert all(r.route.model == "incumbent" for r in first), {
                 (r.route.arm, r.route.model, r.route.fallback_reason) for r in first
             }
