@@ -132,7 +132,10 @@ class ExperimentSettings(_Strict):
     auto_rollback: bool = False
     """On ROLL_BACK, set coverage to 0 at run time and raise an alert."""
     evaluation_seconds: float = Field(10.0, gt=0)
-    """How often the automatic rollback evaluates."""
+    """How often the automatic rollback and the ramp evaluate."""
+    ramp: list[float] = Field(default_factory=list)
+    """Coverage steps (e.g. [0.01, 0.05, 0.25, 0.5]), taken one at a time on healthy verdicts:
+    no failing guardrail, no ratio mismatch, and `min_samples` new requests per arm."""
 
     @model_validator(mode="after")
     def _arms(self) -> ExperimentSettings:
@@ -142,6 +145,8 @@ class ExperimentSettings(_Strict):
         names = [a.name for a in self.arms]
         if len(set(names)) != len(names):
             raise ValueError(f"arms: names must be unique, got {names}")
+        if any(not 0 < c <= 1 for c in self.ramp) or self.ramp != sorted(set(self.ramp)):
+            raise ValueError(f"ramp: steps must rise strictly within (0, 1], got {self.ramp}")
         if self.control is not None and self.control not in names:
             raise ValueError(f"control: unknown arm {self.control!r} (arms: {', '.join(names)})")
         for user, arm in self.allowlist.items():

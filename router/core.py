@@ -86,6 +86,8 @@ class RouterCore:
         self.results = ResultsCollector()
         # (experiment, seed) -> coverage set at run time by the automatic rollback.
         self.coverage_overrides: dict[tuple[str, str], float] = {}
+        # (experiment, seed) -> requests per arm when the ramp last stepped.
+        self.ramp_marks: dict[tuple[str, str], dict[str, int]] = {}
         self.shadow = ShadowRunner()
         self.stats = RouterStats()
         self.dispatcher = Dispatcher(self._record_quality, clock)
@@ -292,6 +294,35 @@ class RouterCore:
 
     def rolled_back(self, experiment: ExperimentSettings) -> bool:
         return self.coverage_overrides.get((experiment.name, experiment.seed)) == 0.0
+
+    def advance_ramps(self) -> list[tuple[str, float]]:
+        """Take the next ramp step of every healthy experiment; returns (name, new coverage)."""
+        state = self.state
+        moved: list[tuple[str, float]] = []
+        for route in state.config.routes.values() if state else []:
+            e = route.experiment
+            if e is None or not e.ramp or self.rolled_back(e):
+                continue
+            key = (e.name, e.seed)
+            current = self.effective(e).coverage
+            nxt = next((step for step in e.ramp if step > current), None)
+            if nxt is None:
+                continue
+            result = report(e, self.results.arms.get(e.name, {}))
+            since = self.ramp_marks.get(key, {})
+            fresh = all(result.counts[a] - since.get(a, 0) >= e.min_samples for a in result.counts)
+            healthy = result.verdict != "ROLL_BACK" and result.srm_p_value >= 0.001
+            if healthy and fresh:
+                self.coverage_overrides[key] = nxt
+                self.ramp_marks[key] = dict(result.counts)
+                log.info(
+                    "experiment %s ramped to coverage %g",
+                    e.name,
+                    nxt,
+                    extra={"event": "ramp", "experiment": e.name, "coverage": nxt},
+                )
+                moved.append((e.name, nxt))
+        return moved
 
     def auto_rollback(self) -> list[str]:
         """Roll back every experiment whose guardrails fail and that asks for it; returns names."""

@@ -180,17 +180,18 @@ class RouterServer:
             await asyncio.sleep(0.1)
 
     async def _rollback_watch(self) -> None:
-        """Evaluate the experiments that ask for automatic rollback, at their own pace."""
+        """Automatic rollback and ramps, at the pace the experiments ask for."""
         while True:
             state = self.core.state
             periods = [
                 r.experiment.evaluation_seconds
                 for r in (state.config.routes.values() if state else [])
-                if r.experiment is not None and r.experiment.auto_rollback
+                if r.experiment is not None and (r.experiment.auto_rollback or r.experiment.ramp)
             ]
             await asyncio.sleep(min(periods, default=1.0))
             if periods:
                 self.core.auto_rollback()
+                self.core.advance_ramps()
 
     def _file_digest(self) -> str:
         try:

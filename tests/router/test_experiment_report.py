@@ -180,3 +180,69 @@ async def test_healthy_candidate_keeps_running_or_is_promoted_with_reasons(tmp_p
                     rpb.GetExperimentReportRequest(experiment="nope")
                 )
             assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def _coverage(router: Any) -> float:
+    (listed,) = (await router.admin.ListExperiments(rpb.ListExperimentsRequest())).experiments
+    return float(listed.coverage)
+
+
+async def test_ramp_advances_one_step_at_a_time_on_healthy_verdicts(tmp_path: Path) -> None:
+    async with fault_server("incumbent") as (_, a), fault_server("candidate") as (_, b):
+        cfg = _config(
+            a,
+            b,
+            coverage=0.05,
+            ramp=[0.2, 0.6, 1.0],
+            min_samples=10,
+            evaluation_seconds=0.2,
+            guardrails=[{"metric": "error_rate", "max_absolute_increase": 0.05}],
+        )
+        async with live_router(cfg, tmp_path) as router:
+            seen = [await _coverage(router)]
+            user = 0
+            for _ in range(300):
+                await _traffic(router, range(user, user + 20))
+                user += 20
+                coverage = await _coverage(router)
+                if coverage != seen[-1]:
+                    seen.append(coverage)
+                if coverage == 1.0:
+                    break
+            assert seen == [0.05, 0.2, 0.6, 1.0]
+
+
+async def test_a_failing_candidate_never_ramps(tmp_path: Path) -> None:
+    async with (
+        fault_server("incumbent") as (_, a),
+        fault_server("candidate", mode="internal") as (_, b),
+    ):
+        cfg = _config(
+            a,
+            b,
+            coverage=0.5,
+            ramp=[1.0],
+            min_samples=10,
+            evaluation_seconds=0.1,
+            guardrails=[{"metric": "fallback_rate", "max_absolute_increase": 0.05}],
+        )
+        async with live_router(cfg, tmp_path) as router:
+            for start in range(0, 400, 100):
+                await _traffic(router, range(start, start + 100))
+                await asyncio.sleep(0.2)  # let the loop evaluate
+            assert await _coverage(router) == 0.5
+            verdict = await router.admin.GetExperimentReport(
+                rpb.GetExperimentReportRequest(experiment="gama-ab")
+            )
+            assert (
+                verdict.verdict == "ROLL_BACK" and not verdict.rolled_back
+            )  # no auto_rollback here
+
+
+def test_ramp_steps_must_rise() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="ramp: steps must rise"):
+        experiment(ramp=[0.5, 0.2])
+    with pytest.raises(ValidationError, match="ramp"):
+        experiment(ramp=[0.0, 0.5])
