@@ -10,7 +10,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import grpc
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
@@ -94,7 +93,3 @@ def span_between(
     )
     span.end(end_time=int(end_s * 1e9) + offset)
     return span
-
-
-def current() -> Context:
-    return otel_context.get_current()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -63,12 +62,6 @@ class Outcome:
         return [c for c in self.checks if not c.passed]
 
 
-@dataclass
-class DispatchStats:
-    calls: Counter[str] = field(default_factory=Counter)
-    fallbacks: Counter[str] = field(default_factory=Counter)
-
-
 class Dispatcher:
     def __init__(
         self,
@@ -80,7 +73,6 @@ class Dispatcher:
         self.on_call = on_call
         self.tracer: Tracer = trace.NoOpTracer()
         self._clock = clock
-        self.stats = DispatchStats()
 
     async def run(
         self,
@@ -121,7 +113,6 @@ class Dispatcher:
                 tried = True
                 started = self._clock()
                 endpoint.in_flight += 1
-                self.stats.calls[backend.key] += 1
                 span = self.tracer.start_span(
                     "attempt",
                     kind=SpanKind.CLIENT,
