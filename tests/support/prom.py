@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
+import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
+
+import yaml
+
+from tests.support.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,3 +31,33 @@ def documented() -> set[str]:
     return {
         name.replace(".", "_") for name in re.findall(r"^\| `([a-z][a-z0-9_.]+)` \|", doc, re.M)
     }
+
+
+@contextlib.asynccontextmanager
+async def prometheus(directory: Path, jobs: dict[str, list[str]]) -> AsyncIterator[int]:
+    """A real Prometheus scraping `jobs` (name -> targets) every second; yields its port."""
+    binary = shutil.which("prometheus")
+    assert binary is not None, "callers skip when prometheus is missing"
+    scrape = {
+        "global": {"scrape_interval": "1s"},
+        "scrape_configs": [
+            {"job_name": job, "static_configs": [{"targets": targets}]}
+            for job, targets in jobs.items()
+        ],
+    }
+    (directory / "prometheus.yml").write_text(yaml.safe_dump(scrape))
+    port = free_port()
+    with (directory / "prometheus.log").open("wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            binary,
+            f"--config.file={directory / 'prometheus.yml'}",
+            f"--storage.tsdb.path={directory / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=log,
+        )
+        try:
+            yield port
+        finally:
+            proc.terminate()
+            await asyncio.wait_for(proc.wait(), 10)

@@ -20,6 +20,7 @@ from tests.router.conftest import base_config, live_router
 from tests.support.audio import wav
 from tests.support.fault_server import fault_server
 from tests.support.processes import free_port
+from tests.support.prom import prometheus
 from tests.telemetry.test_prometheus import wait_for
 
 PROMETHEUS = shutil.which("prometheus")
@@ -71,24 +72,7 @@ async def test_fleet_report_sums_both_replicas(tmp_path: Path) -> None:
             }
             assert sum(expected.values()) == 100
             targets = [f"127.0.0.1:{r.server.metrics_port}" for r in (one, two)]
-            scrape = {
-                "global": {"scrape_interval": "1s"},
-                "scrape_configs": [
-                    {"job_name": "router", "static_configs": [{"targets": targets}]}
-                ],
-            }
-            (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(scrape))
-            port = free_port()
-            log = (tmp_path / "prometheus.log").open("wb")
-            proc = await asyncio.create_subprocess_exec(
-                PROMETHEUS,
-                f"--config.file={tmp_path / 'prometheus.yml'}",
-                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=log,
-            )
-            try:
+            async with prometheus(tmp_path, {"router": targets}) as port:
                 expr = (
                     "sum(gamaserving_router_experiment_observations_total"
                     '{experiment="fleet-ab",metric="error_rate"})'
@@ -107,10 +91,6 @@ async def test_fleet_report_sums_both_replicas(tmp_path: Path) -> None:
                 ]
                 with contextlib.redirect_stdout(out):
                     code = await asyncio.to_thread(router_main, args)
-            finally:
-                proc.terminate()
-                await asyncio.wait_for(proc.wait(), 10)
-                log.close()
     assert code == 0
     fleet = json.loads(out.getvalue())
     assert fleet["counts"] == expected

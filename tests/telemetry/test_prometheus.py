@@ -12,13 +12,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
 from gamaserving.router.v1 import router_pb2 as rpb
 from tests.modelserver.conftest import live_server
 from tests.router.conftest import base_config, live_router
 from tests.support.audio import wav
-from tests.support.processes import free_port
+from tests.support.prom import prometheus
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(
@@ -59,33 +58,11 @@ async def test_prometheus_scrapes_router_and_model_server(
         cfg["telemetry"] = {"prometheus_host": "127.0.0.1", "prometheus_port": 0}
         async with live_router(cfg, tmp_path) as router:
             assert w2v.server.telemetry is not None
-            scrape = {
-                "global": {"scrape_interval": "1s"},
-                "scrape_configs": [
-                    {
-                        "job_name": "router",
-                        "static_configs": [
-                            {"targets": [f"127.0.0.1:{router.server.metrics_port}"]}
-                        ],
-                    },
-                    {
-                        "job_name": "modelserver",
-                        "static_configs": [{"targets": [f"127.0.0.1:{w2v.server.telemetry.port}"]}],
-                    },
-                ],
+            jobs = {
+                "router": [f"127.0.0.1:{router.server.metrics_port}"],
+                "modelserver": [f"127.0.0.1:{w2v.server.telemetry.port}"],
             }
-            (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(scrape))
-            port = free_port()
-            log = (tmp_path / "prometheus.log").open("wb")
-            proc = await asyncio.create_subprocess_exec(
-                PROMETHEUS,
-                f"--config.file={tmp_path / 'prometheus.yml'}",
-                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=log,
-            )
-            try:
+            async with prometheus(tmp_path, jobs) as port:
                 assert await wait_for(port, 'sum(up{job=~"router|modelserver"})', 2) == 2, (
                     tmp_path / "prometheus.log"
                 ).read_text()[-2000:]
@@ -102,7 +79,3 @@ async def test_prometheus_scrapes_router_and_model_server(
                     7,
                 )
                 assert (routed, served) == (7, 7)
-            finally:
-                proc.terminate()
-                await asyncio.wait_for(proc.wait(), 10)
-                log.close()
