@@ -292,6 +292,14 @@ async def test_admin_lists_and_acknowledges_alerts_of_a_live_router(tmp_path: Pa
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await router.admin.AcknowledgeAlert(rpb.AcknowledgeAlertRequest(id="nope"))
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await router.admin.ListAlerts(rpb.ListAlertsRequest(limit=-1))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "limit" in (
+            info.value.details() or ""
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await router.admin.AcknowledgeAlert(rpb.AcknowledgeAlertRequest())
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         router.path.write_text(yaml.safe_dump({**cfg, "routes": {"tag": {"primary": "missing"}}}))
         assert not await router.server.reload()
         for _ in range(50):
