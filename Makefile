@@ -7,9 +7,10 @@ STAMP := $(VENV)/.installed-stamp
 EXTRAS ?= router,compare,modelserver,dev
 PROTO_SRC := $(shell find protos -name '*.proto' | sort)
 MODELS ?= models
+DATASET ?= data/demo
 PYTEST_ARGS ?=
 
-.PHONY: install protos lint format test bench models lock clean
+.PHONY: install protos lint format test bench models dataset lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -44,6 +45,11 @@ $(MODELS)/gama/model.yaml: | install
 
 models: install $(MODELS)/wav2vec2/model.yaml $(MODELS)/gama/model.yaml
 
+$(DATASET)/manifest.jsonl: | install
+	$(BIN)/router make-dataset --out $(DATASET)
+
+dataset: install $(DATASET)/manifest.jsonl
+
 test: install models
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -59,4 +65,4 @@ lock:
 	mv constraints.new constraints.txt && rm -rf .venv-lock
 
 clean:
-	rm -rf $(VENV) $(MODELS) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(MODELS) $(DATASET) .pytest_cache .mypy_cache .ruff_cache

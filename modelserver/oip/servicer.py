@@ -15,6 +15,7 @@ from gamaserving.oip import set_param
 from modelserver import __version__
 from modelserver.core import InferenceCore
 from modelserver.errors import ErrorKind, InferenceError
+from modelserver.memory import memory_parameters
 from modelserver.oip.codec import decode_request, encode_response, task_name
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ def model_metadata(core: InferenceCore) -> pb.ModelMetadataResponse:
     }
     if config.labels:
         values["labels"] = ",".join(config.labels)
+    values.update(memory_parameters(p.device))
     for key, value in values.items():
         set_param(meta.parameters, key, value)
     return meta

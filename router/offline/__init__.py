@@ -1,0 +1,1 @@
+"""Offline comparison on a labelled dataset: `router compare` and `router make-dataset`."""
