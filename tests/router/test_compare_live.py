@@ -116,7 +116,8 @@ def test_compare_writes_four_outputs_and_resumes_to_the_same_report(
     for summary in report["models"].values():
         assert summary["clips"] == clips and summary["errors"] == {}
         assert 0 <= summary["quality"]["knn_accuracy"] <= 1
-        assert summary["latency_ms"]["client"]["p50"] > summary["latency_ms"]["server_compute"]["p50"]
+        latency = summary["latency_ms"]
+        assert latency["client"]["p50"] > latency["server_compute"]["p50"]
         assert summary["memory"]["rss_bytes"] > 50 * 2**20  # a real model server's footprint
         assert summary["memory"]["peak_rss_bytes"] >= summary["memory"]["rss_bytes"]
     comparison = report["comparisons"][0]
