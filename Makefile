@@ -10,7 +10,7 @@ MODELS ?= models
 DATASET ?= data/demo
 PYTEST_ARGS ?=
 
-.PHONY: install protos lint format test bench models dataset lock clean
+.PHONY: install protos lint format test bench models dataset demo up down lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -49,6 +49,18 @@ $(DATASET)/manifest.jsonl: | install
 	$(BIN)/router make-dataset --out $(DATASET)
 
 dataset: install $(DATASET)/manifest.jsonl
+
+# The whole story on the tiny models: start, compare, A/B with a ramp, failover, reports.
+demo: install models dataset
+	$(BIN)/python -m demo --models $(MODELS) --dataset $(DATASET)/manifest.jsonl --out out/demo
+
+# The stack in the foreground (router on 127.0.0.1:50051) for your own client.
+up: install models
+	$(BIN)/python -m demo up --models $(MODELS) --out out/up
+
+down:
+	@if [ -f out/up/up.pid ]; then kill -TERM "$$(cat out/up/up.pid)" && echo "stopping the stack"; \
+	else echo "no stack running (out/up/up.pid is absent)"; fi
 
 test: install models
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

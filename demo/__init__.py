@@ -1,0 +1,1 @@
+"""`make demo` and `make up`: the whole platform as local processes on the tiny models."""

@@ -1,0 +1,252 @@
+"""The local stack: two model servers and a router as child processes, each in its own session
+so that a Ctrl-C reaches only the demo, which then stops them in order; and each dies with its
+parent (PR_SET_PDEATHSIG) should the demo itself be killed."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Process:
+    name: str
+    args: list[str]
+    port: int
+    log: Path
+    health_service: str
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                self.args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_serving(self, deadline: float) -> None:
+        with grpc.insecure_channel(self.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            request = health_pb2.HealthCheckRequest(service=self.health_service)
+            while time.monotonic() < deadline:
+                if not self.running():
+                    tail = self.log.read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"{self.name} exited during start-up; its log:\n{tail}")
+                with contextlib.suppress(grpc.RpcError):
+                    if (
+                        stub.Check(request, timeout=1).status
+                        == health_pb2.HealthCheckResponse.SERVING
+                    ):
+                        return
+                time.sleep(0.1)
+        raise TimeoutError(f"{self.name} did not become ready; see {self.log}")
+
+    def kill(self) -> None:
+        if self.running():
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait()
+
+    def terminate(self) -> None:
+        if self.running():
+            assert self.proc is not None
+            self.proc.terminate()
+
+
+@dataclass
+class Stack:
+    models: Path
+    out: Path
+    router_port: int = 0
+    processes: dict[str, Process] = field(default_factory=dict)
+
+    def config(self, ports: dict[str, int]) -> dict[str, Any]:
+        """The demo's router configuration: an embed experiment ramping GAMA in, quick alerts."""
+        return {
+            "server": {"port": self.router_port, "grace_seconds": 5},
+            "models": {
+                name: {"endpoints": [f"127.0.0.1:{port}"], "timeout_ms": 5000}
+                for name, port in ports.items()
+            },
+            "routes": {
+                "embed": {
+                    "primary": "wav2vec2",
+                    "fallbacks": ["gama"],
+                    "experiment": {
+                        "name": "embed-gama",
+                        "seed": "embed-gama-demo",
+                        "coverage": 0.05,
+                        "ramp": [0.25, 0.5, 1.0],
+                        "evaluation_seconds": 2,
+                        "min_samples": 20,
+                        "arms": [
+                            {"name": "control", "model": "wav2vec2", "weight": 0.5},
+                            {"name": "candidate", "model": "gama", "weight": 0.5},
+                        ],
+                        "shadow": {"model": "gama", "percent": 10, "max_concurrency": 2},
+                        "guardrails": [
+                            {"metric": "error_rate", "max_absolute_increase": 0.02},
+                            {"metric": "quality_failure_rate", "max_absolute_increase": 0.05},
+                        ],
+                        "success": [{"metric": "latency_ms", "max_relative_increase": 20}],
+                        "auto_rollback": True,
+                        "offline": [
+                            {"metric": "knn_accuracy", "max_absolute_worsening": 0.01},
+                            {"metric": "latency_p95_ms", "max_relative_worsening": 0.5},
+                        ],
+                    },
+                    "quality": {"on_failure": "fallback", "slo_ms": 2000},
+                },
+                "transcribe": {"primary": "wav2vec2"},
+                "tag": {"primary": "gama"},
+                "describe": {"primary": "gama"},
+            },
+            "alerting": {
+                "evaluation_seconds": 1,
+                "window_seconds": 10,
+                "history_path": str(self.out / "alerts.sqlite"),
+                "rules": [
+                    {
+                        "name": "ModelUnhealthy",
+                        "signal": "model_unhealthy",
+                        "threshold": 0.5,
+                        "for_seconds": 2,
+                        "severity": "critical",
+                        "summary": "no endpoint of model {model} is serving",
+                    },
+                    {
+                        "name": "FailoverRateHigh",
+                        "signal": "fallback_rate",
+                        "threshold": 0.05,
+                        "for_seconds": 2,
+                        "summary": "{value:.0%} of requests fall back from {model}",
+                    },
+                    {
+                        "name": "CircuitOpen",
+                        "signal": "circuit_open",
+                        "threshold": 0.5,
+                        "for_seconds": 2,
+                        "summary": "circuit open for {model} at {endpoint}",
+                    },
+                    {
+                        "name": "QualityFailureRateHigh",
+                        "signal": "quality_failure_rate",
+                        "threshold": 0.05,
+                        "for_seconds": 2,
+                        "summary": "{value:.0%} of {model} outputs fail quality checks",
+                    },
+                    {
+                        "name": "ExperimentRolledBack",
+                        "signal": "experiment_rolled_back",
+                        "threshold": 0.5,
+                        "severity": "critical",
+                        "summary": "experiment {experiment} was rolled back",
+                    },
+                ],
+            },
+        }
+
+    def start(self, timeout: float = 120.0) -> None:
+        logs = self.out / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        ports = {"wav2vec2": free_port(), "gama": free_port()}
+        for name, port in ports.items():
+            args = [
+                sys.executable,
+                "-m",
+                "modelserver.cli",
+                "serve",
+                "--model-dir",
+                str(self.models / name),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ]
+            self.processes[name] = Process(name, args, port, logs / f"{name}.log", "readiness")
+        self.router_port = self.router_port or free_port()
+        config = self.out / "router.yaml"
+        config.write_text(yaml.safe_dump(self.config(ports), sort_keys=False))
+        router_args = [
+            sys.executable,
+            "-m",
+            "router.cli",
+            "serve",
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.router_port),
+        ]
+        router = Process("router", router_args, self.router_port, logs / "router.log", "readiness")
+        deadline = time.monotonic() + timeout
+        for name in ports:
+            self.processes[name].start()
+        for name in ports:
+            self.processes[name].wait_serving(deadline)
+        self.processes["router"] = router
+        router.start()
+        router.wait_serving(deadline)
+
+    @property
+    def config_path(self) -> Path:
+        return self.out / "router.yaml"
+
+    def stop(self, grace: float = 10.0) -> list[str]:
+        """SIGTERM to all (router first, so it stops sending), then SIGKILL to stragglers.
+        Returns the names that had to be killed."""
+        order = [p for n in ("router", "gama", "wav2vec2") if (p := self.processes.get(n))]
+        for p in order:
+            p.terminate()
+        deadline = time.monotonic() + grace
+        killed = []
+        for p in order:
+            if p.proc is None:
+                continue
+            try:
+                p.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                killed.append(p.name)
+                p.kill()
+        return killed
+
+    def alive(self) -> list[str]:
+        return [p.name for p in self.processes.values() if p.running()]

@@ -1,0 +1,164 @@
+"""The demo's narrative: start, compare offline, split traffic while ramping, lose the primary,
+then read the verdict, the quality report and the alerts back from the router."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+
+from demo.stack import Stack
+from demo.traffic import TrafficStats, simulate_users
+from gamaserving.router.v1 import router_pb2 as rpb
+from gamaserving.router.v1 import router_pb2_grpc as rpb_grpc
+from router.config import load_config
+from router.offline.compare import CompareOptions, compare
+from router.offline.manifest import load_manifest
+
+EXPERIMENT = "embed-gama"
+STEPS = 6
+
+
+def step(n: int, title: str) -> None:
+    print(f"\n== {n}/{STEPS} {title}", flush=True)
+
+
+async def _coverage(admin: rpb_grpc.RouterAdminStub) -> float:
+    listing = await admin.ListExperiments(rpb.ListExperimentsRequest(), timeout=2)
+    return next((e.coverage for e in listing.experiments if e.name == EXPERIMENT), 0.0)
+
+
+async def _online(stack: Stack, clips: list[bytes], seconds: float) -> TrafficStats:
+    stats = TrafficStats()
+    stop = asyncio.Event()
+    router = stack.processes["router"].address
+    traffic = asyncio.create_task(simulate_users(router, clips, stop, stats))
+    start = time.monotonic()
+    killed = False
+    async with grpc.aio.insecure_channel(router) as channel:
+        admin = rpb_grpc.RouterAdminStub(channel)
+        while (elapsed := time.monotonic() - start) < seconds:
+            await asyncio.sleep(2)
+            if not killed and elapsed >= seconds / 2:
+                print("  >>> killing the primary, wav2vec2, with SIGKILL", flush=True)
+                await asyncio.to_thread(stack.processes["wav2vec2"].kill)
+                killed = True
+            arms = ", ".join(f"{arm} {n}" for arm, n in sorted(stats.arms.items()))
+            print(
+                f"  t={time.monotonic() - start:4.0f}s  requests {stats.sent:5d}  "
+                f"failed {stats.failures}  coverage {await _coverage(admin):4.0%}  "
+                f"fallbacks {stats.fallbacks:4d}  [{arms}]",
+                flush=True,
+            )
+    stop.set()
+    await traffic
+    return stats
+
+
+async def _results(stack: Stack) -> str:
+    async with grpc.aio.insecure_channel(stack.processes["router"].address) as channel:
+        admin = rpb_grpc.RouterAdminStub(channel)
+        report = await admin.GetExperimentReport(
+            rpb.GetExperimentReportRequest(experiment=EXPERIMENT), timeout=5
+        )
+        print(f"  experiment {EXPERIMENT}: {report.verdict}")
+        for reason in report.reasons:
+            print(f"    - {reason}")
+        for arm in report.arms:
+            print(f"    arm {arm.name} ({arm.model}): {arm.count} requests")
+        for c in report.comparisons:
+            if c.metric == "latency_ms":
+                print(
+                    f"    latency {c.arm} - control: {c.difference:+.1f} ms "
+                    f"(always-valid interval [{c.cs_low:+.1f}, {c.cs_high:+.1f}])"
+                )
+        quality = await admin.GetQualityReport(rpb.GetQualityReportRequest(), timeout=5)
+        print("  quality checks on every output:")
+        for model in sorted({c.model for c in quality.checks}):
+            checks = [c for c in quality.checks if c.model == model]
+            failing = [f"{c.check} {c.failed}/{c.total}" for c in checks if c.failed]
+            print(
+                f"    {model:9s} {len(checks)} checks on {max(c.total for c in checks)} outputs; "
+                f"failures: {', '.join(failing) or 'none'}"
+            )
+        for shadow in quality.shadow:
+            print(
+                f"    shadow {shadow.shadow_model} vs {shadow.primary_model}: {shadow.compared} "
+                f"compared, embedding cosine {shadow.embedding_cosine:.2f}"
+            )
+        for trend in quality.trends:
+            if trend.metric == "fallback_rate" and trend.points:
+                print(f"    trend: {trend.model} fallback rate {trend.direction}")
+        alerts = await admin.ListAlerts(
+            rpb.ListAlertsRequest(include_resolved=True, limit=20), timeout=5
+        )
+        print("  alert history (newest first):")
+        for alert in alerts.alerts:
+            at = datetime.fromtimestamp(alert.started_at_unix, UTC).strftime("%H:%M:%S")
+            print(f"    {at} {alert.state:8s} {alert.severity:8s} {alert.name}: {alert.summary}")
+        if not alerts.alerts:
+            print("    (none)")
+        return str(report.verdict)
+
+
+async def run_story(stack: Stack, dataset: Path, seconds: float) -> int:
+    manifest = load_manifest(dataset)
+    step(1, f"Built: tiny models in {stack.models}/, {len(manifest.clips)} labelled clips")
+    step(2, "Starting two model servers and the router (local processes)")
+    started = time.monotonic()
+    await asyncio.to_thread(stack.start)
+    for name, p in stack.processes.items():
+        print(f"  {name:9s} on {p.address}  log {p.log}")
+    print(f"  ready in {time.monotonic() - started:.1f}s; router configuration {stack.config_path}")
+
+    step(3, "Offline comparison: every clip through both models (embed)")
+    config = load_config(stack.config_path)
+    report = await asyncio.to_thread(
+        compare,
+        CompareOptions(
+            manifest=manifest,
+            models=["gama", "wav2vec2"],
+            task="embed",
+            out=stack.out / "compare",
+            endpoints={},
+            config=config,
+            fresh=True,
+        ),
+    )
+    for name, summary in report["models"].items():
+        latency = summary["latency_ms"]["client"]
+        print(
+            f"  {name:9s} kNN accuracy {summary['quality']['knn_accuracy']:.2f}  "
+            f"p95 {latency['p95']:.1f} ms  peak RSS "
+            f"{(summary['memory']['peak_rss_bytes'] or 0) / 2**20:.0f} MiB"
+        )
+    for comp in report["comparisons"]:
+        print(f"  recommendation for {comp['model']}: {comp['recommendation']['verdict']}")
+        for reason in comp["recommendation"]["reasons"]:
+            print(f"    - {reason}")
+    print("  (tiny models have random weights: the numbers show the machinery, not GAMA)")
+
+    step(4, f"Online A/B for {seconds:.0f}s: 300 simulated users, GAMA ramping 5% -> 100%")
+    clips = [manifest.audio_path(c).read_bytes() for c in manifest.clips]
+    stats = await _online(stack, clips, seconds)
+    print(
+        f"  {stats.sent} requests: {stats.ok} answered, {stats.failures} failed "
+        f"{dict(stats.failed) if stats.failed else ''}; {stats.fallbacks} served by a fallback"
+    )
+    print(f"  served by: {dict(stats.models)}")
+
+    await asyncio.sleep(1.5)  # one more alert evaluation after the traffic
+    step(5, "What the router says")
+    await _results(stack)
+
+    step(6, "Reports")
+    print(f"  offline comparison: {stack.out / 'compare' / 'report.html'} (and .md, .json)")
+    print(f"  logs: {stack.out / 'logs'}; alert history: {stack.out / 'alerts.sqlite'}")
+    if stats.failures:
+        print(f"  FAILED: {stats.failures} requests failed during the failover")
+        return 1
+    print("  zero failed requests through the primary's loss")
+    return 0
