@@ -59,14 +59,19 @@ def stop_event() -> asyncio.Event:
 
 
 def aio_server(
-    max_message_bytes: int, tracer: Tracer | None = None, meter: Meter | None = None
+    max_message_bytes: int,
+    tracer: Tracer | None = None,
+    meter: Meter | None = None,
+    guards: list[grpc.aio.ServerInterceptor] | None = None,
 ) -> grpc.aio.Server:
-    """A grpc.aio server with message limits, and per-call telemetry when either is given."""
+    """A grpc.aio server with message limits, per-call telemetry when either is given, and
+    `guards` (authentication) inside the telemetry, so refused calls are measured too."""
     from gamaserving.telemetry.rpc import TelemetryInterceptor
 
     interceptors = (
         [TelemetryInterceptor(tracer, meter)] if tracer is not None or meter is not None else []
     )
+    interceptors += guards or []
     return grpc.aio.server(
         interceptors=interceptors,
         options=[

@@ -28,6 +28,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--drain-delay-seconds", type=float, default=0.0)
     serve.add_argument("--stuck-after-seconds", type=float, default=60.0)
     serve.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port")
+    serve.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate (PEM)")
+    serve.add_argument("--tls-key", type=Path, help="its private key (PEM)")
+    serve.add_argument(
+        "--tls-client-ca", type=Path, help="require client certificates from this CA (mTLS)"
+    )
 
     tiny = sub.add_parser("make-tiny", help="build a tiny reference model directory")
     tiny.add_argument("--family", choices=["wav2vec2", "gama"], required=True)
@@ -46,6 +51,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tls(args: argparse.Namespace) -> dict[str, Path] | None:
+    if args.tls_cert is None and args.tls_key is None and args.tls_client_ca is None:
+        return None
+    tls = {"cert_file": args.tls_cert, "key_file": args.tls_key}
+    if args.tls_client_ca is not None:
+        tls["client_ca_file"] = args.tls_client_ca
+    return tls
+
+
 def _serve(args: argparse.Namespace) -> int:
     from modelserver.config import ModelDirError, ServerSettings, load_model_config
     from modelserver.runtime.onnx_runtime import DeviceUnavailableError
@@ -61,6 +75,7 @@ def _serve(args: argparse.Namespace) -> int:
             drain_delay_seconds=args.drain_delay_seconds,
             stuck_after_seconds=args.stuck_after_seconds,
             metrics_port=args.metrics_port,
+            tls=_tls(args),
         )
         config = load_model_config(settings.model_dir)
     except (ModelDirError, ValidationError) as exc:

@@ -9,6 +9,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from gamaserving.tls import ServerTls
+
 CONFIG_FILE = "model.yaml"
 
 
@@ -248,3 +250,5 @@ class ServerSettings(_Strict):
     """Prometheus scrape port (0 picks one); None turns the endpoint off."""
     self_test_seconds: float = Field(5.0, gt=0)
     """While faulted, how often the server re-runs its warm-up to recover readiness."""
+    tls: ServerTls | None = None
+    """Serve TLS with this certificate; mutual TLS when it names a client CA."""

@@ -16,6 +16,7 @@ from gamaserving.inference import grpc_predict_v2_pb2 as pb
 from gamaserving.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from gamaserving.telemetry import Telemetry
 from gamaserving.telemetry.tracing import Tracing
+from gamaserving.tls import listen
 from modelserver.config import ModelConfig, ServerSettings
 from modelserver.core import InferenceCore, ModelState
 from modelserver.health import HealthReporter
@@ -71,7 +72,9 @@ class ModelServer:
     async def start(self) -> int:
         self.server = self._build()
         assert self.health is not None
-        self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        self.port = listen(
+            self.server, f"{self.settings.host}:{self.settings.port}", self.settings.tls
+        )
         if self.port == 0:
             raise OSError(f"cannot listen on {self.settings.host}:{self.settings.port}")
         await self.server.start()

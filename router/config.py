@@ -10,6 +10,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gamaserving.tls import ClientTls, ServerTls
 from router.alerts.settings import AlertingSettings
 
 TaskName = Literal["transcribe", "tag", "embed", "describe"]
@@ -62,6 +63,8 @@ class ModelSettings(_Strict):
     """Upper bound on one attempt; each attempt also gets its share of the caller's deadline."""
     circuit_breaker: CircuitBreakerSettings = CircuitBreakerSettings()
     retry_budget: RetryBudgetSettings = RetryBudgetSettings()
+    tls: ClientTls | None = None
+    """TLS to this model's servers; mutual TLS with `cert_file` and `key_file`."""
 
     @field_validator("endpoints")
     @classmethod
@@ -245,6 +248,11 @@ class ServerSettings(_Strict):
     """On SIGTERM, in-flight requests get this long to finish."""
     reload_poll_seconds: float = Field(1.0, gt=0)
     """How often the configuration file is checked for changes."""
+    tls: ServerTls | None = None
+    """Serve TLS; mutual TLS when `client_ca_file` is set."""
+    admin_token_file: Path | None = None
+    """File holding the RouterAdmin bearer token (else ROUTER_ADMIN_TOKEN). Without a token
+    the router refuses to listen beyond loopback."""
 
 
 class TelemetrySettings(_Strict):

@@ -19,8 +19,16 @@ from gamaserving.router.v1 import router_pb2 as rpb
 from gamaserving.router.v1 import router_pb2_grpc as rpb_grpc
 from gamaserving.telemetry import Telemetry
 from gamaserving.telemetry.tracing import Tracing
+from gamaserving.tls import TlsError, listen
 from router.alerts.service import AlertService
 from router.alerts.signals import Signals
+from router.api.auth import (
+    TOKEN_ENV,
+    AdminAuthInterceptor,
+    AdminTokenError,
+    is_loopback,
+    load_token,
+)
 from router.api.servicers import Admission, AudioRouterServicer, RouterAdminServicer
 from router.backends.model import ModelBackend
 from router.config import ConfigError, RouterConfig, load_config
@@ -101,6 +109,18 @@ class RouterServer:
                 f"{self.config_path}: invalid router configuration\n  " + "\n  ".join(errors)
             )
         s = config.server
+        host = self.host_override or s.host
+        try:
+            token = load_token(s.admin_token_file)
+        except AdminTokenError as exc:
+            await self.core.close()
+            raise StartupError(str(exc)) from exc
+        if token is None and not is_loopback(host):
+            await self.core.close()
+            raise StartupError(
+                f"server.host {host} is reachable beyond loopback and RouterAdmin has no token: "
+                f"set server.admin_token_file (or {TOKEN_ENV}), or listen on 127.0.0.1"
+            )
         self.admission = Admission(s.max_in_flight)
         self.health = health.aio.HealthServicer()
         self.tracing = Tracing("router")
@@ -121,6 +141,7 @@ class RouterServer:
             s.max_message_bytes,
             self.tracing.tracer if self.tracing.enabled else None,
             self.telemetry.meter if self.telemetry is not None else None,
+            guards=[AdminAuthInterceptor(token)] if token is not None else None,
         )
         rpb_grpc.add_AudioRouterServicer_to_server(
             AudioRouterServicer(self.core, self.admission), server
@@ -138,9 +159,11 @@ class RouterServer:
             ),
             server,
         )
-        host = self.host_override or s.host
         port = s.port if self.port_override is None else self.port_override
-        self.port = server.add_insecure_port(f"{host}:{port}")
+        try:
+            self.port = listen(server, f"{host}:{port}", s.tls)
+        except TlsError as exc:
+            raise StartupError(f"server.tls: {exc}") from exc
         if self.port == 0:
             raise StartupError(f"cannot listen on {host}:{port}")
         self.server = server

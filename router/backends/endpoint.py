@@ -12,6 +12,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gamaserving.inference import grpc_predict_v2_pb2_grpc as pb_grpc
+from gamaserving.tls import channel
 from router.config import ModelSettings
 from router.failover.circuit import CircuitBreaker, State
 
@@ -48,9 +49,7 @@ class Endpoint:
         self.model = model
         self.target = target
         self.settings = settings
-        self.channel = grpc.aio.insecure_channel(
-            target, options=channel_options(settings, max_message_bytes)
-        )
+        self.channel = channel(target, settings.tls, channel_options(settings, max_message_bytes))
         self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
         self.breaker = CircuitBreaker(

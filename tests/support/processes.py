@@ -49,9 +49,14 @@ class ServerProcess:
         service: str = "readiness",
         want: int = health_pb2.HealthCheckResponse.SERVING,
         timeout: float = 60,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.address) as channel:
+        with (
+            grpc.secure_channel(self.address, credentials)
+            if credentials is not None
+            else grpc.insecure_channel(self.address)
+        ) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 assert self.proc is not None

@@ -1,0 +1,80 @@
+"""TLS and mutual TLS from certificate files, for servers and for channels. Both processes use
+it: clients -> router, router -> model servers. Keys are read, never logged."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+from pydantic import BaseModel, ConfigDict, FilePath
+
+
+class TlsError(Exception):
+    pass
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise TlsError(f"{what}: cannot read {path}: {exc.strerror}") from exc
+
+
+class ServerTls(BaseModel):
+    """The server's certificate and key; with `client_ca_file`, clients must present a
+    certificate signed by that CA (mutual TLS)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cert_file: FilePath
+    key_file: FilePath
+    client_ca_file: FilePath | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        pair = (_read(self.key_file, "key_file"), _read(self.cert_file, "cert_file"))
+        ca = _read(self.client_ca_file, "client_ca_file") if self.client_ca_file else None
+        return grpc.ssl_server_credentials(
+            [pair], root_certificates=ca, require_client_auth=ca is not None
+        )
+
+
+class ClientTls(BaseModel):
+    """How a channel checks its server (`ca_file`; the system roots when unset) and, for mutual
+    TLS, the certificate it presents."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ca_file: FilePath | None = None
+    cert_file: FilePath | None = None
+    key_file: FilePath | None = None
+    server_name: str | None = None
+    """Expected name in the server's certificate when it differs from the target's host."""
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise TlsError("cert_file and key_file go together (mutual TLS needs both)")
+        return grpc.ssl_channel_credentials(
+            root_certificates=_read(self.ca_file, "ca_file") if self.ca_file else None,
+            private_key=_read(self.key_file, "key_file") if self.key_file else None,
+            certificate_chain=_read(self.cert_file, "cert_file") if self.cert_file else None,
+        )
+
+    def options(self) -> list[tuple[str, str]]:
+        return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
+
+
+def listen(server: grpc.aio.Server, address: str, tls: ServerTls | None) -> int:
+    """Adds the listening port, secure when `tls` is set; returns the port (0 on failure)."""
+    if tls is None:
+        return int(server.add_insecure_port(address))
+    return int(server.add_secure_port(address, tls.credentials()))
+
+
+def channel(
+    target: str, tls: ClientTls | None, options: Sequence[tuple[str, object]] = ()
+) -> grpc.aio.Channel:
+    opts = list(options)
+    if tls is None:
+        return grpc.aio.insecure_channel(target, options=opts)
+    return grpc.aio.secure_channel(target, tls.credentials(), options=opts + tls.options())
