@@ -80,3 +80,18 @@ def aio_server(
             ("grpc.so_reuseport", 0),
         ],
     )
+
+
+async def start_health_port(servicer: Any, host: str, port: int) -> tuple[grpc.aio.Server, int]:
+    """A plaintext server with grpc.health.v1 only, for probes that cannot speak TLS (the
+    kubelet's gRPC probes) while the main port requires it. It shares the main server's
+    servicer, so both answer the same."""
+    from grpc_health.v1 import health_pb2_grpc
+
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot listen on {host}:{port} (health port)")
+    await server.start()
+    return server, int(bound)

@@ -28,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--drain-delay-seconds", type=float, default=0.0)
     serve.add_argument("--stuck-after-seconds", type=float, default=60.0)
     serve.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port")
+    serve.add_argument(
+        "--health-port", type=int, default=None, help="plaintext port with health checks only"
+    )
     serve.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate (PEM)")
     serve.add_argument("--tls-key", type=Path, help="its private key (PEM)")
     serve.add_argument(
@@ -76,6 +79,7 @@ def _serve(args: argparse.Namespace) -> int:
             stuck_after_seconds=args.stuck_after_seconds,
             metrics_port=args.metrics_port,
             tls=_tls(args),
+            health_port=args.health_port,
         )
         config = load_model_config(settings.model_dir)
     except (ModelDirError, ValidationError) as exc:

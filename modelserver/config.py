@@ -252,3 +252,5 @@ class ServerSettings(_Strict):
     """While faulted, how often the server re-runs its warm-up to recover readiness."""
     tls: ServerTls | None = None
     """Serve TLS with this certificate; mutual TLS when it names a client CA."""
+    health_port: int | None = Field(None, ge=0, le=65535)
+    """Plaintext port serving only grpc.health.v1, for probes that cannot speak TLS."""

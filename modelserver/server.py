@@ -11,7 +11,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gamaserving.grpcutil import aio_server, stop_event
+from gamaserving.grpcutil import aio_server, start_health_port, stop_event
 from gamaserving.inference import grpc_predict_v2_pb2 as pb
 from gamaserving.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from gamaserving.telemetry import Telemetry
@@ -35,6 +35,8 @@ class ModelServer:
         self.health: HealthReporter | None = None
         self.server: grpc.aio.Server | None = None
         self.port = 0
+        self.health_server: grpc.aio.Server | None = None
+        self.health_port = 0
         self._recovery: asyncio.Task[None] | None = None
         self.telemetry: Telemetry | None = None
         self.tracing: Tracing | None = None
@@ -79,6 +81,10 @@ class ModelServer:
             raise OSError(f"cannot listen on {self.settings.host}:{self.settings.port}")
         await self.server.start()
         await self.health.start()
+        if self.settings.health_port is not None:
+            self.health_server, self.health_port = await start_health_port(
+                self.health.servicer, self.settings.host, self.settings.health_port
+            )
         if self.telemetry is not None and self.settings.metrics_port is not None:
             self.telemetry.serve(self.settings.host, self.settings.metrics_port)
         log.info("listening on %s:%d (NOT_SERVING until warm)", self.settings.host, self.port)
@@ -131,6 +137,8 @@ class ModelServer:
         except TimeoutError:
             log.warning("grace period over with %d requests in flight", self.core.in_flight)
         await self.server.stop(0.5)
+        if self.health_server is not None:
+            await self.health_server.stop(0.5)
         await self.health.stop()
         await self.core.close()
         if self.telemetry is not None:

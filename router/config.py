@@ -250,6 +250,11 @@ class ServerSettings(_Strict):
     """How often the configuration file is checked for changes."""
     tls: ServerTls | None = None
     """Serve TLS; mutual TLS when `client_ca_file` is set."""
+    health_port: int | None = Field(None, ge=0, le=65535)
+    """Plaintext port serving only grpc.health.v1, for probes that cannot speak TLS."""
+    drain_delay_seconds: float = Field(0.0, ge=0)
+    """On SIGTERM, keep accepting requests this long after readiness turns NOT_SERVING, while
+    load balancers and Kubernetes endpoints catch up."""
     admin_token_file: Path | None = None
     """File holding the RouterAdmin bearer token (else ROUTER_ADMIN_TOKEN). Without a token
     the router refuses to listen beyond loopback."""

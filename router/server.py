@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gamaserving.grpcutil import aio_server, stop_event
+from gamaserving.grpcutil import aio_server, start_health_port, stop_event
 from gamaserving.router.v1 import router_pb2 as rpb
 from gamaserving.router.v1 import router_pb2_grpc as rpb_grpc
 from gamaserving.telemetry import Telemetry
@@ -56,6 +56,8 @@ class RouterServer:
         metadata_wait: float = 5.0,
     ) -> None:
         self.config_path = config_path
+        self.health_server: grpc.aio.Server | None = None
+        self.health_port = 0
         self.port_override = port
         self.host_override = host
         self.metadata_wait = metadata_wait
@@ -168,6 +170,10 @@ class RouterServer:
             raise StartupError(f"cannot listen on {host}:{port}")
         self.server = server
         await server.start()
+        if s.health_port is not None:
+            self.health_server, self.health_port = await start_health_port(
+                self.health, host, s.health_port
+            )
         for name in LIVENESS:
             await self.health.set(name, SERVING)
         t = config.telemetry
@@ -257,8 +263,11 @@ class RouterServer:
         self._draining = True
         await self._publish_readiness()
         assert self.admission is not None and self.server is not None
-        self.admission.draining = True
         state = self.core.state
+        delay = state.config.server.drain_delay_seconds if state else 0.0
+        if delay and grace is None:
+            await asyncio.sleep(delay)
+        self.admission.draining = True
         grace = grace if grace is not None else (state.config.server.grace_seconds if state else 0)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
@@ -266,6 +275,8 @@ class RouterServer:
         for task in self._tasks:
             task.cancel()
         await self.server.stop(0.5)
+        if self.health_server is not None:
+            await self.health_server.stop(0.5)
         if self.alerts is not None:
             await self.alerts.drain()
             await self.alerts.stop()

@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gamaserving.inference import grpc_predict_v2_pb2 as pb
 from gamaserving.inference import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -61,6 +62,7 @@ def _creds(ca: Path, client: Pair | None = None) -> grpc.ChannelCredentials:
 class Stack:
     router: ServerProcess
     model: ServerProcess
+    health_ports: dict[str, int]
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +73,11 @@ def stack(pki: Pki, tiny_models: Path, tmp_path_factory: pytest.TempPathFactory)
         "--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key),
         "--tls-client-ca", str(pki.ca),
     ]  # fmt: skip
-    mport = free_port()
+    mport, mhealth, rhealth = free_port(), free_port(), free_port()
     model = ServerProcess(
-        modelserver_args(tiny_models / "wav2vec2", mport, *mtls), out / "model.log", mport
+        modelserver_args(tiny_models / "wav2vec2", mport, *mtls, "--health-port", str(mhealth)),
+        out / "model.log",
+        mport,
     )
     token_file = out / "admin-token"
     token_file.write_text(TOKEN + "\n")
@@ -86,6 +90,7 @@ def stack(pki: Pki, tiny_models: Path, tmp_path_factory: pytest.TempPathFactory)
                 "client_ca_file": str(pki.ca),
             },
             "admin_token_file": str(token_file),
+            "health_port": rhealth,
         },
         "models": {
             "wav2vec2": {
@@ -111,7 +116,7 @@ def stack(pki: Pki, tiny_models: Path, tmp_path_factory: pytest.TempPathFactory)
         router.start()
         try:
             router.wait_status(credentials=_creds(pki.ca, pki.client))
-            yield Stack(router, model)
+            yield Stack(router, model, {"router": rhealth, "model": mhealth})
         finally:
             router.stop()
     finally:
@@ -186,3 +191,21 @@ def test_router_refuses_to_listen_beyond_loopback_without_a_token(tmp_path: Path
     assert done.returncode == 2, done.stderr
     assert "server.host 0.0.0.0 is reachable beyond loopback" in done.stderr
     assert "admin_token_file" in done.stderr
+
+
+@pytest.mark.parametrize("who", ["router", "model"])
+def test_plaintext_health_port_for_kubelet_probes(stack: Stack, who: str) -> None:
+    """The kubelet's gRPC probes cannot speak TLS: a separate port answers health only."""
+    with grpc.insecure_channel(f"127.0.0.1:{stack.health_ports[who]}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("liveness", "readiness"):
+            reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as err:
+            if who == "router":
+                _process(channel)
+            else:
+                pb_grpc.GRPCInferenceServiceStub(channel).ServerLive(
+                    pb.ServerLiveRequest(), timeout=5
+                )
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
