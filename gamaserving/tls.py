@@ -7,11 +7,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
-from pydantic import BaseModel, ConfigDict, FilePath
+from pydantic import BaseModel, ConfigDict
 
 
-class TlsError(Exception):
-    pass
+class TlsError(ValueError):
+    """A certificate or key file cannot be read; raised at start, naming the setting. Files
+    are checked then, not when the configuration is parsed, so a configuration can be
+    validated on a machine without the Secrets mounted."""
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -27,9 +29,9 @@ class ServerTls(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    cert_file: FilePath
-    key_file: FilePath
-    client_ca_file: FilePath | None = None
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
 
     def credentials(self) -> grpc.ServerCredentials:
         pair = (_read(self.key_file, "key_file"), _read(self.cert_file, "cert_file"))
@@ -45,9 +47,9 @@ class ClientTls(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    ca_file: FilePath | None = None
-    cert_file: FilePath | None = None
-    key_file: FilePath | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
     server_name: str | None = None
     """Expected name in the server's certificate when it differs from the target's host."""
 

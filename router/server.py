@@ -79,6 +79,12 @@ class RouterServer:
 
     async def _load(self, config: RouterConfig) -> list[str]:
         """Build backends for `config`, check tasks against ModelMetadata, swap if clean."""
+        for name, model in config.models.items():
+            if model.tls is not None:
+                try:
+                    model.tls.credentials()
+                except TlsError as exc:
+                    return [f"models.{name}.tls: {exc}"]
         backends = self.core.build(config)
         errors = await self.core.validate_tasks(config, backends, self.metadata_wait)
         if errors:
