@@ -68,6 +68,7 @@ test: install models
 bench: install models
 	$(BIN)/python -m benchmarks.modelserver --models $(MODELS) --out docs/benchmarks.md
 	$(BIN)/python -m benchmarks.router --models $(MODELS) --out docs/benchmarks.md
+	$(BIN)/python -m benchmarks.overload --models $(MODELS) --out docs/benchmarks.md
 
 # Re-resolve pins after editing dependencies in pyproject.toml.
 lock:
