@@ -54,7 +54,11 @@ def _up(stack: Stack) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    stack = Stack(args.models, args.out, args.port if args.command == "up" else 0)
+    if args.command == "up":
+        # The README's examples call these addresses.
+        stack = Stack(args.models, args.out, args.port, {"wav2vec2": 50061, "gama": 50062})
+    else:
+        stack = Stack(args.models, args.out)
     code = 1
     try:
         if args.command == "up":

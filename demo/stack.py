@@ -95,6 +95,8 @@ class Stack:
     models: Path
     out: Path
     router_port: int = 0
+    model_ports: dict[str, int] = field(default_factory=dict)
+    """Fixed ports per model (`make up`); free ones when empty (the demo, tests)."""
     processes: dict[str, Process] = field(default_factory=dict)
 
     def config(self, ports: dict[str, int]) -> dict[str, Any]:
@@ -186,7 +188,7 @@ class Stack:
     def start(self, timeout: float = 120.0) -> None:
         logs = self.out / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        ports = {"wav2vec2": free_port(), "gama": free_port()}
+        ports = {m: self.model_ports.get(m) or free_port() for m in ("wav2vec2", "gama")}
         for name, port in ports.items():
             args = [
                 sys.executable,
