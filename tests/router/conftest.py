@@ -60,10 +60,15 @@ class LiveRouter:
 
 @contextlib.asynccontextmanager
 async def live_router(
-    config: dict[str, Any], tmp_path: Path, metadata_wait: float = 5.0
+    config: dict[str, Any],
+    tmp_path: Path,
+    metadata_wait: float = 5.0,
+    config_path: Path | None = None,
 ) -> AsyncIterator[LiveRouter]:
-    path = tmp_path / "router.yaml"
-    path.write_text(yaml.safe_dump(config))
+    """A router on 127.0.0.1:0 from `config` written to a file, or from `config_path` as is."""
+    path = config_path or tmp_path / "router.yaml"
+    if config_path is None:
+        path.write_text(yaml.safe_dump(config))
     server = RouterServer(path, port=0, host="127.0.0.1", metadata_wait=metadata_wait)
     port = await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")

@@ -146,3 +146,34 @@ def test_router_serve_refuses_an_invalid_file_at_start(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "routes.tag.primary: unknown model 'b'" in done.stderr and "Traceback" not in done.stderr
+
+
+async def test_reload_follows_a_kubernetes_configmap_update(tmp_path: Path) -> None:
+    """The kubelet updates a mounted ConfigMap by writing a new timestamped directory and
+    swapping the `..data` symlink atomically; `router.yaml` is a symlink through it."""
+    mount = tmp_path / "config"
+    mount.mkdir()
+
+    def publish(config: dict[str, Any], stamp: str) -> None:
+        data = mount / f"..{stamp}"
+        data.mkdir()
+        (data / "router.yaml").write_text(yaml.safe_dump(config))
+        link = mount / "..data_tmp"
+        link.symlink_to(data.name)
+        link.replace(mount / "..data")
+
+    server = {"port": 0, "grace_seconds": 1, "reload_poll_seconds": 0.1}
+    async with fault_server("a") as (_, a), fault_server("b") as (_, b):
+        publish({**_config(a, b, (1.0, 0.0), "phase-1"), "server": server}, "2026_11_24_1")
+        (mount / "router.yaml").symlink_to("..data/router.yaml")
+        async with live_router({}, tmp_path, config_path=mount / "router.yaml") as router:
+            before = await router.process(rpb.TASK_TAG, CLIP, user_id="u1")
+            assert before.route.model == "a"
+            publish({**_config(a, b, (0.0, 1.0), "phase-2"), "server": server}, "2026_11_24_2")
+            for _ in range(100):
+                if router.server.reloads:
+                    break
+                await asyncio.sleep(0.05)
+            assert router.server.reloads == 1
+            after = await router.process(rpb.TASK_TAG, CLIP, user_id="u1")
+            assert after.route.model == "b"
