@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
+from gamaserving.telemetry.tally import Tally
 from router.failover.circuit import State
 
 StateSource = Callable[[], list[tuple[str, str, State, bool]]]
@@ -18,30 +19,41 @@ class RouterMetrics:
     def __init__(
         self, meter: Meter, circuits: StateSource, in_flight: Gauge, results: ResultsSource = dict
     ) -> None:
-        self._requests = meter.create_counter(
+        # Counters on the request path are tallies (gamaserving/telemetry/tally.py).
+        self._requests = Tally(
+            meter,
             "gamaserving.router.requests",
-            unit="{request}",
-            description="Requests by model, arm, task and outcome",
+            "{request}",
+            "Requests by model, arm, task and outcome",
+            ("model", "arm", "task", "outcome"),
         )
-        self._fallbacks = meter.create_counter(
+        self._fallbacks = Tally(
+            meter,
             "gamaserving.router.fallbacks",
-            unit="{request}",
-            description="Requests served by another model, by reason",
+            "{request}",
+            "Requests served by another model, by reason",
+            ("reason", "from_model", "to_model"),
         )
-        self._quality = meter.create_counter(
+        self._quality = Tally(
+            meter,
             "gamaserving.router.quality.failures",
-            unit="{check}",
-            description="Failed quality checks by model and check",
+            "{check}",
+            "Failed quality checks by model and check",
+            ("model", "check"),
         )
-        self._exposures = meter.create_counter(
+        self._exposures = Tally(
+            meter,
             "gamaserving.router.experiment.exposures",
-            unit="{request}",
-            description="Requests assigned to an arm",
+            "{request}",
+            "Requests assigned to an arm",
+            ("experiment", "arm"),
         )
-        self._shed = meter.create_counter(
+        self._shed = Tally(
+            meter,
             "gamaserving.router.shed",
-            unit="{request}",
-            description="Requests refused over the in-flight limit",
+            "{request}",
+            "Requests refused over the in-flight limit",
+            (),
         )
         self._agreement = meter.create_histogram(
             "gamaserving.router.shadow.agreement",
@@ -133,9 +145,9 @@ class RouterMetrics:
     def request(
         self, model: str, arm: str, task: str, outcome: str, seconds: float | None = None
     ) -> None:
-        attributes = {"model": model, "arm": arm, "task": task, "outcome": outcome}
-        self._requests.add(1, attributes)
+        self._requests.add(model, arm, task, outcome)
         if seconds is not None:
+            attributes = {"model": model, "arm": arm, "task": task, "outcome": outcome}
             self._duration.record(seconds, attributes)
 
     def reload(self, ok: bool) -> None:
@@ -145,16 +157,16 @@ class RouterMetrics:
         self._anomalies.add(1, {"model": model, "signal": signal})
 
     def fallback(self, reason: str, from_model: str, to_model: str) -> None:
-        self._fallbacks.add(1, {"reason": reason, "from_model": from_model, "to_model": to_model})
+        self._fallbacks.add(reason, from_model, to_model)
 
     def quality_failure(self, model: str, check: str) -> None:
-        self._quality.add(1, {"model": model, "check": check})
+        self._quality.add(model, check)
 
     def exposure(self, experiment: str, arm: str) -> None:
-        self._exposures.add(1, {"experiment": experiment, "arm": arm})
+        self._exposures.add(experiment, arm)
 
     def shed(self) -> None:
-        self._shed.add(1)
+        self._shed.add()
 
     def agreement(self, primary: str, shadow: str, measure: str, value: float) -> None:
         self._agreement.record(

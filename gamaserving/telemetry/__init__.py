@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any
 
 import psutil
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.metrics import Histogram, MeterProvider
-from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, start_http_server
@@ -53,14 +54,61 @@ def _otlp_wanted() -> bool:
     )
 
 
+class _ScrapedAndPushedReader(PrometheusMetricReader):  # type: ignore[misc]
+    """One reader serving both the Prometheus endpoint and OTLP pushes. A second MetricReader
+    would make the SDK aggregate every measurement twice, on the request path; both outputs
+    want cumulative data, so one aggregation can feed both."""
+
+    def __init__(self, registry: CollectorRegistry, exporter: Any, interval_s: float) -> None:
+        super().__init__(registry=registry)
+        self._exporter = exporter
+        self._interval_s = interval_s
+        self._pushing = threading.local()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._push_loop, name="otlp-metrics", daemon=True)
+        self._thread.start()
+
+    def _receive_metrics(
+        self, metrics_data: Any, timeout_millis: float = 10_000, **kw: Any
+    ) -> None:
+        if getattr(self._pushing, "active", False):
+            if metrics_data is not None:
+                self._exporter.export(metrics_data, timeout_millis=timeout_millis)
+        else:
+            super()._receive_metrics(metrics_data, timeout_millis, **kw)
+
+    def _push(self) -> None:
+        self._pushing.active = True
+        try:
+            self.collect()
+        except Exception:
+            log.exception("OTLP metrics export failed")
+        finally:
+            self._pushing.active = False
+
+    def _push_loop(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            self._push()
+
+    def shutdown(self, timeout_millis: float = 30_000, **kw: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout_millis / 1000)
+        self._push()
+        self._exporter.shutdown()
+        super().shutdown(timeout_millis, **kw)
+
+
 class Telemetry:
     def __init__(self, service: str) -> None:
         self.registry = CollectorRegistry()
-        readers: list[MetricReader] = [PrometheusMetricReader(registry=self.registry)]
+        readers: list[MetricReader]
         if _otlp_wanted():
             from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
-            readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+            interval_s = float(os.environ.get("OTEL_METRIC_EXPORT_INTERVAL", "60000")) / 1000
+            readers = [_ScrapedAndPushedReader(self.registry, OTLPMetricExporter(), interval_s)]
+        else:
+            readers = [PrometheusMetricReader(registry=self.registry)]
         views = [
             View(
                 instrument_type=Histogram,
