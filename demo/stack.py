@@ -34,6 +34,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def modelserver_args(model_dir: Path, port: int, *extra: str) -> list[str]:
+    """`modelserver serve` on loopback, with this interpreter."""
+    return [sys.executable, "-m", "modelserver.cli", "serve", "--model-dir", str(model_dir),
+            "--host", "127.0.0.1", "--port", str(port), *extra]  # fmt: skip
+
+
+def router_args(config: Path, port: int) -> list[str]:
+    """`router serve` on loopback, with this interpreter."""
+    return [sys.executable, "-m", "router.cli", "serve", "--config", str(config),
+            "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+
+
 @dataclass
 class Process:
     name: str
@@ -190,35 +202,18 @@ class Stack:
         logs.mkdir(parents=True, exist_ok=True)
         ports = {m: self.model_ports.get(m) or free_port() for m in ("wav2vec2", "gama")}
         for name, port in ports.items():
-            args = [
-                sys.executable,
-                "-m",
-                "modelserver.cli",
-                "serve",
-                "--model-dir",
-                str(self.models / name),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ]
+            args = modelserver_args(self.models / name, port)
             self.processes[name] = Process(name, args, port, logs / f"{name}.log", "readiness")
         self.router_port = self.router_port or free_port()
         config = self.out / "router.yaml"
         config.write_text(yaml.safe_dump(self.config(ports), sort_keys=False))
-        router_args = [
-            sys.executable,
-            "-m",
-            "router.cli",
-            "serve",
-            "--config",
-            str(config),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.router_port),
-        ]
-        router = Process("router", router_args, self.router_port, logs / "router.log", "readiness")
+        router = Process(
+            "router",
+            router_args(config, self.router_port),
+            self.router_port,
+            logs / "router.log",
+            "readiness",
+        )
         deadline = time.monotonic() + timeout
         for name in ports:
             self.processes[name].start()

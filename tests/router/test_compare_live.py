@@ -55,6 +55,10 @@ def _compare(
     )
 
 
+def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
 def _rows(db: Path) -> int:
     if not db.exists():
         return 0
@@ -100,12 +104,7 @@ def test_compare_writes_four_outputs_and_resumes_to_the_same_report(
     dataset: Path, tmp_path: Path, model_servers: dict[str, ServerProcess]
 ) -> None:
     whole = tmp_path / "whole"
-    done = subprocess.run(
-        _compare(dataset, whole, model_servers, "--task", "embed"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _run(_compare(dataset, whole, model_servers, "--task", "embed"))
     assert done.returncode == 0, done.stderr
     assert "gama against wav2vec2:" in done.stdout
     for name in ("report.json", "report.md", "report.html", "results.sqlite"):
@@ -144,24 +143,14 @@ def test_compare_writes_four_outputs_and_resumes_to_the_same_report(
     proc.wait()
     killed_at = _rows(db)
     assert 0 < killed_at < 2 * clips, "the run was not interrupted midway"
-    again = subprocess.run(
-        _compare(dataset, resumed, model_servers, "--task", "embed"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    again = _run(_compare(dataset, resumed, model_servers, "--task", "embed"))
     assert again.returncode == 0, again.stderr
     assert _rows(db) == 2 * clips
     second = json.loads((resumed / "report.json").read_text())
     assert _deterministic(second) == _deterministic(report)
 
     # The same directory for another task would mix results: refused with a way out.
-    other = subprocess.run(
-        _compare(dataset, resumed, model_servers, "--task", "transcribe"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    other = _run(_compare(dataset, resumed, model_servers, "--task", "transcribe"))
     assert other.returncode == 3
     assert "differs in: " in other.stderr and "--fresh" in other.stderr
 
@@ -169,22 +158,12 @@ def test_compare_writes_four_outputs_and_resumes_to_the_same_report(
 def test_compare_refuses_unsupported_task_and_bad_manifest(
     dataset: Path, tmp_path: Path, model_servers: dict[str, ServerProcess]
 ) -> None:
-    done = subprocess.run(
-        _compare(dataset, tmp_path / "tag", model_servers, "--task", "tag"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = _run(_compare(dataset, tmp_path / "tag", model_servers, "--task", "tag"))
     assert done.returncode == 3
     assert "model wav2vec2 cannot tag (it supports embed, transcribe)" in done.stderr
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"audio": "missing.wav", "labels": ["tone"]}\n')
-    done = subprocess.run(
-        _compare(bad, tmp_path / "bad", model_servers, "--task", "embed"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = _run(_compare(bad, tmp_path / "bad", model_servers, "--task", "embed"))
     assert done.returncode == 2
     assert "bad.jsonl:1: audio: no file" in done.stderr
 
@@ -193,12 +172,7 @@ def test_compare_refuses_unsupported_task_and_bad_manifest(
 def test_transcription_comparison_scores_wer(
     dataset: Path, tmp_path: Path, model_servers: dict[str, ServerProcess]
 ) -> None:
-    done = subprocess.run(
-        _compare(dataset, tmp_path / "asr", model_servers, "--task", "transcribe"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _run(_compare(dataset, tmp_path / "asr", model_servers, "--task", "transcribe"))
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "asr" / "report.json").read_text())
     assert report["dataset"]["clips"] == 10  # only clips with a transcript

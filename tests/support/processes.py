@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,11 +13,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from demo.stack import free_port, modelserver_args, router_args
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["ServerProcess", "free_port", "modelserver", "modelserver_args", "router_args"]
 
 
 class ServerProcess:
@@ -90,22 +86,6 @@ class ServerProcess:
             self.proc.wait(5)
 
 
-def modelserver_args(model_dir: Path, port: int, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "modelserver.cli",
-        "serve",
-        "--model-dir",
-        str(model_dir),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        *extra,
-    ]
-
-
 @contextlib.contextmanager
 def modelserver(
     model_dir: Path, log_dir: Path, *extra: str, ready: bool = True
@@ -121,18 +101,3 @@ def modelserver(
         yield server
     finally:
         server.stop()
-
-
-def router_args(config: Path, port: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "router.cli",
-        "serve",
-        "--config",
-        str(config),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
