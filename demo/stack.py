@@ -205,7 +205,7 @@ class Stack:
             args = modelserver_args(self.models / name, port)
             self.processes[name] = Process(name, args, port, logs / f"{name}.log", "readiness")
         self.router_port = self.router_port or free_port()
-        config = self.out / "router.yaml"
+        config = self.config_path
         config.write_text(yaml.safe_dump(self.config(ports), sort_keys=False))
         router = Process(
             "router",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from gamaserving.inference import grpc_predict_v2_pb2 as pb
-from gamaserving.oip import join_bytes, param_value, params_dict, split_bytes
+from gamaserving.oip import join_bytes, params_dict, split_bytes
 from router.outputs import ModelInfo, ModelOutput
 from router.requests import RouteRequest
 
@@ -59,7 +59,7 @@ def parse_response(resp: pb.ModelInferResponse) -> ModelOutput:
 
 
 def parse_metadata(meta: pb.ModelMetadataResponse) -> ModelInfo:
-    params = {k: param_value(v) for k, v in meta.parameters.items()}
+    params = params_dict(meta.parameters)
     tasks = str(params.get("tasks") or "")
     if not tasks:
         # A server without our metadata extension: infer tasks from its outputs.

@@ -14,7 +14,7 @@ import grpc
 
 from gamaserving.inference import grpc_predict_v2_pb2 as pb
 from gamaserving.inference import grpc_predict_v2_pb2_grpc as pb_grpc
-from gamaserving.oip import param_value
+from gamaserving.oip import params_dict
 from router.backends.oip import infer_request, parse_metadata, parse_response
 from router.offline.dataset import PROMPT
 from router.offline.manifest import Clip, Manifest
@@ -71,7 +71,7 @@ class _Model:
 
     async def memory(self) -> MemoryUsage:
         meta = await self.metadata(10.0)
-        params = {k: param_value(v) for k, v in meta.parameters.items()}
+        params = params_dict(meta.parameters)
 
         def number(key: str) -> int | None:
             value = params.get(key)
@@ -93,7 +93,7 @@ async def plan(targets: list[Target], task: str, wait_s: float = 30.0) -> list[M
         finally:
             await model.channel.close()
         info = parse_metadata(meta)
-        params = {k: param_value(v) for k, v in meta.parameters.items()}
+        params = params_dict(meta.parameters)
         sent = task
         if task not in info.tasks:
             if task == "transcribe" and "describe" in info.tasks:
