@@ -55,9 +55,10 @@ def model_summary(cols: Columns) -> dict[str, Any]:
     for label in sorted(set(cols.truth) - {""}):
         mask = np.array([t == label for t in cols.truth])
         per_class[label] = float(cols.correct[mask].mean())
+    # Only label-predicting tasks (tag, embed's kNN) have a confusion between classes.
     confusions = Counter(
         (t, p or "(none)")
-        for t, p, ok in zip(cols.truth, cols.predicted or cols.truth, cols.correct, strict=True)
+        for t, p, ok in zip(cols.truth, cols.predicted, cols.correct, strict=False)
         if not ok
     )
     return {

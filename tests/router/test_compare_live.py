@@ -180,6 +180,7 @@ def test_transcription_comparison_scores_wer(
     assert w2v["sent_task"] == "transcribe"
     assert report["models"]["gama"]["sent_task"] == "describe"  # asked to transcribe by prompt
     assert w2v["quality"]["wer"] > 0  # random tiny weights cannot transcribe
+    assert w2v["confusions"] == []  # transcription has no classes to confuse
     kinds = w2v["edit_kinds"]
     assert sum(kinds.values()) > 0
     assert "per_clip_error" in report["comparisons"][0]["paired"]
