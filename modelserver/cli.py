@@ -68,6 +68,12 @@ def _serve(args: argparse.Namespace) -> int:
     from modelserver.runtime.onnx_runtime import DeviceUnavailableError
     from modelserver.server import ModelServer
 
+    if (args.tls_cert is None) != (args.tls_key is None) or (
+        args.tls_client_ca is not None and args.tls_cert is None
+    ):
+        print("modelserver: --tls-cert and --tls-key go together (and --tls-client-ca needs them)",
+              file=sys.stderr)  # fmt: skip
+        return 2
     try:
         settings = ServerSettings(
             model_dir=args.model_dir,

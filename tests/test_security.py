@@ -209,3 +209,10 @@ def test_plaintext_health_port_for_kubelet_probes(stack: Stack, who: str) -> Non
                     pb.ServerLiveRequest(), timeout=5
                 )
         assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_model_server_refuses_half_a_tls_setting(tiny_models: Path, tmp_path: Path) -> None:
+    args = modelserver_args(tiny_models / "wav2vec2", free_port(), "--tls-cert", "x.crt")
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "--tls-cert and --tls-key go together" in done.stderr
