@@ -8,11 +8,13 @@ import functools
 import logging
 import signal
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
-from opentelemetry.metrics import Meter
 from opentelemetry.trace import Tracer
+
+if TYPE_CHECKING:
+    from gamaserving.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ def stop_event() -> asyncio.Event:
 def aio_server(
     max_message_bytes: int,
     tracer: Tracer | None = None,
-    meter: Meter | None = None,
+    telemetry: Telemetry | None = None,
     guards: list[grpc.aio.ServerInterceptor] | None = None,
 ) -> grpc.aio.Server:
     """A grpc.aio server with message limits, per-call telemetry when either is given, and
@@ -69,7 +71,9 @@ def aio_server(
     from gamaserving.telemetry.rpc import TelemetryInterceptor
 
     interceptors = (
-        [TelemetryInterceptor(tracer, meter)] if tracer is not None or meter is not None else []
+        [TelemetryInterceptor(tracer, telemetry)]
+        if tracer is not None or telemetry is not None
+        else []
     )
     interceptors += guards or []
     return grpc.aio.server(

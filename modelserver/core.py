@@ -16,7 +16,7 @@ import numpy as np
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
-from gamaserving.telemetry.tracing import span_between
+from gamaserving.telemetry.tracing import ChildSpan, span_between
 from modelserver.audio import AudioDecoder
 from modelserver.batching import BatchInfo, DynamicBatcher
 from modelserver.config import ModelConfig, Task
@@ -231,12 +231,16 @@ class InferenceCore:
                 f"{self.config.limits.max_prompt_chars}"
             )
         assert self.batcher is not None
-        with self.tracer.start_as_current_span("decode", attributes={"task": request.task.value}):
+        with ChildSpan(self.tracer, "decode", attributes={"task": request.task.value}):
             item = await self._prepare_item(family, request)
-        own = trace.get_current_span().get_span_context()
+        # Batch spans and links only for a recorded request: warm-up and sampled-out requests
+        # make none.
+        current = trace.get_current_span()
+        own = current.get_span_context() if current.is_recording() else None
         enqueued = time.monotonic()
         outputs, info = await self.batcher.submit(item, deadline, tag=own)
-        self._trace_batch(enqueued, info, own)
+        if own is not None:
+            self._trace_batch(enqueued, info, own)
         return InferResult(
             outputs={name: value for name, value in outputs.items() if name in request.outputs},
             queue_ms=info.queue_ms,
@@ -256,8 +260,6 @@ class InferenceCore:
 
     def _trace_batch(self, enqueued: float, info: BatchInfo, own: trace.SpanContext) -> None:
         """Queue wait and the batch call as spans of this request, linked to its batch mates."""
-        if not own.is_valid:
-            return
         end = info.started + info.compute_ms / 1000
         span_between(
             self.tracer, "queue", enqueued, info.started, attributes={"queue_ms": info.queue_ms}

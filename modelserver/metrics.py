@@ -1,41 +1,50 @@
-"""Model-server metrics (names, units and attributes: docs/observability.md)."""
+"""Model-server metrics (names, units and attributes: docs/observability.md). Those on the
+request path are tallies (gamaserving/telemetry/tally.py)."""
 
 from __future__ import annotations
 
-from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.metrics import CallbackOptions, Observation
 
+from gamaserving.telemetry import BATCH_BUCKETS, SECONDS_BUCKETS, Telemetry
 from modelserver.core import InferenceCore
 
 
 class ModelServerMetrics:
-    def __init__(self, meter: Meter, core: InferenceCore) -> None:
+    def __init__(self, telemetry: Telemetry, core: InferenceCore) -> None:
         self.model = core.config.name
-        self._requests = meter.create_counter(
+        self._requests = telemetry.tally(
             "gamaserving.modelserver.requests",
-            unit="{request}",
-            description="Inference requests by task and outcome",
+            "{request}",
+            "Inference requests by task and outcome",
+            ("model", "task", "outcome"),
         )
-        self._batch = meter.create_histogram(
+        self._batch = telemetry.histogram(
             "gamaserving.modelserver.batch.size",
-            unit="{request}",
-            description="Requests per model call",
+            "{request}",
+            "Requests per model call",
+            ("model",),
+            BATCH_BUCKETS,
         )
-        self._queue = meter.create_histogram(
+        self._queue = telemetry.histogram(
             "gamaserving.modelserver.queue.duration",
-            unit="s",
-            description="Time a request waited in the batcher",
+            "s",
+            "Time a request waited in the batcher",
+            ("model",),
+            SECONDS_BUCKETS,
         )
-        self._compute = meter.create_histogram(
+        self._compute = telemetry.histogram(
             "gamaserving.modelserver.compute.duration",
-            unit="s",
-            description="Duration of one model call",
+            "s",
+            "Duration of one model call",
+            ("model",),
+            SECONDS_BUCKETS,
         )
 
         def depth(_: CallbackOptions) -> list[Observation]:
             queued = core.batcher.depth if core.batcher else 0
             return [Observation(queued, {"model": self.model})]
 
-        meter.create_observable_up_down_counter(
+        telemetry.meter.create_observable_up_down_counter(
             "gamaserving.modelserver.queue.depth",
             [depth],
             unit="{request}",
@@ -43,10 +52,10 @@ class ModelServerMetrics:
         )
 
     def request(self, task: str, outcome: str, queue_s: float | None) -> None:
-        self._requests.add(1, {"model": self.model, "task": task, "outcome": outcome})
+        self._requests.add(self.model, task, outcome)
         if queue_s is not None:
-            self._queue.record(queue_s, {"model": self.model})
+            self._queue.record(queue_s, self.model)
 
     def batch(self, size: int, seconds: float) -> None:
-        self._batch.record(size, {"model": self.model})
-        self._compute.record(seconds, {"model": self.model})
+        self._batch.record(size, self.model)
+        self._compute.record(seconds, self.model)

@@ -49,11 +49,11 @@ class ModelServer:
             self.core.tracer = self.tracing.tracer
         if self.settings.metrics_port is not None:
             self.telemetry = Telemetry("modelserver")
-            self.core.metrics = ModelServerMetrics(self.telemetry.meter, self.core)
+            self.core.metrics = ModelServerMetrics(self.telemetry, self.core)
         server = aio_server(
             self.settings.max_message_bytes,
             self.tracing.tracer if self.tracing.enabled else None,
-            self.telemetry.meter if self.telemetry is not None else None,
+            self.telemetry,
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.core), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)

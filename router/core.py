@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
+from gamaserving.telemetry.tracing import ChildSpan
 from router.backends.model import ModelBackend
 from router.backends.oip import infer_request, parse_response
 from router.config import ExperimentSettings, RouterConfig, RouteSettings
@@ -195,9 +196,7 @@ class RouterCore:
         assignment = None
         if route.experiment is not None:
             # Only experiments assign; a route without one gets no assignment span.
-            with self.dispatcher.tracer.start_as_current_span(
-                "assign", attributes={"task": req.task}
-            ) as span:
+            with ChildSpan(self.dispatcher.tracer, "assign", attributes={"task": req.task}) as span:
                 assignment = assign(self.effective(route.experiment), req.user_id)
                 if assignment is not None:
                     span.set_attribute("experiment", assignment.experiment)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.metrics import CallbackOptions, Observation
 
-from gamaserving.telemetry.tally import Tally
+from gamaserving.telemetry import RATIO_BUCKETS, SECONDS_BUCKETS, Telemetry
 from router.failover.circuit import State
 
+MODEL_INFER = "inference.GRPCInferenceService/ModelInfer"
 StateSource = Callable[[], list[tuple[str, str, State, bool]]]
 Gauge = Callable[[], int]
 # experiment -> arm -> metric -> (n, sum, sum of squares)
@@ -17,53 +18,58 @@ ResultsSource = Callable[[], dict[str, dict[str, dict[str, tuple[int, float, flo
 
 class RouterMetrics:
     def __init__(
-        self, meter: Meter, circuits: StateSource, in_flight: Gauge, results: ResultsSource = dict
+        self,
+        telemetry: Telemetry,
+        circuits: StateSource,
+        in_flight: Gauge,
+        results: ResultsSource = dict,
     ) -> None:
-        # Counters on the request path are tallies (gamaserving/telemetry/tally.py).
-        self._requests = Tally(
-            meter,
+        meter = telemetry.meter
+        # Counters and histograms on the request path are tallies
+        # (gamaserving/telemetry/tally.py).
+        self._requests = telemetry.tally(
             "gamaserving.router.requests",
             "{request}",
             "Requests by model, arm, task and outcome",
             ("model", "arm", "task", "outcome"),
         )
-        self._fallbacks = Tally(
-            meter,
+        self._fallbacks = telemetry.tally(
             "gamaserving.router.fallbacks",
             "{request}",
             "Requests served by another model, by reason",
             ("reason", "from_model", "to_model"),
         )
-        self._quality = Tally(
-            meter,
+        self._quality = telemetry.tally(
             "gamaserving.router.quality.failures",
             "{check}",
             "Failed quality checks by model and check",
             ("model", "check"),
         )
-        self._exposures = Tally(
-            meter,
+        self._exposures = telemetry.tally(
             "gamaserving.router.experiment.exposures",
             "{request}",
             "Requests assigned to an arm",
             ("experiment", "arm"),
         )
-        self._shed = Tally(
-            meter,
+        self._shed = telemetry.tally(
             "gamaserving.router.shed",
             "{request}",
             "Requests refused over the in-flight limit",
             (),
         )
-        self._agreement = meter.create_histogram(
+        self._agreement = telemetry.histogram(
             "gamaserving.router.shadow.agreement",
-            unit="1",
-            description="Agreement of a shadow answer with the served one",
+            "1",
+            "Agreement of a shadow answer with the served one",
+            ("primary_model", "shadow_model", "measure"),
+            RATIO_BUCKETS,
         )
-        self._duration = meter.create_histogram(
+        self._duration = telemetry.histogram(
             "gamaserving.router.request.duration",
-            unit="s",
-            description="Routing time by model, arm, task and outcome",
+            "s",
+            "Routing time by model, arm, task and outcome",
+            ("model", "arm", "task", "outcome"),
+            SECONDS_BUCKETS,
         )
         self._reloads = meter.create_counter(
             "gamaserving.router.config.reloads",
@@ -75,10 +81,18 @@ class RouterMetrics:
             unit="{anomaly}",
             description="Anomalies detected by model and signal",
         )
-        self._client = meter.create_histogram(
+        self._client = telemetry.histogram(
             "rpc.client.call.duration",
-            unit="s",
-            description="Duration of the router's calls to model servers",
+            "s",
+            "Duration of the router's calls to model servers",
+            (
+                "rpc.system.name",
+                "rpc.method",
+                "rpc.response.status_code",
+                "server.address",
+                "model",
+            ),
+            SECONDS_BUCKETS,
         )
 
         def circuit(_: CallbackOptions) -> list[Observation]:
@@ -147,8 +161,7 @@ class RouterMetrics:
     ) -> None:
         self._requests.add(model, arm, task, outcome)
         if seconds is not None:
-            attributes = {"model": model, "arm": arm, "task": task, "outcome": outcome}
-            self._duration.record(seconds, attributes)
+            self._duration.record(seconds, model, arm, task, outcome)
 
     def reload(self, ok: bool) -> None:
         self._reloads.add(1, {"outcome": "ok" if ok else "failed"})
@@ -169,18 +182,7 @@ class RouterMetrics:
         self._shed.add()
 
     def agreement(self, primary: str, shadow: str, measure: str, value: float) -> None:
-        self._agreement.record(
-            value, {"primary_model": primary, "shadow_model": shadow, "measure": measure}
-        )
+        self._agreement.record(value, primary, shadow, measure)
 
     def client_call(self, model: str, endpoint: str, seconds: float, status: str) -> None:
-        self._client.record(
-            seconds,
-            {
-                "rpc.system.name": "grpc",
-                "rpc.method": "inference.GRPCInferenceService/ModelInfer",
-                "rpc.response.status_code": status,
-                "server.address": endpoint,
-                "model": model,
-            },
-        )
+        self._client.record(seconds, "grpc", MODEL_INFER, status, endpoint, model)

@@ -138,7 +138,7 @@ class RouterServer:
             self.telemetry = Telemetry("router")
             admission = self.admission
             metrics = RouterMetrics(
-                self.telemetry.meter,
+                self.telemetry,
                 self.core.circuits,
                 lambda: admission.in_flight,
                 self.core.result_moments,
@@ -148,7 +148,7 @@ class RouterServer:
         server = aio_server(
             s.max_message_bytes,
             self.tracing.tracer if self.tracing.enabled else None,
-            self.telemetry.meter if self.telemetry is not None else None,
+            self.telemetry,
             guards=[AdminAuthInterceptor(token)] if token is not None else None,
         )
         rpb_grpc.add_AudioRouterServicer_to_server(

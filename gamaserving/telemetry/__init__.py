@@ -10,16 +10,20 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
+from collections.abc import Sequence
 from typing import Any
 
 import psutil
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
-from opentelemetry.sdk.metrics import Histogram, MeterProvider
-from opentelemetry.sdk.metrics.export import MetricReader
-from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricsData, ResourceMetrics, ScopeMetrics
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from prometheus_client import CollectorRegistry, start_http_server
+
+from gamaserving.telemetry.tally import HistogramTally, Tally
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,7 @@ SECONDS_BUCKETS = (
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 RATIO_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+SCOPE = InstrumentationScope("gamaserving")
 
 
 def _otlp_wanted() -> bool:
@@ -54,23 +59,56 @@ def _otlp_wanted() -> bool:
     )
 
 
-class _ScrapedAndPushedReader(PrometheusMetricReader):  # type: ignore[misc]
-    """One reader serving both the Prometheus endpoint and OTLP pushes. A second MetricReader
-    would make the SDK aggregate every measurement twice, on the request path; both outputs
-    want cumulative data, so one aggregation can feed both."""
+class _Reader(PrometheusMetricReader):  # type: ignore[misc]
+    """The one metric reader: it serves the Prometheus endpoint and, given an exporter, pushes
+    by OTLP from the same collection (a second MetricReader would make the SDK aggregate every
+    measurement twice, on the request path; both outputs want cumulative data). Every
+    collection also carries the histogram tallies."""
 
-    def __init__(self, registry: CollectorRegistry, exporter: Any, interval_s: float) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        histograms: list[HistogramTally],
+        resource: Resource,
+        exporter: Any = None,
+        interval_s: float = 60.0,
+    ) -> None:
         super().__init__(registry=registry)
+        self._histograms = histograms
+        self._resource = resource
         self._exporter = exporter
         self._interval_s = interval_s
         self._pushing = threading.local()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._push_loop, name="otlp-metrics", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if exporter is not None:
+            self._thread = threading.Thread(
+                target=self._push_loop, name="otlp-metrics", daemon=True
+            )
+            self._thread.start()
+
+    def _with_tallies(self, data: MetricsData | None) -> MetricsData | None:
+        now = time.time_ns()
+        extra = [m for h in self._histograms if (m := h.metric(now)) is not None]
+        if not extra:
+            return data
+        if data is None or not data.resource_metrics:
+            scope = ScopeMetrics(scope=SCOPE, metrics=extra, schema_url="")
+            return MetricsData([ResourceMetrics(self._resource, [scope], "")])
+        first, *rest = data.resource_metrics
+        scopes = list(first.scope_metrics)
+        for i, sm in enumerate(scopes):
+            if sm.scope.name == SCOPE.name:
+                scopes[i] = ScopeMetrics(sm.scope, [*sm.metrics, *extra], sm.schema_url)
+                break
+        else:
+            scopes.append(ScopeMetrics(scope=SCOPE, metrics=extra, schema_url=""))
+        return MetricsData([ResourceMetrics(first.resource, scopes, first.schema_url), *rest])
 
     def _receive_metrics(
         self, metrics_data: Any, timeout_millis: float = 10_000, **kw: Any
     ) -> None:
+        metrics_data = self._with_tallies(metrics_data)
         if getattr(self._pushing, "active", False):
             if metrics_data is not None:
                 self._exporter.export(metrics_data, timeout_millis=timeout_millis)
@@ -91,47 +129,50 @@ class _ScrapedAndPushedReader(PrometheusMetricReader):  # type: ignore[misc]
             self._push()
 
     def shutdown(self, timeout_millis: float = 30_000, **kw: Any) -> None:
-        self._stop.set()
-        self._thread.join(timeout_millis / 1000)
-        self._push()
-        self._exporter.shutdown()
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout_millis / 1000)
+            self._push()
+            self._exporter.shutdown()
         super().shutdown(timeout_millis, **kw)
 
 
 class Telemetry:
     def __init__(self, service: str) -> None:
         self.registry = CollectorRegistry()
-        readers: list[MetricReader]
+        self._histograms: list[HistogramTally] = []
+        # Resource.create honours OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES.
+        resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service)})
+        exporter: Any = None
+        interval_s = 60.0
         if _otlp_wanted():
             from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
+            exporter = OTLPMetricExporter()
             interval_s = float(os.environ.get("OTEL_METRIC_EXPORT_INTERVAL", "60000")) / 1000
-            readers = [_ScrapedAndPushedReader(self.registry, OTLPMetricExporter(), interval_s)]
-        else:
-            readers = [PrometheusMetricReader(registry=self.registry)]
-        views = [
-            View(
-                instrument_type=Histogram,
-                instrument_unit="s",
-                aggregation=ExplicitBucketHistogramAggregation(SECONDS_BUCKETS),
-            ),
-            View(
-                instrument_name="*.batch.size",
-                aggregation=ExplicitBucketHistogramAggregation(BATCH_BUCKETS),
-            ),
-            View(
-                instrument_type=Histogram,
-                instrument_unit="1",
-                aggregation=ExplicitBucketHistogramAggregation(RATIO_BUCKETS),
-            ),
-        ]
-        # Resource.create honours OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES.
-        resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service)})
-        self.provider = MeterProvider(metric_readers=readers, resource=resource, views=views)
-        self.meter: Meter = self.provider.get_meter("gamaserving")
+        reader = _Reader(self.registry, self._histograms, resource, exporter, interval_s)
+        self.provider = MeterProvider(metric_readers=[reader], resource=resource)
+        self.meter: Meter = self.provider.get_meter(SCOPE.name)
         self._http: Any = None
         self.port = 0
         process_metrics(self.meter)
+
+    def tally(self, name: str, unit: str, description: str, keys: tuple[str, ...]) -> Tally:
+        """A counter for the request path (gamaserving/telemetry/tally.py)."""
+        return Tally(self.meter, name, unit, description, keys)
+
+    def histogram(
+        self,
+        name: str,
+        unit: str,
+        description: str,
+        keys: tuple[str, ...],
+        bounds: Sequence[float],
+    ) -> HistogramTally:
+        """A histogram for the request path, reported with every collection."""
+        histogram = HistogramTally(name, unit, description, keys, bounds)
+        self._histograms.append(histogram)
+        return histogram
 
     def serve(self, host: str, port: int) -> int:
         """Expose /metrics for Prometheus; returns the bound port (0 picks one)."""

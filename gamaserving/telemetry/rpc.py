@@ -9,8 +9,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-from opentelemetry.metrics import Meter
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Tracer
+
+from gamaserving.telemetry import SECONDS_BUCKETS, Telemetry
+from gamaserving.telemetry.tracing import extract, record_status
 
 SKIPPED = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
@@ -26,22 +30,21 @@ def _status(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
 
 
 class TelemetryInterceptor(grpc.aio.ServerInterceptor):
-    """One wrapper per method, built once and cached: the per-call cost is one coroutine."""
+    """One wrapper per method, built once and cached: the per-call cost is one coroutine.
+    Spans are started and made current by hand: the SDK's context managers are generators
+    and cost several microseconds a call."""
 
-    def __init__(self, tracer: Tracer | None, meter: Meter | None) -> None:
-        # Imported here: tracing imports this module for SKIPPED and split_method.
-        from gamaserving.telemetry.tracing import extract, record_status
-
-        self._extract = extract
-        self._record_status = record_status
+    def __init__(self, tracer: Tracer | None, telemetry: Telemetry | None) -> None:
         self.tracer = tracer
         self.duration = (
-            meter.create_histogram(
+            telemetry.histogram(
                 "rpc.server.call.duration",
-                unit="s",
-                description="Duration of unary RPCs handled by this server",
+                "s",
+                "Duration of unary RPCs handled by this server",
+                ("rpc.system.name", "rpc.method", "rpc.response.status_code"),
+                SECONDS_BUCKETS,
             )
-            if meter is not None
+            if telemetry is not None
             else None
         )
         self._cache: dict[str, tuple[Any, grpc.RpcMethodHandler]] = {}
@@ -67,49 +70,33 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
         service, name = split_method(method)
         rpc_method = f"{service}/{name}"
         attributes = {"rpc.system.name": "grpc", "rpc.method": rpc_method}
-        histogram, tracer, extract, record_status = (
-            self.duration,
-            self.tracer,
-            self._extract,
-            self._record_status,
-        )
+        histogram, tracer = self.duration, self.tracer
 
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             start = time.perf_counter()
-            status = "OK"
-            span_cm = (
-                tracer.start_as_current_span(
-                    rpc_method,
-                    context=extract(context.invocation_metadata()),
-                    kind=SpanKind.SERVER,
-                    attributes=attributes,
+            code: grpc.StatusCode | None = None
+            span = token = None
+            if tracer is not None:
+                parent = extract(context.invocation_metadata())
+                span = tracer.start_span(
+                    rpc_method, context=parent, kind=SpanKind.SERVER, attributes=attributes
                 )
-                if tracer is not None
-                else None
-            )
-            span = span_cm.__enter__() if span_cm is not None else None
+                token = otel_context.attach(trace.set_span_in_context(span, parent))
             try:
-                response = await inner(request, context)
+                return await inner(request, context)
             except BaseException as exc:
                 code = _status(context)
-                status = code.name
-                if span is not None:
-                    record_status(span, code)
-                if span_cm is not None:
-                    span_cm.__exit__(type(exc), exc, exc.__traceback__)
-                    span_cm = None
+                if span is not None and isinstance(exc, Exception) and span.is_recording():
+                    span.record_exception(exc)
                 raise
             finally:
+                if span is not None:
+                    otel_context.detach(token)
+                    record_status(span, code)
+                    span.end()
                 if histogram is not None:
-                    histogram.record(
-                        time.perf_counter() - start,
-                        {**attributes, "rpc.response.status_code": status},
-                    )
-            if span is not None:
-                record_status(span, None)
-            if span_cm is not None:
-                span_cm.__exit__(None, None, None)
-            return response
+                    status = code.name if code is not None else "OK"
+                    histogram.record(time.perf_counter() - start, "grpc", rpc_method, status)
 
         return grpc.unary_unary_rpc_method_handler(
             call,

@@ -12,6 +12,7 @@ from gamaserving.grpcutil import grpc_errors
 from gamaserving.inference import grpc_predict_v2_pb2 as pb
 from gamaserving.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from gamaserving.oip import set_param
+from gamaserving.telemetry.tracing import ChildSpan
 from modelserver import __version__
 from modelserver.core import InferenceCore
 from modelserver.errors import ErrorKind, InferenceError
@@ -76,7 +77,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         result = await self.core.infer(plain, deadline)
-        with self.core.tracer.start_as_current_span("postprocess"):
+        with ChildSpan(self.core.tracer, "postprocess"):
             return encode_response(request, result, self.core.config.name, self.core.config.version)
 
 

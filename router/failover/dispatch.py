@@ -15,7 +15,7 @@ import grpc
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Tracer
 
-from gamaserving.telemetry.tracing import inject, record_status
+from gamaserving.telemetry.tracing import ChildSpan, child_span, inject, record_status
 from router.backends.model import ModelBackend
 from router.backends.oip import infer_request, parse_response
 from router.config import RouteSettings
@@ -113,7 +113,8 @@ class Dispatcher:
                 tried = True
                 started = self._clock()
                 endpoint.in_flight += 1
-                span = self.tracer.start_span(
+                span = child_span(
+                    self.tracer,
                     "attempt",
                     kind=SpanKind.CLIENT,
                     attributes={
@@ -124,12 +125,11 @@ class Dispatcher:
                     },
                 )
                 try:
-                    with trace.use_span(span):
-                        response = await endpoint.stub.ModelInfer(
-                            infer_request(backend.server_name, req),
-                            timeout=timeout,
-                            metadata=inject(),
-                        )
+                    response = await endpoint.stub.ModelInfer(
+                        infer_request(backend.server_name, req),
+                        timeout=timeout,
+                        metadata=inject(span),
+                    )
                 except grpc.aio.AioRpcError as exc:
                     seconds = self._clock() - started
                     reason = REASONS.get(exc.code(), exc.code().name.lower())
@@ -157,8 +157,8 @@ class Dispatcher:
                     self.on_call(backend.key, endpoint.target, seconds, "OK")
                 record_status(span, None)
                 output = parse_response(response)
-                with self.tracer.start_as_current_span(
-                    "validate", attributes={"model": backend.key}
+                with ChildSpan(
+                    self.tracer, "validate", attributes={"model": backend.key}
                 ) as checking:
                     checks = validate(req.task, output, backend.info, route.quality, seconds * 1000)
                     failed_names = [c.name for c in checks if not c.passed]

@@ -150,3 +150,53 @@ async def test_one_trace_across_router_and_model_server(
     assert not [
         s for s in collector.spans if "grpc.health" in s["name"] or "reflection" in s["name"]
     ]
+
+
+async def test_a_sampled_out_request_stays_out_downstream(
+    tiny_models: Path,
+    tmp_path: Path,
+    receiver: tuple[Receiver, int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The router records nothing under an unsampled parent and passes the decision on, so
+    the model server does not start traces of its own; a sampled request next to it is whole."""
+    collector, otlp_port = receiver
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{otlp_port}")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "200")
+    mport, rport = free_port(), free_port()
+    model = ServerProcess(
+        modelserver_args(tiny_models / "wav2vec2", mport), tmp_path / "m.log", mport
+    ).start()
+    config = {
+        "models": {"wav2vec2": {"endpoints": [model.address]}},
+        "routes": {"embed": {"primary": "wav2vec2"}},
+    }
+    (tmp_path / "router.yaml").write_text(yaml.safe_dump(config))
+    router = ServerProcess(
+        router_args(tmp_path / "router.yaml", rport), tmp_path / "r.log", rport
+    ).start()
+    sampled, unsampled = secrets.token_hex(16), secrets.token_hex(16)
+    try:
+        await asyncio.to_thread(model.wait_status)
+        await asyncio.to_thread(router.wait_status)
+        async with grpc.aio.insecure_channel(router.address) as channel:
+            stub = rpb_grpc.AudioRouterStub(channel)
+            for trace_id, flags in ((unsampled, "00"), (sampled, "01"), (unsampled, "00")):
+                await stub.Process(
+                    rpb.ProcessRequest(audio=wav(0.5), task=rpb.TASK_EMBED),
+                    metadata=(("traceparent", f"00-{trace_id}-{secrets.token_hex(8)}-{flags}"),),
+                    timeout=10,
+                )
+    finally:
+        await asyncio.to_thread(router.stop)
+        await asyncio.to_thread(model.stop)
+    assert router.wait() == 0 and model.wait() == 0
+
+    # The router's own background calls (ModelMetadata) are traces of their own.
+    inference = [s for s in collector.spans if "ModelMetadata" not in s["name"]]
+    assert {s["trace"] for s in inference} == {sampled}, sorted(
+        (s["trace"][:6], s["service"], s["name"]) for s in inference
+    )
+    names = {(s["service"], s["name"]) for s in collector.spans}
+    assert ("router", "attempt") in names and ("modelserver", "batch_inference") in names
