@@ -24,15 +24,25 @@ from gamaserving.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from gamaserving.router.v1 import router_pb2 as rpb
 from gamaserving.router.v1 import router_pb2_grpc as rpb_grpc
 from tests.support.audio import wav
+from tests.support.k8s_checks import trace_sampling
 from tests.support.oip import infer_request
 from tests.support.processes import ServerProcess, free_port, modelserver_args, router_args
 
 CONCURRENCY = (1, 16)
-PATHS = ("direct", "proxy", "router", "router+telemetry")
+PATHS = ("direct", "proxy", "router", "router+telemetry", "router+telemetry, all traces")
 ROUNDS = 4
 BALANCING = "round_robin"
 # Every call carries a deadline, as production callers do; the proxy forwards it.
 DEADLINE_S = 5.0
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shipped_sampling() -> dict[str, str]:
+    """The trace sampler the Kubernetes manifests set (checked alike in every Deployment by
+    tests/k8s): the benchmark measures what is deployed."""
+    docs = yaml.safe_load_all((ROOT / "k8s" / "base" / "router.yaml").read_text())
+    (deployment,) = [d for d in docs if d and d["kind"] == "Deployment"]
+    return trace_sampling(deployment)
 
 
 def _wait_port(port: int, seconds: float = 30) -> None:
@@ -85,7 +95,7 @@ def run(models: Path, seconds: float) -> dict[tuple[str, int], Load]:
     results: dict[tuple[str, int], Load] = {}
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        mport, pport, rport, tport, sink_port = (free_port() for _ in range(5))
+        mport, pport, rport, tport, aport, sink_port = (free_port() for _ in range(6))
         model = ServerProcess(
             modelserver_args(models / "wav2vec2", mport), d / "m.log", mport
         ).start()
@@ -106,20 +116,26 @@ def run(models: Path, seconds: float) -> dict[tuple[str, int], Load]:
         router = ServerProcess(
             router_args(_router_config(d / "r.yaml", mport, None), rport), d / "r.log", rport
         )
-        # Telemetry on: Prometheus metrics, and traces and metrics sent by OTLP to a sink.
+        # Telemetry on: Prometheus metrics, and traces and metrics sent by OTLP to a sink;
+        # traces sampled as the Kubernetes manifests ship, and, in a second router, all of them.
         observed = ServerProcess(
             router_args(_router_config(d / "t.yaml", mport, free_port()), tport), d / "t.log", tport
+        )
+        every = ServerProcess(
+            router_args(_router_config(d / "a.yaml", mport, free_port()), aport), d / "a.log", aport
         )
         otel = {
             "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}",
             "OTEL_EXPORTER_OTLP_INSECURE": "true",
         }
         router.start()
-        observed.start(env=otel)
+        observed.start(env=otel | shipped_sampling())
+        every.start(env=otel | {"OTEL_TRACES_SAMPLER": "parentbased_always_on"})
         try:
             model.wait_status()
             router.wait_status()
             observed.wait_status()
+            every.wait_status()
             _wait_port(pport)
             _wait_port(sink_port)
             calls = {
@@ -127,6 +143,7 @@ def run(models: Path, seconds: float) -> dict[tuple[str, int], Load]:
                 "proxy": lambda c, t: _oip(f"127.0.0.1:{pport}", clip, c, t),
                 "router": lambda c, t: _router(router.address, clip, c, t),
                 "router+telemetry": lambda c, t: _router(observed.address, clip, c, t),
+                "router+telemetry, all traces": lambda c, t: _router(every.address, clip, c, t),
             }
             for c in CONCURRENCY:
                 # Interleaved short rounds: slow drifts of a shared machine hit all paths alike.
@@ -140,6 +157,7 @@ def run(models: Path, seconds: float) -> dict[tuple[str, int], Load]:
                     print(f"{line} p50 {r.p50_ms:6.2f} ms p99 {r.p99_ms:6.2f} ms", flush=True)
         finally:
             observed.stop()
+            every.stop()
             router.stop()
             for p in (proxy, sink):
                 p.terminate()
@@ -173,17 +191,27 @@ def table(results: dict[tuple[str, int], Load]) -> str:
         lines.append(f"| added p50 latency, c={c} | **{added:.2f}** | <= 1.2 |")
     ratio = results[("router", 16)].throughput / results[("proxy", 16)].throughput
     lines.append(f"| throughput, c=16 | **{ratio:.2f}** | >= 0.8 |")
-    lines += ["", "| measure | telemetry on / off | goal |", "| --- | ---: | --- |"]
+    sampling = shipped_sampling()
+    shipped = f"{sampling['OTEL_TRACES_SAMPLER']} {sampling['OTEL_TRACES_SAMPLER_ARG']}"
+    lines += [
+        "",
+        f"| measure | telemetry on / off, traces sampled as shipped ({shipped}) "
+        "| telemetry on / off, all traces | goal |",
+        "| --- | ---: | ---: | --- |",
+    ]
     for c in CONCURRENCY:
-        d, off, on = (
-            results[("direct", c)],
-            results[("router", c)],
-            results[("router+telemetry", c)],
-        )
-        added = (on.p50_ms - d.p50_ms) / max(off.p50_ms - d.p50_ms, 1e-9)
-        lines.append(f"| router's added p50 latency, c={c} | **{added:.2f}** | <= 1.10 |")
-    on_off = results[("router+telemetry", 16)].throughput / results[("router", 16)].throughput
-    lines.append(f"| throughput, c=16 | **{on_off:.2f}** | |")
+        d, off = results[("direct", c)], results[("router", c)]
+        cells = [
+            (results[(path, c)].p50_ms - d.p50_ms) / max(off.p50_ms - d.p50_ms, 1e-9)
+            for path in PATHS[3:]
+        ]
+        row = " | ".join(f"**{x:.2f}**" for x in cells)
+        lines.append(f"| router's added p50 latency, c={c} | {row} | <= 1.10 |")
+    row = " | ".join(
+        f"**{results[(path, 16)].throughput / results[('router', 16)].throughput:.2f}**"
+        for path in PATHS[3:]
+    )
+    lines.append(f"| throughput, c=16 | {row} | |")
     return "\n".join(lines)
 
 
@@ -201,8 +229,9 @@ def main() -> None:
             f"`make bench` (`python -m benchmarks.router`), {time.strftime('%Y-%m-%d')},",
             f"{machine()}. Three processes on loopback: a wav2vec2 model server, a bare",
             "grpc.aio pass-through proxy (`benchmarks/proxy.py`: bytes in, bytes out) and the",
-            "router (one route, no experiment), and a second router with telemetry on (Prometheus",
-            "metrics; OTLP traces and metrics to a discarding sink, `benchmarks/otlp_sink.py`).",
+            "router (one route, no experiment), and two more routers with telemetry on (Prometheus",
+            "metrics; OTLP traces and metrics to a discarding sink, `benchmarks/otlp_sink.py`):",
+            "one samples traces as `k8s/base` ships (`OTEL_TRACES_SAMPLER*`), one records all.",
             "The client sends the same 0.5 s WAV clip for",
             f"`embed` closed-loop, {args.seconds:g} s per cell in {ROUNDS} interleaved rounds: OIP",
             "ModelInfer direct and through the proxy; AudioRouter/Process to the router.",

@@ -70,6 +70,8 @@ def test_a_broken_probe_port_is_caught() -> None:
             {"terminationGracePeriodSeconds": 10}), "terminationGracePeriodSeconds 10"),
         (lambda d: _deployment(d, "router")["spec"]["template"]["spec"]["containers"][0][
             "livenessProbe"]["grpc"].update({"service": "readiness"}), "same health service"),
+        (lambda d: _deployment(d, "gama")["spec"]["template"]["spec"]["containers"][0]["env"][
+            -1].update({"value": "0.5"}), "trace sampling differs"),
     ],
 )  # fmt: skip
 def test_other_inconsistencies_are_caught(mutate: Any, message: str) -> None:

@@ -114,6 +114,35 @@ def _deployment_errors(d: Doc, docs: list[Doc]) -> list[str]:
     return errors
 
 
+def trace_sampling(deployment: Doc) -> dict[str, str]:
+    """The OTEL_TRACES_SAMPLER* variables of a Deployment's container."""
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return {
+        e["name"]: e.get("value", "")
+        for e in container.get("env", [])
+        if e["name"].startswith("OTEL_TRACES_SAMPLER")
+    }
+
+
+def _sampling_errors(deployments: list[Doc]) -> list[str]:
+    """Every process samples alike, so a trace is kept or dropped as a whole."""
+    errors: list[str] = []
+    seen = {d["metadata"]["name"]: trace_sampling(d) for d in deployments}
+    for name, sampling in seen.items():
+        if sampling.get("OTEL_TRACES_SAMPLER") != "parentbased_traceidratio":
+            errors.append(f"{name}: OTEL_TRACES_SAMPLER is not parentbased_traceidratio")
+            continue
+        try:
+            ratio = float(sampling.get("OTEL_TRACES_SAMPLER_ARG", ""))
+        except ValueError:
+            ratio = -1.0
+        if not 0 <= ratio <= 1:
+            errors.append(f"{name}: OTEL_TRACES_SAMPLER_ARG is not a ratio in [0, 1]")
+    if len({tuple(sorted(v.items())) for v in seen.values()}) > 1:
+        errors.append(f"trace sampling differs between Deployments: {seen}")
+    return errors
+
+
 def consistency_errors(docs: list[Doc]) -> list[str]:
     errors: list[str] = []
     deployments = _by_kind(docs, "Deployment")
@@ -124,6 +153,7 @@ def consistency_errors(docs: list[Doc]) -> list[str]:
         if not _matches(d["spec"]["selector"]["matchLabels"], labels[d["metadata"]["name"]]):
             errors.append(f"{d['metadata']['name']}: selector does not match its pod labels")
         errors += _deployment_errors(d, docs)
+    errors += _sampling_errors(deployments)
     services = {s["metadata"]["name"]: s for s in _by_kind(docs, "Service")}
     for sname, service in services.items():
         targets = [
