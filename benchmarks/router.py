@@ -29,7 +29,9 @@ from tests.support.oip import infer_request
 from tests.support.processes import ServerProcess, free_port, modelserver_args, router_args
 
 CONCURRENCY = (1, 16)
-PATHS = ("direct", "proxy", "router", "router+telemetry", "router+telemetry, all traces")
+TELEMETRY = ("router+telemetry", "router+telemetry, all traces")
+# A second, identical plain router: how far two routers that should agree differ in one run.
+PATHS = ("direct", "proxy", "router", "router, identical copy", *TELEMETRY)
 ROUNDS = 4
 BALANCING = "round_robin"
 # Every call carries a deadline, as production callers do; the proxy forwards it.
@@ -95,7 +97,7 @@ def run(models: Path, seconds: float) -> dict[tuple[str, int], Load]:
     results: dict[tuple[str, int], Load] = {}
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        mport, pport, rport, tport, aport, sink_port = (free_port() for _ in range(6))
+        mport, pport, rport, cport, tport, aport, sink_port = (free_port() for _ in range(7))
         model = ServerProcess(
             modelserver_args(models / "wav2vec2", mport), d / "m.log", mport
         ).start()
@@ -116,6 +118,9 @@ def run(models: Path, seconds: float) -> dict[tuple[str, int], Load]:
         router = ServerProcess(
             router_args(_router_config(d / "r.yaml", mport, None), rport), d / "r.log", rport
         )
+        copy = ServerProcess(
+            router_args(_router_config(d / "c.yaml", mport, None), cport), d / "c.log", cport
+        )
         # Telemetry on: Prometheus metrics, and traces and metrics sent by OTLP to a sink;
         # traces sampled as the Kubernetes manifests ship, and, in a second router, all of them.
         observed = ServerProcess(
@@ -129,11 +134,13 @@ def run(models: Path, seconds: float) -> dict[tuple[str, int], Load]:
             "OTEL_EXPORTER_OTLP_INSECURE": "true",
         }
         router.start()
+        copy.start()
         observed.start(env=otel | shipped_sampling())
         every.start(env=otel | {"OTEL_TRACES_SAMPLER": "parentbased_always_on"})
         try:
             model.wait_status()
             router.wait_status()
+            copy.wait_status()
             observed.wait_status()
             every.wait_status()
             _wait_port(pport)
@@ -142,6 +149,7 @@ def run(models: Path, seconds: float) -> dict[tuple[str, int], Load]:
                 "direct": lambda c, t: _oip(model.address, clip, c, t),
                 "proxy": lambda c, t: _oip(f"127.0.0.1:{pport}", clip, c, t),
                 "router": lambda c, t: _router(router.address, clip, c, t),
+                "router, identical copy": lambda c, t: _router(copy.address, clip, c, t),
                 "router+telemetry": lambda c, t: _router(observed.address, clip, c, t),
                 "router+telemetry, all traces": lambda c, t: _router(every.address, clip, c, t),
             }
@@ -159,6 +167,7 @@ def run(models: Path, seconds: float) -> dict[tuple[str, int], Load]:
             observed.stop()
             every.stop()
             router.stop()
+            copy.stop()
             for p in (proxy, sink):
                 p.terminate()
                 p.wait(10)
@@ -203,15 +212,26 @@ def table(results: dict[tuple[str, int], Load]) -> str:
         d, off = results[("direct", c)], results[("router", c)]
         cells = [
             (results[(path, c)].p50_ms - d.p50_ms) / max(off.p50_ms - d.p50_ms, 1e-9)
-            for path in PATHS[3:]
+            for path in TELEMETRY
         ]
         row = " | ".join(f"**{x:.2f}**" for x in cells)
         lines.append(f"| router's added p50 latency, c={c} | {row} | <= 1.10 |")
     row = " | ".join(
         f"**{results[(path, 16)].throughput / results[('router', 16)].throughput:.2f}**"
-        for path in PATHS[3:]
+        for path in TELEMETRY
     )
     lines.append(f"| throughput, c=16 | {row} | |")
+    noise = [
+        (results[("router, identical copy", c)].p50_ms - results[("direct", c)].p50_ms)
+        / max(results[("router", c)].p50_ms - results[("direct", c)].p50_ms, 1e-9)
+        for c in CONCURRENCY
+    ]
+    lines += [
+        "",
+        "Noise floor, same run: an identical plain router against the router gives "
+        + ", ".join(f"{x:.2f} at c={c}" for x, c in zip(noise, CONCURRENCY, strict=True))
+        + " on the same measure.",
+    ]
     return "\n".join(lines)
 
 
@@ -227,11 +247,12 @@ def main() -> None:
             "## Router: added latency against direct calls and a bare proxy",
             "",
             f"`make bench` (`python -m benchmarks.router`), {time.strftime('%Y-%m-%d')},",
-            f"{machine()}. Three processes on loopback: a wav2vec2 model server, a bare",
-            "grpc.aio pass-through proxy (`benchmarks/proxy.py`: bytes in, bytes out) and the",
-            "router (one route, no experiment), and two more routers with telemetry on (Prometheus",
-            "metrics; OTLP traces and metrics to a discarding sink, `benchmarks/otlp_sink.py`):",
-            "one samples traces as `k8s/base` ships (`OTEL_TRACES_SAMPLER*`), one records all.",
+            f"{machine()}. On loopback: a wav2vec2 model server, a bare grpc.aio pass-through",
+            "proxy (`benchmarks/proxy.py`: bytes in, bytes out), the router (one route, no",
+            "experiment) and an identical copy of it, and two routers with telemetry on",
+            "(Prometheus metrics; OTLP traces and metrics to a discarding sink,",
+            "`benchmarks/otlp_sink.py`): one samples traces as `k8s/base` ships them",
+            "(`OTEL_TRACES_SAMPLER*`), one records every trace.",
             "The client sends the same 0.5 s WAV clip for",
             f"`embed` closed-loop, {args.seconds:g} s per cell in {ROUNDS} interleaved rounds: OIP",
             "ModelInfer direct and through the proxy; AudioRouter/Process to the router.",
