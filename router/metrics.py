@@ -7,9 +7,9 @@ from collections.abc import Callable
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from gamaserving.telemetry import RATIO_BUCKETS, SECONDS_BUCKETS, Telemetry
+from router.backends.oip import MODEL_INFER
 from router.failover.circuit import State
 
-MODEL_INFER = "inference.GRPCInferenceService/ModelInfer"
 StateSource = Callable[[], list[tuple[str, str, State, bool]]]
 Gauge = Callable[[], int]
 # experiment -> arm -> metric -> (n, sum, sum of squares)

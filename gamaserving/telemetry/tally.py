@@ -60,8 +60,9 @@ class HistogramTally:
         self._keys = keys
         self._bounds = tuple(bounds)
         self._started_ns = time.time_ns()
-        # values -> [bucket counts..., sum, min, max]; record() and points() share the lock,
-        # so a collection never sees a count without its sum.
+        # values -> [bucket counts..., sum, min, max], one flat list so a record is a few
+        # index updates; record() and metric() share the lock, so a collection never sees a
+        # count without its sum.
         self._series: dict[tuple[str, ...], list[float]] = {}
         self._lock = threading.Lock()
 

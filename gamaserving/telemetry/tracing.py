@@ -59,12 +59,11 @@ def extract(metadata: Iterable[tuple[str, Any]] | None) -> Context:
     return PROPAGATOR.extract(carrier)
 
 
-def inject(span: trace.Span | None = None) -> list[tuple[str, str]]:
-    """Metadata carrying `span`'s trace context (the current span's without one) to the next
-    hop. An unsampled span still travels, flagged unsampled, so the next hop drops its part
-    of the trace too."""
+def inject(span: trace.Span) -> list[tuple[str, str]]:
+    """Metadata carrying `span`'s trace context to the next hop. An unsampled span still
+    travels, flagged unsampled, so the next hop drops its part of the trace too."""
     carrier: dict[str, str] = {}
-    PROPAGATOR.inject(carrier, trace.set_span_in_context(span) if span is not None else None)
+    PROPAGATOR.inject(carrier, trace.set_span_in_context(span))
     return list(carrier.items())
 
 

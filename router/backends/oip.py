@@ -10,6 +10,9 @@ from gamaserving.oip import join_bytes, params_dict, split_bytes
 from router.outputs import ModelInfo, ModelOutput
 from router.requests import RouteRequest
 
+# The call's name in telemetry (semantic conventions' rpc.method: service/method).
+MODEL_INFER = "inference.GRPCInferenceService/ModelInfer"
+
 
 def infer_request(model_name: str, req: RouteRequest) -> pb.ModelInferRequest:
     out = pb.ModelInferRequest(model_name=model_name, id=req.request_id)

@@ -17,7 +17,7 @@ from opentelemetry.trace import SpanKind, Tracer
 
 from gamaserving.telemetry.tracing import ChildSpan, child_span, inject, record_status
 from router.backends.model import ModelBackend
-from router.backends.oip import infer_request, parse_response
+from router.backends.oip import MODEL_INFER, infer_request, parse_response
 from router.config import RouteSettings
 from router.errors import RouteError
 from router.outputs import ModelOutput
@@ -120,7 +120,7 @@ class Dispatcher:
                     attributes={
                         "model": backend.key,
                         "server.address": endpoint.target,
-                        "rpc.method": "inference.GRPCInferenceService/ModelInfer",
+                        "rpc.method": MODEL_INFER,
                         "attempt.timeout_ms": round(timeout * 1000, 1),
                     },
                 )
