@@ -60,14 +60,35 @@ def stop_event() -> asyncio.Event:
     return stop
 
 
+# Clients (the router's channels to model servers) ping this often, with or without calls,
+# so a frozen peer is found while its TCP connection stays open.
+KEEPALIVE_TIME_MS = 10_000
+# What a server accepts. gRPC's default (one ping per 5 minutes without data) answers a
+# client pinging every 10 s with GOAWAY too_many_pings after a minute or so of idling,
+# which breaks its health Watch stream and flaps the endpoint to NOT_SERVING.
+MIN_PING_INTERVAL_MS = KEEPALIVE_TIME_MS // 2
+
+
+def keepalive_server_options(
+    min_ping_interval_ms: int = MIN_PING_INTERVAL_MS,
+) -> list[tuple[str, int]]:
+    return [
+        ("grpc.keepalive_permit_without_calls", 1),
+        # GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, a server-side setting.
+        ("grpc.http2.min_ping_interval_without_data_ms", min_ping_interval_ms),
+    ]
+
+
 def aio_server(
     max_message_bytes: int,
     tracer: Tracer | None = None,
     telemetry: Telemetry | None = None,
     guards: list[grpc.aio.ServerInterceptor] | None = None,
+    min_ping_interval_ms: int = MIN_PING_INTERVAL_MS,
 ) -> grpc.aio.Server:
     """A grpc.aio server with message limits, per-call telemetry when either is given, and
-    `guards` (authentication) inside the telemetry, so refused calls are measured too."""
+    `guards` (authentication) inside the telemetry, so refused calls are measured too.
+    It accepts keepalive pings as often as every `min_ping_interval_ms`."""
     from gamaserving.telemetry.rpc import TelemetryInterceptor
 
     interceptors = (
@@ -82,6 +103,7 @@ def aio_server(
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 0),
+            *keepalive_server_options(min_ping_interval_ms),
         ],
     )
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gamaserving.grpcutil import KEEPALIVE_TIME_MS
 from gamaserving.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from gamaserving.tls import channel
 from router.config import ModelSettings
@@ -26,10 +27,14 @@ def channel_options(settings: ModelSettings, max_message_bytes: int) -> list[tup
         ("grpc.lb_policy_name", settings.balancing),
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
-        # A frozen server keeps its TCP connection open: keepalive pings find it.
-        ("grpc.keepalive_time_ms", 10_000),
+        # A frozen server keeps its TCP connection open: keepalive pings find it. Model
+        # servers accept pings this often (gamaserving.grpcutil.aio_server).
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
         ("grpc.keepalive_timeout_ms", 5_000),
         ("grpc.keepalive_permit_without_calls", 1),
+        # Keep pinging an idle connection (gRPC otherwise slows to one ping a minute after
+        # two without data, and a frozen server goes unnoticed that long).
+        ("grpc.http2.max_pings_without_data", 0),
         # Reconnect quickly after a restart, so a recovered server gets traffic back.
         ("grpc.initial_reconnect_backoff_ms", 200),
         ("grpc.max_reconnect_backoff_ms", 2_000),
