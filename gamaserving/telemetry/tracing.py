@@ -19,6 +19,7 @@ from opentelemetry.trace import Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 PROPAGATOR = TraceContextTextMapPropagator()
+HEADERS = frozenset(PROPAGATOR.fields)
 
 
 def tracing_wanted() -> bool:
@@ -54,9 +55,14 @@ class Tracing:
             self.provider.shutdown()
 
 
-def extract(metadata: Iterable[tuple[str, Any]] | None) -> Context:
-    carrier = {k: v if isinstance(v, str) else v.decode() for k, v in metadata or ()}
-    return PROPAGATOR.extract(carrier)
+def extract(metadata: Iterable[tuple[str, Any]] | None) -> Context | None:
+    """The caller's W3C trace context, or None when it sent none (the propagator's parsing
+    is skipped for the many calls that carry no trace)."""
+    carrier: dict[str, str] = {}
+    for key, value in metadata or ():
+        if key in HEADERS:
+            carrier[key] = value if isinstance(value, str) else value.decode()
+    return PROPAGATOR.extract(carrier) if carrier else None
 
 
 def inject(span: trace.Span) -> list[tuple[str, str]]:

@@ -159,7 +159,8 @@ async def test_a_sampled_out_request_stays_out_downstream(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The router records nothing under an unsampled parent and passes the decision on, so
-    the model server does not start traces of its own; a sampled request next to it is whole."""
+    the model server does not start traces of its own; a sampled request next to it is whole.
+    Callers' binary metadata travels beside the trace context without harm."""
     collector, otlp_port = receiver
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{otlp_port}")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
@@ -185,7 +186,11 @@ async def test_a_sampled_out_request_stays_out_downstream(
             for trace_id, flags in ((unsampled, "00"), (sampled, "01"), (unsampled, "00")):
                 await stub.Process(
                     rpb.ProcessRequest(audio=wav(0.5), task=rpb.TASK_EMBED),
-                    metadata=(("traceparent", f"00-{trace_id}-{secrets.token_hex(8)}-{flags}"),),
+                    metadata=(
+                        ("traceparent", f"00-{trace_id}-{secrets.token_hex(8)}-{flags}"),
+                        # Binary metadata beside it is not text: extracting must not decode it.
+                        ("x-caller-bin", b"\xff\xfe\x00"),
+                    ),
                     timeout=10,
                 )
     finally:
