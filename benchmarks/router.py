@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,12 @@ CONCURRENCY = (1, 16)
 TELEMETRY = ("router+telemetry", "router+telemetry, all traces")
 # A second, identical plain router: how far two routers that should agree differ in one run.
 PATHS = ("direct", "proxy", "router", "router, identical copy", *TELEMETRY)
-ROUNDS = 4
+# Several processes per router path, measured in turn: two identical router processes can
+# differ in latency by several percent for as long as they live (where the scheduler puts
+# them), as much as the telemetry effect this measures; a path pools its instances.
+INSTANCES = 3
+# Every path runs in every position of the rotating order, and on every instance twice.
+ROUNDS = 6
 BALANCING = "round_robin"
 # Every call carries a deadline, as production callers do; the proxy forwards it.
 DEADLINE_S = 5.0
@@ -92,12 +98,44 @@ def _router_config(path: Path, model_port: int, metrics_port: int | None) -> Pat
     return path
 
 
+def _routers(
+    d: Path, model_port: int, sink_port: int
+) -> dict[str, list[tuple[ServerProcess, dict[str, str]]]]:
+    """INSTANCES router processes per router path, with the environment each starts with.
+    Telemetry on: Prometheus metrics, and traces and metrics sent by OTLP to a sink; traces
+    sampled as the Kubernetes manifests ship, and, for the last path, all of them."""
+    otel = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+    }
+    setups: dict[str, tuple[bool, dict[str, str]]] = {
+        "router": (False, {}),
+        "router, identical copy": (False, {}),
+        "router+telemetry": (True, otel | shipped_sampling()),
+        "router+telemetry, all traces": (
+            True,
+            otel | {"OTEL_TRACES_SAMPLER": "parentbased_always_on"},
+        ),
+    }
+    routers: dict[str, list[tuple[ServerProcess, dict[str, str]]]] = {}
+    for n, (path, (metrics, env)) in enumerate(setups.items()):
+        routers[path] = []
+        for i in range(INSTANCES):
+            port, name = free_port(), f"r{n}-{i}"
+            config = _router_config(
+                d / f"{name}.yaml", model_port, free_port() if metrics else None
+            )
+            process = ServerProcess(router_args(config, port), d / f"{name}.log", port)
+            routers[path].append((process, env))
+    return routers
+
+
 def run(models: Path, seconds: float) -> dict[tuple[str, int], Load]:
     clip = wav(0.5)
     results: dict[tuple[str, int], Load] = {}
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        mport, pport, rport, cport, tport, aport, sink_port = (free_port() for _ in range(7))
+        mport, pport, sink_port = free_port(), free_port(), free_port()
         model = ServerProcess(
             modelserver_args(models / "wav2vec2", mport), d / "m.log", mport
         ).start()
@@ -115,64 +153,53 @@ def run(models: Path, seconds: float) -> dict[tuple[str, int], Load]:
         sink = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.otlp_sink", "--port", str(sink_port)]
         )
-        router = ServerProcess(
-            router_args(_router_config(d / "r.yaml", mport, None), rport), d / "r.log", rport
-        )
-        copy = ServerProcess(
-            router_args(_router_config(d / "c.yaml", mport, None), cport), d / "c.log", cport
-        )
-        # Telemetry on: Prometheus metrics, and traces and metrics sent by OTLP to a sink;
-        # traces sampled as the Kubernetes manifests ship, and, in a second router, all of them.
-        observed = ServerProcess(
-            router_args(_router_config(d / "t.yaml", mport, free_port()), tport), d / "t.log", tport
-        )
-        every = ServerProcess(
-            router_args(_router_config(d / "a.yaml", mport, free_port()), aport), d / "a.log", aport
-        )
-        otel = {
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}",
-            "OTEL_EXPORTER_OTLP_INSECURE": "true",
-        }
-        router.start()
-        copy.start()
-        observed.start(env=otel | shipped_sampling())
-        every.start(env=otel | {"OTEL_TRACES_SAMPLER": "parentbased_always_on"})
+        routers = _routers(d, mport, sink_port)
+        for instances in routers.values():
+            for process, env in instances:
+                process.start(env=env)
         try:
             model.wait_status()
-            router.wait_status()
-            copy.wait_status()
-            observed.wait_status()
-            every.wait_status()
+            for instances in routers.values():
+                for process, _ in instances:
+                    process.wait_status()
             _wait_port(pport)
             _wait_port(sink_port)
-            calls = {
-                "direct": lambda c, t: _oip(model.address, clip, c, t),
-                "proxy": lambda c, t: _oip(f"127.0.0.1:{pport}", clip, c, t),
-                "router": lambda c, t: _router(router.address, clip, c, t),
-                "router, identical copy": lambda c, t: _router(copy.address, clip, c, t),
-                "router+telemetry": lambda c, t: _router(observed.address, clip, c, t),
-                "router+telemetry, all traces": lambda c, t: _router(every.address, clip, c, t),
+            cells: dict[str, list[Callable[[int, float], Awaitable[Load]]]] = {
+                "direct": [lambda c, t: _oip(model.address, clip, c, t)],
+                "proxy": [lambda c, t: _oip(f"127.0.0.1:{pport}", clip, c, t)],
             }
+            for path, instances in routers.items():
+                cells[path] = [
+                    lambda c, t, a=process.address: _router(a, clip, c, t)
+                    for process, _ in instances
+                ]
             for c in CONCURRENCY:
-                # Interleaved short rounds: slow drifts of a shared machine hit all paths alike.
-                rounds: dict[str, list[Load]] = {path: [] for path in calls}
-                for _ in range(ROUNDS):
-                    for path, run_cell in calls.items():
+                rounds: dict[str, list[Load]] = {path: [] for path in cells}
+                for i in range(ROUNDS):
+                    # The order rotates: whichever path ran first in every round would
+                    # carry that position's bias alone.
+                    order = PATHS[i % len(PATHS) :] + PATHS[: i % len(PATHS)]
+                    for path in order:
+                        run_cell = cells[path][i % len(cells[path])]
                         rounds[path].append(asyncio.run(run_cell(c, seconds / ROUNDS)))
                 for path, loads in rounds.items():
                     results[(path, c)] = r = merge(loads)
-                    line = f"{path:16s} c={c:2d} {r.throughput:7.1f}/s"
+                    line = f"{path:28s} c={c:2d} {r.throughput:7.1f}/s"
                     print(f"{line} p50 {r.p50_ms:6.2f} ms p99 {r.p99_ms:6.2f} ms", flush=True)
         finally:
-            observed.stop()
-            every.stop()
-            router.stop()
-            copy.stop()
+            for instances in routers.values():
+                for process, _ in instances:
+                    process.stop()
             for p in (proxy, sink):
                 p.terminate()
                 p.wait(10)
             model.stop()
     return results
+
+
+def _telemetry_off(results: dict[tuple[str, int], Load], c: int) -> Load:
+    """Telemetry off: both plain router paths pooled, every plain process there is."""
+    return merge([results[("router", c)], results[("router, identical copy", c)]])
 
 
 def table(results: dict[tuple[str, int], Load]) -> str:
@@ -209,7 +236,7 @@ def table(results: dict[tuple[str, int], Load]) -> str:
         "| --- | ---: | ---: | --- |",
     ]
     for c in CONCURRENCY:
-        d, off = results[("direct", c)], results[("router", c)]
+        d, off = results[("direct", c)], _telemetry_off(results, c)
         cells = [
             (results[(path, c)].p50_ms - d.p50_ms) / max(off.p50_ms - d.p50_ms, 1e-9)
             for path in TELEMETRY
@@ -217,7 +244,7 @@ def table(results: dict[tuple[str, int], Load]) -> str:
         row = " | ".join(f"**{x:.2f}**" for x in cells)
         lines.append(f"| router's added p50 latency, c={c} | {row} | <= 1.10 |")
     row = " | ".join(
-        f"**{results[(path, 16)].throughput / results[('router', 16)].throughput:.2f}**"
+        f"**{results[(path, 16)].throughput / _telemetry_off(results, 16).throughput:.2f}**"
         for path in TELEMETRY
     )
     lines.append(f"| throughput, c=16 | {row} | |")
@@ -228,7 +255,9 @@ def table(results: dict[tuple[str, int], Load]) -> str:
     ]
     lines += [
         "",
-        "Noise floor, same run: an identical plain router against the router gives "
+        f"Telemetry off is both plain router paths pooled ({2 * INSTANCES} processes). "
+        f"Noise floor, same run: the identical copy's {INSTANCES} processes against the "
+        "router's gives "
         + ", ".join(f"{x:.2f} at c={c}" for x, c in zip(noise, CONCURRENCY, strict=True))
         + " on the same measure.",
     ]
@@ -239,7 +268,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", type=Path, default=Path("models"))
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
-    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--seconds", type=float, default=12.0)
     args = parser.parse_args()
     results = run(args.models, args.seconds)
     body = "\n".join(
@@ -254,8 +283,11 @@ def main() -> None:
             "`benchmarks/otlp_sink.py`): one samples traces as `k8s/base` ships them",
             "(`OTEL_TRACES_SAMPLER*`), one records every trace.",
             "The client sends the same 0.5 s WAV clip for",
-            f"`embed` closed-loop, {args.seconds:g} s per cell in {ROUNDS} interleaved rounds: OIP",
-            "ModelInfer direct and through the proxy; AudioRouter/Process to the router.",
+            f"`embed` closed-loop, {args.seconds:g} s per cell in {ROUNDS} interleaved rounds",
+            "whose order rotates, so every path runs once in every position: OIP ModelInfer",
+            "direct and through the proxy; AudioRouter/Process to the routers. Each router",
+            f"path is {INSTANCES} processes, one per round in turn, pooled: two identical",
+            "router processes can differ by several percent for as long as they live.",
             "",
             table(results),
         ]
