@@ -98,12 +98,10 @@ def _router_config(path: Path, model_port: int, metrics_port: int | None) -> Pat
     return path
 
 
-def _routers(
-    d: Path, model_port: int, sink_port: int
-) -> dict[str, list[tuple[ServerProcess, dict[str, str]]]]:
-    """INSTANCES router processes per router path, with the environment each starts with.
-    Telemetry on: Prometheus metrics, and traces and metrics sent by OTLP to a sink; traces
-    sampled as the Kubernetes manifests ship, and, for the last path, all of them."""
+def _start_routers(d: Path, model_port: int, sink_port: int) -> dict[str, list[ServerProcess]]:
+    """INSTANCES router processes per router path, started. Telemetry on: Prometheus
+    metrics, and traces and metrics sent by OTLP to a sink; traces sampled as the Kubernetes
+    manifests ship, and, for the last path, all of them."""
     otel = {
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}",
         "OTEL_EXPORTER_OTLP_INSECURE": "true",
@@ -117,7 +115,7 @@ def _routers(
             otel | {"OTEL_TRACES_SAMPLER": "parentbased_always_on"},
         ),
     }
-    routers: dict[str, list[tuple[ServerProcess, dict[str, str]]]] = {}
+    routers: dict[str, list[ServerProcess]] = {}
     for n, (path, (metrics, env)) in enumerate(setups.items()):
         routers[path] = []
         for i in range(INSTANCES):
@@ -126,7 +124,7 @@ def _routers(
                 d / f"{name}.yaml", model_port, free_port() if metrics else None
             )
             process = ServerProcess(router_args(config, port), d / f"{name}.log", port)
-            routers[path].append((process, env))
+            routers[path].append(process.start(env=env))
     return routers
 
 
@@ -153,14 +151,11 @@ def run(models: Path, seconds: float) -> dict[tuple[str, int], Load]:
         sink = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.otlp_sink", "--port", str(sink_port)]
         )
-        routers = _routers(d, mport, sink_port)
-        for instances in routers.values():
-            for process, env in instances:
-                process.start(env=env)
+        routers = _start_routers(d, mport, sink_port)
         try:
             model.wait_status()
             for instances in routers.values():
-                for process, _ in instances:
+                for process in instances:
                     process.wait_status()
             _wait_port(pport)
             _wait_port(sink_port)
@@ -170,8 +165,7 @@ def run(models: Path, seconds: float) -> dict[tuple[str, int], Load]:
             }
             for path, instances in routers.items():
                 cells[path] = [
-                    lambda c, t, a=process.address: _router(a, clip, c, t)
-                    for process, _ in instances
+                    lambda c, t, a=process.address: _router(a, clip, c, t) for process in instances
                 ]
             for c in CONCURRENCY:
                 rounds: dict[str, list[Load]] = {path: [] for path in cells}
@@ -188,7 +182,7 @@ def run(models: Path, seconds: float) -> dict[tuple[str, int], Load]:
                     print(f"{line} p50 {r.p50_ms:6.2f} ms p99 {r.p99_ms:6.2f} ms", flush=True)
         finally:
             for instances in routers.values():
-                for process, _ in instances:
+                for process in instances:
                     process.stop()
             for p in (proxy, sink):
                 p.terminate()

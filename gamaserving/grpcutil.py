@@ -69,16 +69,6 @@ KEEPALIVE_TIME_MS = 10_000
 MIN_PING_INTERVAL_MS = KEEPALIVE_TIME_MS // 2
 
 
-def keepalive_server_options(
-    min_ping_interval_ms: int = MIN_PING_INTERVAL_MS,
-) -> list[tuple[str, int]]:
-    return [
-        ("grpc.keepalive_permit_without_calls", 1),
-        # GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, a server-side setting.
-        ("grpc.http2.min_ping_interval_without_data_ms", min_ping_interval_ms),
-    ]
-
-
 def aio_server(
     max_message_bytes: int,
     tracer: Tracer | None = None,
@@ -103,7 +93,9 @@ def aio_server(
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 0),
-            *keepalive_server_options(min_ping_interval_ms),
+            ("grpc.keepalive_permit_without_calls", 1),
+            # GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, a server-side setting.
+            ("grpc.http2.min_ping_interval_without_data_ms", min_ping_interval_ms),
         ],
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,20 +68,32 @@ async def receiver() -> AsyncIterator[tuple[Receiver, int]]:
     await server.stop(0)
 
 
-async def test_one_trace_across_router_and_model_server(
+@pytest.fixture
+def traced_model(
     tiny_models: Path,
     tmp_path: Path,
     receiver: tuple[Receiver, int],
     monkeypatch: pytest.MonkeyPatch,
-) -> None:
+) -> Iterator[tuple[Receiver, ServerProcess]]:
+    """Processes started from here on export spans to the receiver within 200 ms; a wav2vec2
+    model server is started (tests stop it themselves: its spans flush on shutdown)."""
     collector, otlp_port = receiver
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{otlp_port}")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "200")
-    mport, rport = free_port(), free_port()
+    port = free_port()
     model = ServerProcess(
-        modelserver_args(tiny_models / "wav2vec2", mport), tmp_path / "m.log", mport
+        modelserver_args(tiny_models / "wav2vec2", port), tmp_path / "m.log", port
     ).start()
+    yield collector, model
+    model.stop()
+
+
+async def test_one_trace_across_router_and_model_server(
+    tmp_path: Path, traced_model: tuple[Receiver, ServerProcess]
+) -> None:
+    collector, model = traced_model
+    rport = free_port()
     async with fault_server("wav2vec2", mode="unavailable") as (_, broken):
         config = {
             "models": {
@@ -153,22 +165,13 @@ async def test_one_trace_across_router_and_model_server(
 
 
 async def test_a_sampled_out_request_stays_out_downstream(
-    tiny_models: Path,
-    tmp_path: Path,
-    receiver: tuple[Receiver, int],
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, traced_model: tuple[Receiver, ServerProcess]
 ) -> None:
     """The router records nothing under an unsampled parent and passes the decision on, so
     the model server does not start traces of its own; a sampled request next to it is whole.
     Callers' binary metadata travels beside the trace context without harm."""
-    collector, otlp_port = receiver
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{otlp_port}")
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
-    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "200")
-    mport, rport = free_port(), free_port()
-    model = ServerProcess(
-        modelserver_args(tiny_models / "wav2vec2", mport), tmp_path / "m.log", mport
-    ).start()
+    collector, model = traced_model
+    rport = free_port()
     config = {
         "models": {"wav2vec2": {"endpoints": [model.address]}},
         "routes": {"embed": {"primary": "wav2vec2"}},
