@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import yaml
 
 from benchmarks.common import Load, closed_loop, machine, merge, write_section
@@ -37,8 +38,9 @@ PATHS = ("direct", "proxy", "router", "router, identical copy", *TELEMETRY)
 # differ in latency by several percent for as long as they live (where the scheduler puts
 # them), as much as the telemetry effect this measures; a path pools its instances.
 INSTANCES = 3
-# Every path runs in every position of the rotating order, and on every instance twice.
-ROUNDS = 6
+# Every path runs twice in every position of the rotating order, and on every instance four
+# times; enough rounds to resample for an interval.
+ROUNDS = 12
 BALANCING = "round_robin"
 # Every call carries a deadline, as production callers do; the proxy forwards it.
 DEADLINE_S = 5.0
@@ -128,9 +130,13 @@ def _start_routers(d: Path, model_port: int, sink_port: int) -> dict[str, list[S
     return routers
 
 
-def run(models: Path, seconds: float) -> dict[tuple[str, int], Load]:
+Rounds = dict[tuple[str, int], list[Load]]
+
+
+def run(models: Path, seconds: float) -> Rounds:
+    """Every path's rounds at every concurrency, in the order they ran."""
     clip = wav(0.5)
-    results: dict[tuple[str, int], Load] = {}
+    results: Rounds = {}
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         mport, pport, sink_port = free_port(), free_port(), free_port()
@@ -177,7 +183,8 @@ def run(models: Path, seconds: float) -> dict[tuple[str, int], Load]:
                         run_cell = cells[path][i % len(cells[path])]
                         rounds[path].append(asyncio.run(run_cell(c, seconds / ROUNDS)))
                 for path, loads in rounds.items():
-                    results[(path, c)] = r = merge(loads)
+                    results[(path, c)] = loads
+                    r = merge(loads)
                     line = f"{path:28s} c={c:2d} {r.throughput:7.1f}/s"
                     print(f"{line} p50 {r.p50_ms:6.2f} ms p99 {r.p99_ms:6.2f} ms", flush=True)
         finally:
@@ -191,12 +198,41 @@ def run(models: Path, seconds: float) -> dict[tuple[str, int], Load]:
     return results
 
 
-def _telemetry_off(results: dict[tuple[str, int], Load], c: int) -> Load:
-    """Telemetry off: both plain router paths pooled, every plain process there is."""
-    return merge([results[("router", c)], results[("router, identical copy", c)]])
+# The telemetry ratios' intervals: the rounds resampled with replacement, the same rounds
+# for every path (rounds that ran side by side share the machine's state).
+BOOTSTRAP_DRAWS = 2000
 
 
-def table(results: dict[tuple[str, int], Load]) -> str:
+def _p50(loads: list[Load]) -> float:
+    return float(np.percentile(np.concatenate([x.latencies_ms for x in loads]), 50))
+
+
+def _added_ratio(rounds: Rounds, c: int, top: tuple[str, ...], bottom: tuple[str, ...]) -> float:
+    """Added p50 latency (against direct) of the paths `top` pooled, over that of `bottom`."""
+    direct = _p50(rounds[("direct", c)])
+    num = _p50([x for path in top for x in rounds[(path, c)]]) - direct
+    return num / max(_p50([x for path in bottom for x in rounds[(path, c)]]) - direct, 1e-9)
+
+
+def _ratio_cell(rounds: Rounds, c: int, top: tuple[str, ...], bottom: tuple[str, ...]) -> str:
+    """The ratio in bold and its 95% bootstrap interval over rounds."""
+    rng = np.random.default_rng(0)
+    n = len(rounds[("direct", c)])
+    draws = []
+    for _ in range(BOOTSTRAP_DRAWS):
+        pick = rng.integers(0, n, n)
+        sample = {key: [loads[i] for i in pick] for key, loads in rounds.items() if key[1] == c}
+        draws.append(_added_ratio(sample, c, top, bottom))
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return f"**{_added_ratio(rounds, c, top, bottom):.2f}** ({low:.2f}-{high:.2f})"
+
+
+# Telemetry off: both plain router paths pooled, every plain process there is.
+TELEMETRY_OFF = ("router", "router, identical copy")
+
+
+def table(rounds: Rounds) -> str:
+    results = {key: merge(loads) for key, loads in rounds.items()}
     lines = [
         "| path | concurrency | req/s | p50 ms | p99 ms | added p50 ms (vs direct) |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
@@ -216,8 +252,7 @@ def table(results: dict[tuple[str, int], Load]) -> str:
         "| --- | ---: | --- |",
     ]
     for c in CONCURRENCY:
-        d, p, r = results[("direct", c)], results[("proxy", c)], results[("router", c)]
-        added = (r.p50_ms - d.p50_ms) / max(p.p50_ms - d.p50_ms, 1e-9)
+        added = _added_ratio(rounds, c, ("router",), ("proxy",))
         lines.append(f"| added p50 latency, c={c} | **{added:.2f}** | <= 1.2 |")
     ratio = results[("router", 16)].throughput / results[("proxy", 16)].throughput
     lines.append(f"| throughput, c=16 | **{ratio:.2f}** | >= 0.8 |")
@@ -226,34 +261,24 @@ def table(results: dict[tuple[str, int], Load]) -> str:
     lines += [
         "",
         f"| measure | telemetry on / off, traces sampled as shipped ({shipped}) "
-        "| telemetry on / off, all traces | goal |",
-        "| --- | ---: | ---: | --- |",
+        "| telemetry on / off, all traces | noise floor: identical copy / router | goal |",
+        "| --- | ---: | ---: | ---: | --- |",
     ]
     for c in CONCURRENCY:
-        d, off = results[("direct", c)], _telemetry_off(results, c)
-        cells = [
-            (results[(path, c)].p50_ms - d.p50_ms) / max(off.p50_ms - d.p50_ms, 1e-9)
-            for path in TELEMETRY
-        ]
-        row = " | ".join(f"**{x:.2f}**" for x in cells)
-        lines.append(f"| router's added p50 latency, c={c} | {row} | <= 1.10 |")
+        cells = [_ratio_cell(rounds, c, (path,), TELEMETRY_OFF) for path in TELEMETRY]
+        cells.append(_ratio_cell(rounds, c, ("router, identical copy",), ("router",)))
+        lines.append(f"| router's added p50 latency, c={c} | {' | '.join(cells)} | <= 1.10 |")
+    off = merge([x for path in TELEMETRY_OFF for x in rounds[(path, 16)]])
     row = " | ".join(
-        f"**{results[(path, 16)].throughput / _telemetry_off(results, 16).throughput:.2f}**"
-        for path in TELEMETRY
+        f"**{results[(path, 16)].throughput / off.throughput:.2f}**" for path in TELEMETRY
     )
-    lines.append(f"| throughput, c=16 | {row} | |")
-    noise = [
-        (results[("router, identical copy", c)].p50_ms - results[("direct", c)].p50_ms)
-        / max(results[("router", c)].p50_ms - results[("direct", c)].p50_ms, 1e-9)
-        for c in CONCURRENCY
-    ]
+    lines.append(f"| throughput, c=16 | {row} | | |")
     lines += [
         "",
-        f"Telemetry off is both plain router paths pooled ({2 * INSTANCES} processes). "
-        f"Noise floor, same run: the identical copy's {INSTANCES} processes against the "
-        "router's gives "
-        + ", ".join(f"{x:.2f} at c={c}" for x, c in zip(noise, CONCURRENCY, strict=True))
-        + " on the same measure.",
+        f"Telemetry off is both plain router paths pooled ({2 * INSTANCES} processes). In "
+        "brackets: 95% bootstrap intervals over the rounds. The noise floor compares two "
+        "groups of identical plain routers on the same measure: how far apart two things "
+        "that should agree read in this run.",
     ]
     return "\n".join(lines)
 
@@ -262,7 +287,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", type=Path, default=Path("models"))
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
-    parser.add_argument("--seconds", type=float, default=12.0)
+    parser.add_argument("--seconds", type=float, default=24.0, help="per cell")
     args = parser.parse_args()
     results = run(args.models, args.seconds)
     body = "\n".join(
