@@ -136,7 +136,7 @@ Rounds = dict[tuple[str, int], list[Load]]
 def run(models: Path, seconds: float) -> Rounds:
     """Every path's rounds at every concurrency, in the order they ran."""
     clip = wav(0.5)
-    results: Rounds = {}
+    measured: Rounds = {}
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         mport, pport, sink_port = free_port(), free_port(), free_port()
@@ -183,7 +183,7 @@ def run(models: Path, seconds: float) -> Rounds:
                         run_cell = cells[path][i % len(cells[path])]
                         rounds[path].append(asyncio.run(run_cell(c, seconds / ROUNDS)))
                 for path, loads in rounds.items():
-                    results[(path, c)] = loads
+                    measured[(path, c)] = loads
                     r = merge(loads)
                     line = f"{path:28s} c={c:2d} {r.throughput:7.1f}/s"
                     print(f"{line} p50 {r.p50_ms:6.2f} ms p99 {r.p99_ms:6.2f} ms", flush=True)
@@ -195,7 +195,7 @@ def run(models: Path, seconds: float) -> Rounds:
                 p.terminate()
                 p.wait(10)
             model.stop()
-    return results
+    return measured
 
 
 # The telemetry ratios' intervals: the rounds resampled with replacement, the same rounds
@@ -303,9 +303,9 @@ def main() -> None:
             "(`OTEL_TRACES_SAMPLER*`), one records every trace.",
             "The client sends the same 0.5 s WAV clip for",
             f"`embed` closed-loop, {args.seconds:g} s per cell in {ROUNDS} interleaved rounds",
-            "whose order rotates, so every path runs once in every position: OIP ModelInfer",
-            "direct and through the proxy; AudioRouter/Process to the routers. Each router",
-            f"path is {INSTANCES} processes, one per round in turn, pooled: two identical",
+            "whose order rotates, so every path runs equally often in every position: OIP",
+            "ModelInfer direct and through the proxy; AudioRouter/Process to the routers. Each",
+            f"router path is {INSTANCES} processes, one per round in turn, pooled: two identical",
             "router processes can differ by several percent for as long as they live.",
             "",
             table(results),

@@ -71,8 +71,10 @@ def _serve(args: argparse.Namespace) -> int:
     if (args.tls_cert is None) != (args.tls_key is None) or (
         args.tls_client_ca is not None and args.tls_cert is None
     ):
-        print("modelserver: --tls-cert and --tls-key go together (and --tls-client-ca needs them)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "modelserver: --tls-cert and --tls-key go together (and --tls-client-ca needs them)",
+            file=sys.stderr,
+        )
         return 2
     try:
         settings = ServerSettings(
