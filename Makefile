@@ -10,7 +10,7 @@ MODELS ?= models
 DATASET ?= data/demo
 PYTEST_ARGS ?=
 
-.PHONY: install protos lint format test bench models dataset demo up down lock clean
+.PHONY: install tools protos lint format test bench models dataset demo up down lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -20,6 +20,25 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 install: $(STAMP)
+
+# System tools some tests use (each test skips, naming the tool, when it is missing). As root
+# with apt-get, the missing ones are installed; otherwise this only says what is missing.
+# TOOLS= (empty) skips it, e.g. to run the suite as a machine without them would.
+TOOLS ?= espeak-ng prometheus prometheus-alertmanager kubectl
+tools:
+	@missing=(); for pkg in $(TOOLS); do \
+		case $$pkg in prometheus-alertmanager) bin=alertmanager;; *) bin=$$pkg;; esac; \
+		command -v $$bin >/dev/null 2>&1 || command -v prometheus-$$bin >/dev/null 2>&1 || missing+=($$pkg); \
+	done; \
+	if [ $${#missing[@]} -eq 0 ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
+		echo "tools: not root with apt-get; tests needing $${missing[*]} will skip"; exit 0; fi; \
+	echo "tools: installing $${missing[*]}"; \
+	apt-get update -qq || true; \
+	for pkg in "$${missing[@]}"; do \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$pkg >/dev/null 2>&1 \
+			|| echo "tools: $$pkg is not installable here; tests needing it will skip"; \
+	done
 
 # Stubs are committed; tests/test_protos.py fails when they are stale.
 protos: install
@@ -62,7 +81,7 @@ down:
 	@if [ -f out/up/up.pid ]; then kill -TERM "$$(cat out/up/up.pid)" && echo "stopping the stack"; \
 	else echo "no stack running (out/up/up.pid is absent)"; fi
 
-test: install models
+test: install tools models
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install models
