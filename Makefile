@@ -59,8 +59,14 @@ format: install
 $(MODELS)/wav2vec2/model.yaml: | install
 	$(BIN)/modelserver make-tiny --family wav2vec2 --out $(MODELS)/wav2vec2
 
+# GAMA goes the way a downloaded release does: the released layout, then the converter
+# (answers capped at 32 tokens for the tiny model; the release's default is 400).
 $(MODELS)/gama/model.yaml: | install
-	$(BIN)/modelserver make-tiny --family gama --out $(MODELS)/gama
+	$(BIN)/modelserver make-tiny --family gama --out $(MODELS)/gama-release
+	$(BIN)/modelserver export --family gama --out $(MODELS)/gama --version tiny-1 \
+		--checkpoint $(MODELS)/gama-release/checkpoint-2500 \
+		--base-model $(MODELS)/gama-release/Llama-2-7b-chat-hf-qformer \
+		--labels $(MODELS)/gama-release/labels.txt --max-new-tokens 32
 
 models: install $(MODELS)/wav2vec2/model.yaml $(MODELS)/gama/model.yaml
 

@@ -46,7 +46,21 @@ def _parser() -> argparse.ArgumentParser:
         "export", help="export a transformers checkpoint, checked against torch"
     )
     export.add_argument("--family", choices=["wav2vec2", "gama"], required=True)
-    export.add_argument("--checkpoint", required=True, help="local directory or hub id")
+    export.add_argument(
+        "--checkpoint",
+        required=True,
+        help="wav2vec2: local directory or hub id; gama: the stage checkpoint-N directory "
+        "or its pytorch_model.bin",
+    )
+    export.add_argument(
+        "--base-model", type=Path, help="gama: the base directory (Llama-2-7b-chat-hf-qformer)"
+    )
+    export.add_argument(
+        "--labels", type=Path, help="gama: label names for tag, one per line (omit: no tag)"
+    )
+    export.add_argument(
+        "--max-new-tokens", type=int, default=None, help="gama: answer bound (released: 400)"
+    )
     export.add_argument("--out", type=Path, required=True)
     export.add_argument("--name", default=None)
     export.add_argument("--version", default="1")
@@ -109,14 +123,45 @@ def _make_tiny(args: argparse.Namespace) -> int:
 
     if args.family == "wav2vec2":
         config = make_tiny_wav2vec2(args.out, runtime=args.runtime)
+        print(f"built {config.family} model {config.name!r} in {args.out}")
     else:
-        config = make_tiny_gama(args.out)
-    print(f"built {config.family} model {config.name!r} in {args.out}")
+        stage = make_tiny_gama(args.out)
+        print(f"built a tiny GAMA release in {args.out} (stage checkpoint {stage})")
     return 0
 
 
+def _export_gama(args: argparse.Namespace) -> None:
+    from modelserver.config import GamaGeneration
+    from modelserver.families.gama.convert import export_gama
+
+    if args.base_model is None:
+        raise _UsageError(
+            "--family gama needs --base-model (the Llama-2-7b-chat-hf-qformer directory)"
+        )
+    labels = None
+    if args.labels is not None:
+        labels = [line.strip() for line in args.labels.read_text().splitlines() if line.strip()]
+    generation = GamaGeneration()
+    if args.max_new_tokens is not None:
+        generation = GamaGeneration(max_new_tokens=args.max_new_tokens)
+    export_gama(
+        Path(args.checkpoint),
+        args.base_model,
+        args.out,
+        name=args.name or "gama",
+        version=args.version,
+        labels=labels,
+        generation=generation,
+    )
+
+
+class _UsageError(Exception):
+    pass
+
+
 def _export(args: argparse.Namespace) -> int:
-    from modelserver.export import ExportCheckError, export_ast_encoder, export_wav2vec2
+    from modelserver.export import ExportCheckError, export_wav2vec2
+    from modelserver.families.gama.convert import CheckpointError
 
     try:
         if args.family == "wav2vec2":
@@ -128,10 +173,16 @@ def _export(args: argparse.Namespace) -> int:
                 atol=args.atol,
             )
         else:
-            export_ast_encoder(args.checkpoint, args.out, atol=args.atol)
+            _export_gama(args)
     except ExportCheckError as exc:
         print(f"modelserver export: numerical check FAILED: {exc}", file=sys.stderr)
         return 4
+    except CheckpointError as exc:
+        print(f"modelserver export: {exc}", file=sys.stderr)
+        return 4
+    except (_UsageError, ValidationError, OSError) as exc:
+        print(f"modelserver export: {exc}", file=sys.stderr)
+        return 2
     print(f"exported {args.checkpoint} to {args.out}")
     return 0
 

@@ -77,30 +77,42 @@ class Wav2Vec2Settings(_Strict):
     """Labels returned per clip by a classification head, highest score first."""
 
 
-class Generation(_Strict):
-    """Answer-text decoding for the GAMA family."""
+class GamaGeneration(_Strict):
+    """GAMA's decoding; the defaults are the release's (`gama_inf.py`)."""
 
-    max_new_tokens: int = Field(32, ge=1, le=1024)
-    """Upper bound on generated tokens; requests may ask for fewer."""
-    min_new_tokens: int = Field(1, ge=0)
-    """End-of-sequence is suppressed until this many tokens exist."""
-    temperature: float = Field(0.0, ge=0, le=2)
-    """0 is greedy; requests may ask for a low temperature."""
+    max_new_tokens: int = Field(400, ge=1, le=4096)
+    """Upper bound on answer tokens; requests may ask for fewer."""
+    temperature: float = Field(0.1, ge=0, le=2)
+    """Sampling temperature; 0 is greedy. Requests may set their own."""
+    top_p: float = Field(0.95, gt=0, le=1)
+    """Nucleus sampling: the smallest set of tokens holding this much probability."""
+    top_k: int = Field(500, ge=0)
+    """Sample among the k most likely tokens (0 turns it off)."""
+    repetition_penalty: float = Field(1.1, gt=0)
+    """transformers' repetition penalty over the prompt and the answer so far."""
+
+
+ALPACA_SHORT = "### Instruction:\n{instruction}\n\n### Response:\n"
+TAG_PROMPT = "What sound events can be heard in this audio? Answer with their names."
 
 
 class GamaSettings(_Strict):
-    """GAMA family: AST audio encoder, projector, causal LM, tokenizer (sub-directories)."""
+    """GAMA as released: the audio path, the LLM with LoRA merged, its tokenizer, its prompt."""
 
-    encoder: str = "encoder"
-    """transformers AST checkpoint directory (tags and embedding)."""
+    audio: str = "audio.safetensors"
+    """Weights of the audio path (CAV-MAE, aggregator, Q-Former, projections)."""
     lm: str = "lm"
-    """transformers causal LM checkpoint directory."""
+    """transformers LLaMA directory (LoRA merged by the converter)."""
     tokenizer: str = "tokenizer"
-    """tokenizer directory for the LM."""
-    projector: str = "projector.safetensors"
-    """weights that map audio tokens into the LM's embedding space."""
-    num_audio_tokens: int = Field(32, ge=1, le=512)
-    """Length of the audio prefix given to the LM."""
+    """The LLaMA tokenizer directory."""
+    head_width: int = Field(64, ge=1)
+    """Attention head width of the audio path (heads = width / head_width), as released."""
+    prompt_template: str = ALPACA_SHORT
+    """The release's `alpaca_short` template; `{instruction}` is the request's prompt."""
+    tag_prompt: str = TAG_PROMPT
+    """Instruction for `tag`: labels come from GAMA's answer to it (docs/protocol.md)."""
+    tag_max_new_tokens: int = Field(48, ge=1, le=1024)
+    """Answer length for `tag`, decoded greedily."""
     fbank_mean: float = -5.081
     """GAMA's filterbank normalisation mean."""
     fbank_std: float = 4.4849
@@ -109,15 +121,16 @@ class GamaSettings(_Strict):
     """Filterbank frames after padding or cropping (10 ms each)."""
     num_mel_bins: int = Field(128, ge=16)
     """Mel bins of the filterbank."""
-    top_k: int = Field(5, ge=1)
-    """Tags returned per clip, highest score first."""
-    system_prompt: str = (
-        "Below is an instruction that describes a task, paired with an input that provides "
-        "further context. Write a response that appropriately completes the request."
-    )
-    """Instruction-prompt preamble in GAMA's (Alpaca/LTU) style."""
-    generation: Generation = Generation()
+    cuda_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    """Precision on CUDA (the release trained in bf16); the CPU always runs float32."""
+    generation: GamaGeneration = GamaGeneration()
     """Answer-text decoding."""
+
+    @model_validator(mode="after")
+    def _template(self) -> GamaSettings:
+        if "{instruction}" not in self.prompt_template:
+            raise ValueError("prompt_template: must contain {instruction}")
+        return self
 
 
 class ModelConfig(_Strict):
@@ -136,7 +149,11 @@ class ModelConfig(_Strict):
     sample_rate: int = Field(16000, ge=8000, le=192_000)
     """Rate the model expects; inputs are resampled to it."""
     labels: list[str] = Field(default_factory=list)
-    """Label names, index order, for tagging and classification heads."""
+    """Label names, index order, for tagging and classification heads (gama: the names its
+    answers are matched against)."""
+    downmix: Literal["mean", "first"] = "mean"
+    """How multi-channel audio becomes mono: the channels' mean, or the first channel (as
+    GAMA's release reads files)."""
     limits: Limits = Limits()
     batching: Batching = Batching()
     warmup: Warmup = Warmup()
@@ -161,15 +178,14 @@ class ModelConfig(_Strict):
         if self.family == "gama":
             if self.runtime != "torch":
                 raise ValueError("runtime: the gama family runs on the torch runtime")
-            if not self.labels:
-                raise ValueError("labels: gama needs the audio-tag label names")
             object.__setattr__(self, "gama", self.gama or GamaSettings())
         return self
 
     @property
     def tasks(self) -> tuple[Task, ...]:
         if self.family == "gama":
-            return (Task.TAG, Task.EMBED, Task.DESCRIBE)
+            tag = (Task.TAG,) if self.labels else ()
+            return (*tag, Task.EMBED, Task.DESCRIBE)
         assert self.wav2vec2 is not None
         if self.wav2vec2.head == "ctc":
             return (Task.TRANSCRIBE, Task.EMBED)
@@ -209,10 +225,9 @@ def load_model_config(model_dir: Path) -> ModelConfig:
     if config.gama is not None:
         g = config.gama
         required += [
-            ("gama.encoder", g.encoder),
+            ("gama.audio", g.audio),
             ("gama.lm", g.lm),
             ("gama.tokenizer", g.tokenizer),
-            ("gama.projector", g.projector),
         ]
     for field, rel in required:
         if not (model_dir / rel).exists():

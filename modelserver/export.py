@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from transformers import ASTForAudioClassification, Wav2Vec2CTCTokenizer
+from transformers import Wav2Vec2CTCTokenizer
 
 from modelserver.config import ModelConfig, Wav2Vec2Settings, write_model_config
 from modelserver.families.wav2vec2.graph import (
@@ -137,51 +137,3 @@ def export_wav2vec2(
     )
     write_model_config(out, config)
     return config
-
-
-class _AstGraph(torch.nn.Module):
-    def __init__(self, model: ASTForAudioClassification) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, fbank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        out = self.model.audio_spectrogram_transformer(fbank)
-        return self.model.classifier(out.pooler_output), out.pooler_output, out.last_hidden_state
-
-
-def export_ast_encoder(checkpoint: str | Path, out: Path, atol: float = 1e-4) -> Path:
-    """GAMA's AST encoder to ONNX (logits, pooled embedding, hidden states), checked."""
-    out.mkdir(parents=True, exist_ok=True)
-    model = ASTForAudioClassification.from_pretrained(
-        checkpoint, attn_implementation="eager"
-    ).eval()
-    graph = _AstGraph(model).eval()
-    c = model.config
-    rng = np.random.default_rng(0)
-    probe = rng.standard_normal((2, c.max_length, c.num_mel_bins)).astype(np.float32)
-    path = out / "encoder.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            graph,
-            (torch.from_numpy(probe),),
-            str(path),
-            input_names=["fbank"],
-            output_names=["logits", "pooled", "hidden"],
-            dynamic_axes={
-                "fbank": {0: "batch"},
-                "logits": {0: "batch"},
-                "pooled": {0: "batch"},
-                "hidden": {0: "batch"},
-            },
-            opset_version=OPSET,
-            dynamo=False,
-        )
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    check = rng.standard_normal((3, c.max_length, c.num_mel_bins)).astype(np.float32)
-    with torch.inference_mode():
-        want = [t.numpy() for t in graph(torch.from_numpy(check))]
-    got = session.run(None, {"fbank": check})
-    worst = compare(str(path), want, got, atol, 1e-3)
-    log.info("exported %s: max |onnx - torch| = %.3g", path, worst)
-    return path

@@ -8,20 +8,15 @@ import tempfile
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import (
-    ASTConfig,
-    ASTForAudioClassification,
-    LlamaConfig,
-    LlamaForCausalLM,
     PreTrainedTokenizerFast,
     Wav2Vec2Config,
     Wav2Vec2CTCTokenizer,
     Wav2Vec2ForCTC,
 )
 
-from modelserver.config import GamaSettings, ModelConfig, write_model_config
-from modelserver.families.gama.model import build_projector, save_projector
+from modelserver.config import ModelConfig, write_model_config
 
 SEED = 20261124
 
@@ -190,18 +185,18 @@ def build_ctc_checkpoint(out: Path, seed: int = SEED, group_norm: bool = False) 
 
 
 def build_word_tokenizer(out: Path) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer: every id decodes to a real word, never to broken UTF-8."""
-    specials = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
+    """A word-level tokenizer with LLaMA's special tokens (<unk> 0, <s> 1, </s> 2) that, like
+    LLaMA's, puts <s> before every text: every id decodes to a real word."""
+    specials = ["<unk>", "<s>", "</s>"]
     punctuation = list(".,:;?!'#-()")
     vocab = {w: i for i, w in enumerate(specials + sorted(set(_WORDS)) + punctuation)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+    )
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="[BOS]",
-        eos_token="[EOS]",
-        pad_token="[PAD]",
-        unk_token="[UNK]",
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
     )
     fast.save_pretrained(out)
     return fast
@@ -220,51 +215,29 @@ def make_tiny_wav2vec2(out: Path, runtime: str = "onnx") -> ModelConfig:
     return config
 
 
-def make_tiny_gama(out: Path, seed: int = SEED) -> ModelConfig:
-    out.mkdir(parents=True, exist_ok=True)
-    settings = GamaSettings(num_audio_tokens=16)
-    tokenizer = build_word_tokenizer(out / settings.tokenizer)
-    torch.manual_seed(seed)
-    encoder = ASTForAudioClassification(
-        ASTConfig(
-            hidden_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=128,
-            num_mel_bins=settings.num_mel_bins,
-            max_length=settings.max_frames,
-            num_labels=len(TAG_LABELS),
-            id2label=dict(enumerate(TAG_LABELS)),
-            label2id={label: i for i, label in enumerate(TAG_LABELS)},
-        )
-    ).eval()
-    lm = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            tie_word_embeddings=False,
-        )
-    ).eval()
-    projector = build_projector(encoder, lm, settings.num_audio_tokens)
-    encoder.save_pretrained(out / settings.encoder)
-    lm.save_pretrained(out / settings.lm)
-    save_projector(projector, out / settings.projector)
-    config = ModelConfig(
-        name="gama",
+# Tiny answers stay short: the released 400-token bound would make every test call long.
+TINY_MAX_NEW_TOKENS = 32
+
+
+def make_tiny_gama(out: Path, seed: int = SEED) -> Path:
+    """GAMA in its released layout (base directory and stage checkpoint), tiny widths."""
+    from modelserver.families.gama.release import make_tiny_release
+
+    return make_tiny_release(out, seed).stage
+
+
+def make_tiny_gama_served(release: Path, out: Path, seed: int = SEED) -> ModelConfig:
+    """The tiny release, converted as `make models` does (`modelserver export`)."""
+    from modelserver.config import GamaGeneration
+    from modelserver.families.gama.convert import export_gama
+    from modelserver.families.gama.release import make_tiny_release
+
+    made = make_tiny_release(release, seed)
+    return export_gama(
+        made.stage,
+        made.base,
+        out,
         version="tiny-1",
-        family="gama",
-        runtime="torch",
-        artifact=settings.lm,
-        labels=TAG_LABELS,
-        gama=settings,
+        labels=made.labels.read_text().split(),
+        generation=GamaGeneration(max_new_tokens=TINY_MAX_NEW_TOKENS),
     )
-    write_model_config(out, config)
-    return config

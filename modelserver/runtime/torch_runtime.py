@@ -1,4 +1,4 @@
-"""PyTorch placement: CUDA when it really works, else the CPU; fp16 only on CUDA."""
+"""PyTorch placement: CUDA when it really works, else the CPU; half precision only on CUDA."""
 
 from __future__ import annotations
 
@@ -24,12 +24,13 @@ def _cuda_works() -> bool:
 
 
 def select_device(
-    device: str, fp16: bool, threads: int = 0
+    device: str, fp16: bool = False, threads: int = 0, cuda_dtype: torch.dtype | None = None
 ) -> tuple[torch.device, torch.dtype, Placement]:
+    """`cuda_dtype` (or float16 with `fp16`) applies on CUDA only: the CPU runs float32."""
     if threads:
         torch.set_num_threads(threads)
     if device in ("auto", "cuda") and _cuda_works():
-        dtype = torch.float16 if fp16 else torch.float32
+        dtype = cuda_dtype or (torch.float16 if fp16 else torch.float32)
         name = torch.cuda.get_device_name(0)
         return (
             torch.device("cuda"),

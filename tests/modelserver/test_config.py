@@ -64,8 +64,9 @@ def test_invalid_wav2vec2_config_names_the_field(
     ("edit", "needle"),
     [
         ({"runtime": "onnx"}, "runtime"),
-        ({"labels": []}, "labels"),
         ({"gama": {"lm": "nowhere"}}, "gama.lm"),
+        ({"gama": {"prompt_template": "no slot"}}, "prompt_template"),
+        ({"downmix": "left"}, "downmix"),
         ({"gama": {"generation": {"temperature": 5}}}, "gama.generation.temperature"),
     ],
 )

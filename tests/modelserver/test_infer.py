@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
+import grpc
 import numpy as np
 import pytest
 
 from gamaserving.inference import grpc_predict_v2_pb2 as pb
+from modelserver.config import TAG_PROMPT
+from modelserver.families.gama.tags import match_labels
+from modelserver.tiny import TAG_LABELS
 from tests.modelserver.conftest import Live
 from tests.support.audio import tone, wav
 from tests.support.oip import infer_request, outputs, params
@@ -84,15 +90,27 @@ async def test_waveform_and_file_agree(w2v: Live) -> None:
 
 async def test_gama_tags_embedding_and_answer(gama: Live) -> None:
     tags = outputs(await gama.stub.ModelInfer(infer_request("gama", audio=wav(2.0), task="tag")))
-    assert tags["LABELS"].shape == tags["SCORES"].shape == (5,)
-    assert all(
-        label.decode() in {"speech", "tone", "chirp", "noise", "click", "silence", "music", "bird"}
-        for label in tags["LABELS"]
-    )
-    scores = tags["SCORES"]
-    assert ((scores >= 0) & (scores <= 1)).all() and (np.diff(scores) <= 0).all()
+    # Tags are the labels GAMA's greedy answer to the tag prompt names: ask it the same
+    # question at temperature 0 and read the answer.
+    answer = outputs(
+        await gama.stub.ModelInfer(
+            infer_request(
+                "gama",
+                audio=wav(2.0),
+                task="describe",
+                prompt=TAG_PROMPT,
+                temperature=0.0,
+                max_new_tokens=48,
+            )
+        )
+    )["TEXT"][0].decode()
+    labels = [label.decode() for label in tags["LABELS"]]
+    assert labels == [label for label, _ in match_labels(answer, TAG_LABELS)]
+    assert labels, f"the tiny model's answer names no label: {answer!r}"
+    assert all(re.search(rf"\b{label}", answer) for label in labels)
+    assert tags["SCORES"].shape == (len(labels),) and (tags["SCORES"] == 1.0).all()
     emb = outputs(await gama.stub.ModelInfer(infer_request("gama", audio=wav(2.0), task="embed")))
-    assert emb["EMBEDDING"].shape == (1, 64)
+    assert emb["EMBEDDING"].shape == (1, 128)
     resp = await gama.stub.ModelInfer(
         infer_request(
             "gama", audio=wav(2.0), task="describe", prompt="What do you hear?", max_new_tokens=6
@@ -100,6 +118,17 @@ async def test_gama_tags_embedding_and_answer(gama: Live) -> None:
     )
     text = outputs(resp)["TEXT"][0].decode()
     assert 1 <= len(text.split()) <= 6
+
+
+async def test_gama_refuses_outputs_of_another_task(gama: Live) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await gama.stub.ModelInfer(
+            infer_request(
+                "gama", audio=wav(1.0), task="describe", prompt="Hi", outputs=["TEXT", "LABELS"]
+            )
+        )
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "task tag" in (info.value.details() or "")
 
 
 async def test_gama_sampling_is_reproducible_per_request_id(gama: Live) -> None:

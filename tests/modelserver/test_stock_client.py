@@ -55,7 +55,7 @@ def test_tritonclient_against_both_model_servers(tiny_models: Path, tmp_path: Pa
     assert "compute_ms" in a["results"]["embed"]["parameters"]
 
     tags = b["results"]["tag"]["outputs"]
-    assert len(tags["LABELS"]) == 5 and tags["SCORES"]["shape"] == [5]
-    assert b["results"]["embed"]["outputs"]["EMBEDDING"]["shape"] == [1, 64]
+    assert len(tags["LABELS"]) == tags["SCORES"]["shape"][0] >= 1
+    assert b["results"]["embed"]["outputs"]["EMBEDDING"]["shape"] == [1, 128]
     answer = b["results"]["describe"]["outputs"]["TEXT"][0]
     assert answer.strip() and "\ufffd" not in answer

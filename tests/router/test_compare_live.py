@@ -155,9 +155,7 @@ def test_compare_writes_four_outputs_and_resumes_to_the_same_report(
 
     # Another run (here: other models) into the same directory would mix results: refused with
     # a way out. (Not another task: only embed is shared by both models on every clip.)
-    other = _run(
-        _compare(dataset, resumed, model_servers, "--task", "embed", models="wav2vec2")
-    )
+    other = _run(_compare(dataset, resumed, model_servers, "--task", "embed", models="wav2vec2"))
     assert other.returncode == 3
     assert "differs in: " in other.stderr and "--fresh" in other.stderr
 

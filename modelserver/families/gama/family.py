@@ -1,4 +1,12 @@
-"""GAMA family: fbank features, one encoder pass per batch, answers only where asked."""
+"""GAMA family: the release's front end, one audio pass per batch, answers where asked.
+
+- `describe`: GAMA's answer to the request's prompt in the release's `alpaca_short` template,
+  decoded with the release's sampling (or the request's temperature), seeded by request id.
+- `embed`: the mean of the 64 aggregated audio tokens (the aggregator's output, before the
+  projection into the LLM), GAMA's own summary of the clip.
+- `tag` (when model.yaml lists labels): labels named in GAMA's greedy answer to
+  `gama.tag_prompt`, matched by `tags.match_labels`; the scores say how each matched.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +16,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer
 
 from modelserver.audio import Audio
 from modelserver.config import GamaSettings, ModelConfig, Task
 from modelserver.errors import invalid
-from modelserver.families.base import Family, top_k
-from modelserver.families.gama.features import GamaFeatures
-from modelserver.families.gama.model import Decoding, GamaModel, request_seed
+from modelserver.families.base import Family
+from modelserver.families.gama.fbank import GamaFrontEnd
+from modelserver.families.gama.generation import (
+    DecodeSettings,
+    Prompted,
+    Sampling,
+    generate,
+    request_seed,
+)
+from modelserver.families.gama.model import GamaModel
+from modelserver.families.gama.tags import match_labels
 from modelserver.messages import EMBEDDING, LABELS, SCORES, TEXT, InferRequest
 from modelserver.runtime import Placement, torch_runtime
 
@@ -23,111 +38,115 @@ from modelserver.runtime import Placement, torch_runtime
 @dataclass(frozen=True)
 class Item:
     fbank: np.ndarray
+    task: Task
     wants: frozenset[str]
     prompt_ids: list[int] | None
-    max_new_tokens: int
-    temperature: float
-    seed: int
+    sampling: Sampling
 
 
 class GamaFamily(Family):
-    def __init__(
-        self, config: ModelConfig, model: GamaModel, tokenizer: Any, placement: Placement
-    ) -> None:
+    def __init__(self, config: ModelConfig, model: GamaModel, placement: Placement) -> None:
         assert config.gama is not None
         self.config = config
         self.settings: GamaSettings = config.gama
         self.model = model
-        self.tokenizer = tokenizer
+        self.tokenizer: Any = model.tokenizer
         self.placement = placement
-        self.features = GamaFeatures(self.settings, config.sample_rate)
-        self.bos_id: int | None = tokenizer.bos_token_id
-        self.eos_id: int = int(tokenizer.eos_token_id)
-        specials = {tokenizer.pad_token_id, tokenizer.unk_token_id, self.bos_id}
-        self.suppress = sorted(i for i in specials if i is not None and i != self.eos_id)
+        s = self.settings
+        self.front_end = GamaFrontEnd(
+            config.sample_rate, s.num_mel_bins, s.max_frames, s.fbank_mean, s.fbank_std
+        )
+        gen = s.generation
+        pad = self.tokenizer.pad_token_id
+        self.decode = DecodeSettings(
+            top_k=gen.top_k,
+            top_p=gen.top_p,
+            repetition_penalty=gen.repetition_penalty,
+            eos_id=int(self.tokenizer.eos_token_id),
+            # The release sets pad to 0 (<unk>); padding never reaches the answer.
+            pad_id=int(pad if pad is not None else 0),
+        )
 
     @classmethod
     def load(cls, model_dir: Path, config: ModelConfig, device: str) -> GamaFamily:
         assert config.gama is not None
-        g = config.gama
+        dtype = getattr(torch, config.gama.cuda_dtype)
         dev, dtype, placement = torch_runtime.select_device(
-            device, config.fp16, config.intra_op_threads
+            device, cuda_dtype=dtype, threads=config.intra_op_threads
         )
-        model = GamaModel.load(
-            model_dir / g.encoder,
-            model_dir / g.lm,
-            model_dir / g.projector,
-            g.num_audio_tokens,
-            dev,
-            dtype,
-        )
-        labels = model.encoder.config.num_labels
-        if labels != len(config.labels):
-            raise ValueError(
-                f"model.yaml labels has {len(config.labels)} entries; the encoder outputs {labels}"
-            )
-        tokenizer = AutoTokenizer.from_pretrained(model_dir / g.tokenizer)
-        if tokenizer.eos_token_id is None:
-            raise ValueError("gama.tokenizer: the tokenizer has no end-of-sequence token")
-        return cls(config, model, tokenizer, placement)
+        model = GamaModel.load(model_dir, config.gama, dev, dtype)
+        return cls(config, model, placement)
 
     @property
     def embedding_size(self) -> int:
-        return int(self.model.encoder.config.hidden_size)
+        return int(self.model.audio.dims.aggregator.width)
 
-    def format_prompt(self, prompt: str) -> str:
-        return f"{self.settings.system_prompt}\n\n### Instruction:\n{prompt}\n\n### Response:\n"
+    def prompt_ids(self, instruction: str) -> list[int]:
+        """`<s>` then the template, as the release's `tokenizer(prompt)` gives them."""
+        text = self.settings.prompt_template.format(instruction=instruction)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return [int(self.tokenizer.bos_token_id), *ids]
 
     def prepare(self, request: InferRequest, audio: Audio) -> Item:
+        self._check_outputs(request)
+        gen = self.settings.generation
+        seed = request_seed(request.id)
         prompt_ids = None
-        if TEXT in request.outputs:
+        sampling = Sampling(gen.max_new_tokens, gen.temperature, seed)
+        if request.task is Task.DESCRIBE:
             if not request.prompt or not request.prompt.strip():
                 raise invalid(f"task {Task.DESCRIBE.value} needs a non-empty PROMPT input")
-            text = self.format_prompt(request.prompt)
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            prompt_ids = ([self.bos_id] if self.bos_id is not None else []) + list(ids)
-        gen = self.settings.generation
-        max_new = min(request.max_new_tokens or gen.max_new_tokens, gen.max_new_tokens)
-        temperature = gen.temperature if request.temperature is None else request.temperature
+            prompt_ids = self.prompt_ids(request.prompt)
+            temperature = gen.temperature if request.temperature is None else request.temperature
+            limit = min(request.max_new_tokens or gen.max_new_tokens, gen.max_new_tokens)
+            sampling = Sampling(limit, temperature, seed)
+        elif request.task is Task.TAG:
+            prompt_ids = self.prompt_ids(self.settings.tag_prompt)
+            sampling = Sampling(self.settings.tag_max_new_tokens, 0.0, seed)
         return Item(
-            fbank=self.features(audio.samples),
+            fbank=self.front_end(audio.samples),
+            task=request.task,
             wants=request.outputs,
             prompt_ids=prompt_ids,
-            max_new_tokens=max_new,
-            temperature=temperature,
-            seed=request_seed(request.id),
+            sampling=sampling,
         )
+
+    @staticmethod
+    def _check_outputs(request: InferRequest) -> None:
+        # Each text output costs a generation, so a request gets the ones its task makes.
+        if request.task is not Task.TAG and request.outputs & {LABELS, SCORES}:
+            raise invalid("LABELS and SCORES come from task tag (GAMA's answer to its tag prompt)")
+        if request.task is not Task.DESCRIBE and TEXT in request.outputs:
+            raise invalid("TEXT comes from task describe (GAMA's answer to your PROMPT)")
 
     def run_batch(self, items: list[Item]) -> list[dict[str, np.ndarray]]:
         fbank = torch.from_numpy(np.stack([item.fbank for item in items]))
-        encoded = self.model.encode(fbank)
-        scores = torch.sigmoid(encoded.logits.float()).cpu().numpy()
-        pooled = encoded.pooled.float().cpu().numpy()
+        tokens = self.model.encode(fbank)
+        pooled = tokens.aggregated.mean(dim=1).float().cpu().numpy()
         results: list[dict[str, np.ndarray]] = []
         for row, item in enumerate(items):
             result: dict[str, np.ndarray] = {}
             if EMBEDDING in item.wants:
                 result[EMBEDDING] = pooled[row : row + 1].astype(np.float32)
-            if LABELS in item.wants or SCORES in item.wants:
-                result.update(top_k(scores[row], self.config.labels, self.settings.top_k))
             results.append(result)
         talking = [row for row, item in enumerate(items) if item.prompt_ids is not None]
         if talking:
-            texts = self._answer([items[r] for r in talking], encoded.patches[talking])
-            for row, text in zip(talking, texts, strict=True):
-                results[row][TEXT] = np.array([text.encode()], dtype=object)
+            batch = [
+                Prompted(tokens.prefix[row], items[row].prompt_ids or [], items[row].sampling)
+                for row in talking
+            ]
+            with torch.inference_mode():
+                answers = generate(self.model.lm, batch, self.decode)
+            for row, ids in zip(talking, answers, strict=True):
+                text = str(self.tokenizer.decode(ids, skip_special_tokens=True)).strip()
+                results[row].update(self._outputs(items[row], text))
         return results
 
-    def _answer(self, items: list[Item], patches: torch.Tensor) -> list[str]:
-        audio = self.model.audio_prefix(patches)
-        requests = []
-        for row, item in enumerate(items):
-            assert item.prompt_ids is not None
-            text = self.model.embed_tokens(item.prompt_ids)
-            prefix = torch.cat([audio[row], text], dim=0)
-            requests.append(Decoding(prefix, item.max_new_tokens, item.temperature, item.seed))
-        tokens = self.model.generate(
-            requests, self.eos_id, self.suppress, self.settings.generation.min_new_tokens
-        )
-        decode = self.tokenizer.decode
-        return [str(decode(t, skip_special_tokens=True)).strip() for t in tokens]
+    def _outputs(self, item: Item, text: str) -> dict[str, np.ndarray]:
+        if item.task is not Task.TAG:
+            return {TEXT: np.array([text.encode()], dtype=object)}
+        matched = match_labels(text, self.config.labels)
+        return {
+            LABELS: np.array([label.encode() for label, _ in matched], dtype=object),
+            SCORES: np.array([score for _, score in matched], dtype=np.float32),
+        }

@@ -1,0 +1,166 @@
+"""GAMA's decoding through transformers' `generate`, with per-request sampling state.
+
+The release samples with `GenerationConfig(do_sample=True, temperature=0.1, top_p=0.95,
+top_k=500, repetition_penalty=1.1, max_new_tokens=400)`. One `generate` call serves a whole
+batch, yet each request has its own temperature, token limit and seed, and its tokens must not
+depend on what else shares the batch. So `generate` runs greedy over our `SeededSampler`, the
+only logits processor: to each row's own tokens (its left padding left out) it applies
+transformers' repetition penalty and the release's warpers (temperature, top-k, top-p, in
+transformers' order), draws the row's token from the row's own generator and returns a
+one-hot row, which greedy selection then takes. Caching, padding and end of sequence stay
+transformers' own.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import torch
+from transformers import (
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedModel,
+    RepetitionPenaltyLogitsProcessor,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """One request's decoding: temperature 0 is greedy."""
+
+    max_new_tokens: int
+    temperature: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class Prompted:
+    """One sequence to continue: the audio prefix, then the prompt's token ids (with `<s>`)."""
+
+    prefix: torch.Tensor
+    ids: list[int]
+    sampling: Sampling
+
+
+def request_seed(request_id: str) -> int:
+    """Sampling is reproducible per request id: a retry gets the same answer."""
+    return zlib.crc32(request_id.encode())
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    top_k: int
+    top_p: float
+    repetition_penalty: float
+    eos_id: int
+    pad_id: int
+
+
+class SeededSampler(LogitsProcessor):  # type: ignore[misc]
+    def __init__(
+        self,
+        rows: list[Sampling],
+        pads: list[int],
+        settings: DecodeSettings,
+        device: torch.device,
+    ) -> None:
+        self.rows = rows
+        self.pads = pads
+        top_k, top_p = settings.top_k, settings.top_p
+        penalty = settings.repetition_penalty
+        self.penalty = RepetitionPenaltyLogitsProcessor(penalty) if penalty != 1.0 else None
+        self.top_k = TopKLogitsWarper(top_k) if top_k > 0 else None
+        self.top_p = TopPLogitsWarper(top_p) if top_p < 1.0 else None
+        self.generators: list[torch.Generator | None] = []
+        for row in rows:
+            generator = None
+            if row.temperature > 0:
+                generator = torch.Generator(device=device)
+                generator.manual_seed(row.seed)
+            self.generators.append(generator)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        picked = torch.empty(scores.shape[0], dtype=torch.long, device=scores.device)
+        for row, (sampling, generator) in enumerate(zip(self.rows, self.generators, strict=True)):
+            logits = scores[row : row + 1].float()
+            ids = input_ids[row : row + 1, self.pads[row] :]
+            if self.penalty is not None:
+                logits = self.penalty(ids, logits)
+            if generator is None:
+                picked[row] = logits.argmax(dim=-1)[0]
+                continue
+            logits = logits / sampling.temperature
+            if self.top_k is not None:
+                logits = self.top_k(ids, logits)
+            if self.top_p is not None:
+                logits = self.top_p(ids, logits)
+            probs = torch.softmax(logits, dim=-1)
+            picked[row] = torch.multinomial(probs[0], 1, generator=generator)[0]
+        one_hot = torch.full_like(scores, -float("inf"))
+        one_hot.scatter_(1, picked.unsqueeze(1), 0.0)
+        return one_hot  # type: ignore[return-value]
+
+
+class RowLimits(StoppingCriteria):  # type: ignore[misc]
+    """Each row stops at its own token limit; `generate` pads the rows that are done."""
+
+    def __init__(self, limits: list[int], prompt_length: int) -> None:
+        self.limits = torch.tensor(limits)
+        self.prompt_length = prompt_length
+
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object
+    ) -> torch.BoolTensor:
+        made = input_ids.shape[1] - self.prompt_length
+        done = self.limits.to(input_ids.device) <= made
+        return done  # type: ignore[return-value]
+
+
+def generate(
+    lm: PreTrainedModel, batch: list[Prompted], settings: DecodeSettings
+) -> list[list[int]]:
+    """New token ids per sequence (without the end-of-sequence token)."""
+    device = lm.device
+    embed = lm.get_input_embeddings()
+    width = max(p.prefix.shape[0] + len(p.ids) for p in batch)
+    text_width = max(len(p.ids) for p in batch)
+    hidden = batch[0].prefix.shape[1]
+    embeds = torch.zeros(len(batch), width, hidden, device=device, dtype=lm.dtype)
+    mask = torch.zeros(len(batch), width, dtype=torch.long, device=device)
+    ids = torch.full((len(batch), text_width), settings.pad_id, dtype=torch.long, device=device)
+    for row, p in enumerate(batch):
+        tokens = torch.tensor(p.ids, dtype=torch.long, device=device)
+        sequence = torch.cat([p.prefix.to(device, lm.dtype), embed(tokens)], dim=0)
+        embeds[row, width - sequence.shape[0] :] = sequence
+        mask[row, width - sequence.shape[0] :] = 1
+        ids[row, text_width - len(p.ids) :] = tokens
+    rows = [p.sampling for p in batch]
+    pads = [text_width - len(p.ids) for p in batch]
+    limits = [r.max_new_tokens for r in rows]
+    config = GenerationConfig(
+        do_sample=False,
+        max_new_tokens=max(r.max_new_tokens for r in rows),
+        eos_token_id=settings.eos_id,
+        pad_token_id=settings.pad_id,
+    )
+    out = lm.generate(
+        input_ids=ids,
+        inputs_embeds=embeds,
+        attention_mask=mask,
+        generation_config=config,
+        logits_processor=LogitsProcessorList([SeededSampler(rows, pads, settings, device)]),
+        stopping_criteria=StoppingCriteriaList([RowLimits(limits, text_width)]),
+    )
+    answers: list[list[int]] = []
+    for row, sampling in enumerate(rows):
+        new = out[row, text_width:].tolist()[: sampling.max_new_tokens]
+        if settings.eos_id in new:
+            new = new[: new.index(settings.eos_id)]
+        answers.append([int(t) for t in new])
+    return answers
