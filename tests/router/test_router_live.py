@@ -59,8 +59,10 @@ async def test_every_task_fills_the_response(
         )
         assert t.route.attempts[0].outcome == "ok" and not t.route.fallback_used
 
-        tag = await router.process(rpb.TASK_TAG, wav(1.0))
-        assert tag.route.model == "gama" and len(tag.patterns) == 5
+        tag = await router.process(rpb.TASK_TAG, wav(2.0))
+        # GAMA's tags are the labels its answer names (the tiny model names some for this
+        # clip; tests/modelserver/test_infer.py checks them against its answer).
+        assert tag.route.model == "gama" and len(tag.patterns) >= 1
         assert all(0 <= p.score <= 1 for p in tag.patterns)
 
         emb = await router.process(rpb.TASK_EMBED, wav(1.0), user_id="qa")

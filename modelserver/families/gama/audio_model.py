@@ -36,6 +36,10 @@ TOKEN_SCALE = 50.0  # the release divides the pooled tokens by 50
 class DimsError(ValueError):
     """The weights do not form a GAMA audio path; the message names the tensor."""
 
+    def __init__(self, message: str, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key
+
 
 @dataclass(frozen=True)
 class BertDims:
@@ -73,7 +77,7 @@ def _indices(shapes: Mapping[str, tuple[int, ...]], pattern: str) -> list[int]:
 
 def _shape(shapes: Mapping[str, tuple[int, ...]], key: str) -> tuple[int, ...]:
     if key not in shapes:
-        raise DimsError(f"missing tensor {key}")
+        raise DimsError(f"missing tensor {key}", key)
     return shapes[key]
 
 

@@ -51,6 +51,8 @@ class Inventory:
     """Which file holds each tensor, by its served name."""
 
     audio: dict[str, tuple[TensorFile, str]] = field(default_factory=dict)
+    staged: set[str] = field(default_factory=set)
+    """Audio tensors the stage checkpoint holds (`Trainer._save` keeps all of them)."""
     lm: dict[str, tuple[TensorFile, str]] = field(default_factory=dict)
     lora: dict[str, dict[str, tuple[TensorFile, str]]] = field(default_factory=dict)
     ignored: Counter[str] = field(default_factory=Counter)
@@ -91,6 +93,8 @@ def _take(inventory: Inventory, source: TensorFile, key: str, from_stage: bool) 
         if not from_stage:
             raise CheckpointError(f"{source.path}: {key} appears twice in the base directory")
         inventory.superseded += 1  # the stage checkpoint's value wins, as in the release
+    if from_stage and placed.kind == "audio":
+        inventory.staged.add(placed.name)
     table[placed.name] = (source, key)
 
 
@@ -145,6 +149,8 @@ def check(inventory: Inventory, lm_config: LlamaConfig, settings: GamaSettings) 
     try:
         dims = derive_dims(shapes, settings.num_mel_bins, settings.max_frames, settings.head_width)
     except DimsError as exc:
+        if exc.key:
+            raise CheckpointError(f"missing key {layout.released_audio_name(exc.key)}") from exc
         raise CheckpointError(f"the audio path does not fit GAMA's: {exc}") from exc
     if dims.lm_width != lm_config.hidden_size:
         raise CheckpointError(
@@ -156,6 +162,14 @@ def check(inventory: Inventory, lm_config: LlamaConfig, settings: GamaSettings) 
         lm = LlamaForCausalLM(lm_config)
     want_audio = {k: v.shape for k, v in audio.state_dict().items()}
     _expect(inventory.audio, want_audio, "audio")
+    # The base directory's Q-Former predates training; a stage checkpoint always carries the
+    # trained one (its name matches `Trainer._save`'s filter), so one without it is damaged.
+    unstaged = sorted(set(want_audio) - inventory.staged)
+    if unstaged:
+        raise CheckpointError(
+            f"missing key {layout.PEFT_PREFIX}{layout.released_audio_name(unstaged[0])} in the "
+            "stage checkpoint (the base directory's copy is from before training)"
+        )
     extra = sorted(set(inventory.audio) - set(want_audio))
     if extra:
         raise CheckpointError(f"unexpected key {layout.released_audio_name(extra[0])}")
@@ -208,19 +222,34 @@ def _merge(
     return merged.to(weight.dtype)
 
 
+SHARD_BYTES = 2 * 1024**3
+"""Output shards stay under this: safetensors serialises a shard in memory before writing."""
+
+
 def write_lm(inventory: Inventory, base: Path, out: Path, alpha: float) -> int:
-    """One output shard per input shard that holds LLM weights; returns the merge count."""
+    """The LLM shard by shard (inputs memory-mapped, outputs under SHARD_BYTES); returns how
+    many weights took a LoRA merge."""
     out.mkdir(parents=True, exist_ok=True)
     by_file: dict[Path, list[str]] = defaultdict(list)
     for name, (source, _) in inventory.lm.items():
         by_file[source.path].append(name)
-    files = sorted(by_file)
+    shards: list[list[str]] = [[]]
+    size = 0
+    for path in sorted(by_file):
+        for name in by_file[path]:
+            source, key = inventory.lm[name]
+            nbytes = source.nbytes(key)
+            if shards[-1] and size + nbytes > SHARD_BYTES:
+                shards.append([])
+                size = 0
+            shards[-1].append(name)
+            size += nbytes
     weight_map: dict[str, str] = {}
     merged = 0
-    for i, path in enumerate(files, start=1):
-        shard_name = f"model-{i:05d}-of-{len(files):05d}.safetensors"
+    for i, names in enumerate(shards, start=1):
+        shard_name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
         tensors: dict[str, torch.Tensor] = {}
-        for name in by_file[path]:
+        for name in names:
             source, key = inventory.lm[name]
             tensor = source.get(key)
             if name in inventory.lora:

@@ -29,9 +29,9 @@ def mel_banks(num_bins: int, padded_window: int, sample_rate: float) -> torch.Te
     """Kaldi's triangular mel filters, [num_bins, padded_window // 2 + 1] (Nyquist column 0).
 
     Computed in float64: Kaldi and torchaudio compute them in float32, whose rounding near a
-    filter's edge moves a strong partial's band energy by up to ~5e-4 (relative), so the
-    exact weights are the fairest common target. With 128 bins at 16 kHz the lowest filter
-    holds no FFT bin, so GAMA's first channel is always log(eps), as in the release.
+    filter's edge moves a strong partial's band energy by up to ~5e-4 (relative), so exact
+    weights are the fairest common target. With 128 bins at 16 kHz the fourth filter
+    holds no FFT bin, so that channel of GAMA's input is always log(eps), as in the release.
     """
     nyquist = 0.5 * sample_rate
     fft_bin_width = sample_rate / padded_window
@@ -45,28 +45,31 @@ def mel_banks(num_bins: int, padded_window: int, sample_rate: float) -> torch.Te
     up = (mel - left) / (center - left)
     down = (right - mel) / (right - center)
     banks = np.pad(np.maximum(0.0, np.minimum(up, down)), ((0, 0), (0, 1)))
-    return torch.from_numpy(banks.astype(np.float32))
+    return torch.from_numpy(banks)
 
 
 def kaldi_fbank(samples: np.ndarray, sample_rate: int, num_mel_bins: int) -> torch.Tensor:
     """Log mel filterbank, [frames, num_mel_bins] float32, with the release's options:
     snip_edges, DC offset removed per frame, pre-emphasis 0.97, Hanning window, power
     spectrum, no dither, no energy, log floored at float32 epsilon."""
-    wave = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
+    # float64 inside: a pure tone leaves most bands with only window leakage, 1e-9 of the
+    # frame's energy, where float32 rounding (torchaudio's and Kaldi's alike) moves the log by
+    # up to 1e-2. The result is float32, as the release's is.
+    wave = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float64))
     window = int(sample_rate * FRAME_LENGTH_MS / 1000)
     shift = int(sample_rate * FRAME_SHIFT_MS / 1000)
     padded = 1 << (window - 1).bit_length()
     if wave.numel() < window:
-        return torch.zeros(0, num_mel_bins)
+        return torch.zeros(0, num_mel_bins, dtype=torch.float32)
     frames = wave.unfold(0, window, shift)
     frames = frames - frames.mean(dim=1, keepdim=True)
     previous = torch.cat([frames[:, :1], frames[:, :-1]], dim=1)
     frames = frames - PREEMPHASIS * previous
-    frames = frames * torch.hann_window(window, periodic=False, dtype=torch.float32)
+    frames = frames * torch.hann_window(window, periodic=False, dtype=torch.float64)
     frames = torch.nn.functional.pad(frames, (0, padded - window))
     power = torch.fft.rfft(frames).abs().pow(2.0)
     energies = power @ mel_banks(num_mel_bins, padded, float(sample_rate)).T
-    return torch.clamp_min(energies, torch.finfo(torch.float32).eps).log()
+    return torch.clamp_min(energies, torch.finfo(torch.float32).eps).log().float()
 
 
 class GamaFrontEnd:

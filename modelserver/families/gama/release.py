@@ -40,18 +40,18 @@ class TinyRelease:
     labels: Path
 
 
-def tiny_dims(lm_width: int) -> AudioDims:
-    width = 128
+def tiny_dims(width: int, lm_width: int, qformer_layers: int) -> AudioDims:
+    heads = width // 64
     return AudioDims(
         encoder=EncoderDims(
-            width=width, heads=2, mlp=4 * width, patch=16, grid=(8, 64), depth_a=11, depth_u=1
+            width=width, heads=heads, mlp=4 * width, patch=16, grid=(8, 64), depth_a=11, depth_u=1
         ),
-        aggregator=BertDims(width=width, heads=2, intermediate=4 * width),
+        aggregator=BertDims(width=width, heads=heads, intermediate=4 * width),
         qformer=BertDims(
             width=width,
-            heads=2,
+            heads=heads,
             intermediate=4 * width,
-            layers=4,
+            layers=qformer_layers,
             cross_every=2,
             encoder_width=width,
             queries=32,
@@ -113,14 +113,14 @@ def released_audio(dims: AudioDims, generator: torch.Generator) -> dict[str, tor
     return {name: _fill(name, shape, generator) for name, shape in sorted(shapes.items())}
 
 
-def tiny_lm_config(vocab_size: int) -> LlamaConfig:
+def tiny_lm_config(vocab_size: int, width: int, heads: int) -> LlamaConfig:
     return LlamaConfig(
         vocab_size=vocab_size,
-        hidden_size=128,
-        intermediate_size=256,
+        hidden_size=width,
+        intermediate_size=2 * width,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
         max_position_embeddings=1024,
         rms_norm_eps=1e-5,
         bos_token_id=1,
@@ -130,20 +130,29 @@ def tiny_lm_config(vocab_size: int) -> LlamaConfig:
     )
 
 
-def make_tiny_release(out: Path, seed: int) -> TinyRelease:
+def make_tiny_release(
+    out: Path,
+    seed: int,
+    width: int = 128,
+    lm_width: int = 128,
+    lm_heads: int = 4,
+    qformer_layers: int = 4,
+) -> TinyRelease:
+    """Widths are free (multiples of 64 for the audio path, whose heads are 64 wide); the
+    structure is the release's."""
     from modelserver.tiny import TAG_LABELS, build_word_tokenizer
 
     base, stage_dir = out / BASE_DIR, out / STAGE_DIR
     base.mkdir(parents=True, exist_ok=True)
     stage_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_word_tokenizer(base)
-    config = tiny_lm_config(len(tokenizer))
+    config = tiny_lm_config(len(tokenizer), lm_width, lm_heads)
     config.save_pretrained(base)
     generator = torch.Generator().manual_seed(seed)
     with torch.device("meta"):
         lm_shapes = {k: tuple(v.shape) for k, v in LlamaForCausalLM(config).state_dict().items()}
     lm = {name: _fill(name, shape, generator) for name, shape in sorted(lm_shapes.items())}
-    dims = tiny_dims(config.hidden_size)
+    dims = tiny_dims(width, config.hidden_size, qformer_layers)
     audio = released_audio(dims, generator)
     # The base directory's Q-Former: a first-stage value the stage checkpoint replaces.
     base_qformer = {

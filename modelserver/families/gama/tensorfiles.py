@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
+
+
+_ITEM_BYTES = {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16": 2}
+_ITEM_BYTES |= {"U8": 1, "I8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
 
 class TensorFile:
@@ -32,6 +37,12 @@ class TensorFile:
         if self._pickled is not None:
             return tuple(self._pickled[key].shape)
         return tuple(self._safe.get_slice(key).get_shape())
+
+    def nbytes(self, key: str) -> int:
+        if self._pickled is not None:
+            return self._pickled[key].nbytes
+        piece = self._safe.get_slice(key)
+        return int(math.prod(piece.get_shape())) * _ITEM_BYTES[str(piece.get_dtype())]
 
     def get(self, key: str) -> torch.Tensor:
         if self._pickled is not None:
