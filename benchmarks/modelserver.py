@@ -29,7 +29,7 @@ from tests.support.oip import infer_request
 from tests.support.processes import ServerProcess, free_port, modelserver_args
 
 CONCURRENCY = (1, 8, 32)
-MODELS = (("wav2vec2", Task.TRANSCRIBE), ("gama", Task.TAG))
+MODELS = (("wav2vec2", Task.TRANSCRIBE), ("gama", Task.EMBED))
 
 
 def _model_copy(src: Path, dst: Path, batching: bool) -> Path:
