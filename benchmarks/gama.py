@@ -17,9 +17,10 @@ import grpc
 from transformers import AutoTokenizer
 
 from benchmarks.common import Load, closed_loop, machine, write_section
-from benchmarks.modelserver import _model_copy
+from benchmarks.modelserver import _model_copy, served
 from gamaserving.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from gamaserving.oip import param_value
+from modelserver.config import Task
 from tests.support.audio import wav
 from tests.support.oip import infer_request, outputs
 from tests.support.processes import ServerProcess, free_port, modelserver_args
@@ -57,18 +58,6 @@ async def describe(
         return load, tokens[0]
 
 
-async def embed(address: str, concurrency: int, seconds: float) -> Load:
-    request = infer_request("gama", audio=wav(2.0), task="embed")
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
-
-        async def call() -> int:
-            response = await stub.ModelInfer(request)
-            return int(param_value(response.parameters["batch_size"]) or 1)
-
-        return await closed_loop(call, concurrency, seconds)
-
-
 def run(models: Path, seconds: float) -> list[str]:
     tokenizer = AutoTokenizer.from_pretrained(models / "gama" / "tokenizer")
     rows = []
@@ -87,7 +76,7 @@ def run(models: Path, seconds: float) -> list[str]:
                 )
                 print(rows[-1], flush=True)
             for c in (1, 8):
-                load = asyncio.run(embed(server.address, c, seconds))
+                load = asyncio.run(served(server.address, "gama", Task.EMBED, wav(2.0), c, seconds))
                 rows.append(
                     f"| embed | {c} | {load.mean_batch:.1f} | - | {load.throughput:.1f} "
                     f"| {load.p50_ms:.1f} / {load.p99_ms:.1f} |"

@@ -71,7 +71,7 @@ async def test_every_task_fills_the_response(
             "candidate",
             "gama",
         )
-        assert len(emb.features) == 64
+        assert len(emb.features) == 128  # the tiny GAMA's audio width
 
         d = await router.process(rpb.TASK_DESCRIBE, wav(1.0), prompt="What do you hear?")
         assert d.text.strip() and d.route.model == "gama" and d.quality.passed

@@ -136,30 +136,29 @@ def derive_dims(
     return AudioDims(encoder=encoder, aggregator=aggregator, qformer=qformer, lm_width=lm_width)
 
 
+def _bert(dims: BertDims) -> dict[str, object]:
+    """bert-base-uncased's settings at these widths, without dropout."""
+    return {
+        "hidden_size": dims.width,
+        "num_attention_heads": dims.heads,
+        "intermediate_size": dims.intermediate,
+        "hidden_act": "gelu",
+        "layer_norm_eps": BERT_LAYER_NORM_EPS,
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+    }
+
+
 def _aggregator_layer(dims: BertDims) -> BertLayer:
-    config = BertConfig(
-        hidden_size=dims.width,
-        num_attention_heads=dims.heads,
-        intermediate_size=dims.intermediate,
-        hidden_act="gelu",
-        layer_norm_eps=BERT_LAYER_NORM_EPS,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
+    config = BertConfig(**_bert(dims))
     config._attn_implementation = "sdpa"
     return BertLayer(config)
 
 
 def _qformer(dims: BertDims) -> Blip2QFormerModel:
     config = Blip2QFormerConfig(
-        hidden_size=dims.width,
+        **_bert(dims),
         num_hidden_layers=dims.layers,
-        num_attention_heads=dims.heads,
-        intermediate_size=dims.intermediate,
-        hidden_act="gelu",
-        layer_norm_eps=BERT_LAYER_NORM_EPS,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
         cross_attention_frequency=dims.cross_every,
         encoder_hidden_size=dims.encoder_width,
         use_qformer_text_input=False,
