@@ -3,6 +3,7 @@ it: clients -> router, router -> model servers. Keys are read, never logged."""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -64,6 +65,18 @@ class ClientTls(BaseModel):
 
     def options(self) -> list[tuple[str, str]]:
         return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The same checks for HTTPS clients (e.g. the router's Alertmanager client)."""
+        if (self.cert_file is None) != (self.key_file is None):
+            raise TlsError("cert_file and key_file go together (mutual TLS needs both)")
+        try:
+            context = ssl.create_default_context(cafile=self.ca_file)
+            if self.cert_file is not None and self.key_file is not None:
+                context.load_cert_chain(self.cert_file, self.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise TlsError(f"cannot load the TLS files: {exc}") from exc
+        return context
 
 
 def listen(server: grpc.aio.Server, address: str, tls: ServerTls | None) -> int:

@@ -191,7 +191,7 @@ class RouterServer:
             signals = Signals(
                 self.core, config.alerting.window_seconds, lambda: self.reload_failures
             )
-            self.alerts = AlertService(config.alerting, signals.sample)
+            self.alerts = AlertService(config.alerting, signals.sample, port=self.port)
             self.alerts.start()
         self._tasks = [
             loop.create_task(self._rollback_watch(), name="auto-rollback"),

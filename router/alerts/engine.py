@@ -97,6 +97,10 @@ class AlertEngine:
                 notes += self._clears(key, now)
         return [n for n in notes if not self._inhibited(n.alert) and self._admit(now)]
 
+    def firing(self) -> list[Alert]:
+        """The alerts firing now (inhibited ones included)."""
+        return [e.alert for e in self.active.values() if e.alert.state is AlertState.FIRING]
+
     def _holds(
         self, rule: AlertRule, key: str, labels: dict[str, str], value: float, now: float
     ) -> list[Notification]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime
@@ -19,7 +20,7 @@ from router.alerts.settings import WebhookSettings
 log = logging.getLogger(__name__)
 
 
-def _iso(t: float) -> str:
+def iso(t: float) -> str:
     return (
         datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
         if t
@@ -46,8 +47,8 @@ def alertmanager_payload(alert: Alert) -> dict[str, Any]:
                 "status": status,
                 "labels": labels,
                 "annotations": {"summary": alert.summary, "value": f"{alert.value:g}"},
-                "startsAt": _iso(alert.started_at),
-                "endsAt": _iso(alert.resolved_at),
+                "startsAt": iso(alert.started_at),
+                "endsAt": iso(alert.resolved_at),
                 "generatorURL": "",
                 "fingerprint": alert.id,
             }
@@ -76,8 +77,21 @@ class LogHandler:
         )
 
 
-class WebhookError(Exception):
+class HttpStatusError(Exception):
     """The receiver answered with a status other than 2xx."""
+
+
+def post_json(url: str, body: bytes, timeout: float, context: ssl.SSLContext | None = None) -> None:
+    """One POST of a JSON body (blocking: run it in a thread); raises on anything but 2xx."""
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
+            if not 200 <= response.status < 300:
+                raise HttpStatusError(f"HTTP {response.status}")
+    except urllib.error.HTTPError as exc:
+        raise HttpStatusError(f"HTTP {exc.code}") from exc
 
 
 class WebhookHandler:
@@ -87,32 +101,20 @@ class WebhookHandler:
         self.delivered = 0
         self.failed = 0
 
-    def _post(self, body: bytes) -> None:
-        request = urllib.request.Request(
-            self.settings.url,
-            data=body,
-            method="POST",
-            headers={"Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=self.settings.timeout_seconds) as response:
-                if not 200 <= response.status < 300:
-                    raise WebhookError(f"HTTP {response.status}")
-        except urllib.error.HTTPError as exc:
-            raise WebhookError(f"HTTP {exc.code}") from exc
-
     async def __call__(self, note: Notification) -> None:
         body = json.dumps(alertmanager_payload(note.alert)).encode()
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(self.settings.attempts),
                 wait=wait_exponential(multiplier=self.backoff, max=10),
-                retry=retry_if_exception_type((OSError, WebhookError)),
+                retry=retry_if_exception_type((OSError, HttpStatusError)),
                 reraise=True,
             ):
                 with attempt:
-                    await asyncio.to_thread(self._post, body)
-        except (OSError, WebhookError) as exc:
+                    await asyncio.to_thread(
+                        post_json, self.settings.url, body, self.settings.timeout_seconds
+                    )
+        except (OSError, HttpStatusError) as exc:
             self.failed += 1
             log.error(
                 "webhook %s failed after %d attempts: %s",

@@ -1,15 +1,18 @@
-"""Runs the engine periodically, records history, and delivers notifications to handlers from
-a bounded queue: a slow or failing handler never blocks evaluation or requests, and never
-loses an alert from the history."""
+"""Runs the engine periodically, records history, delivers notifications to handlers and pushes
+alerts to Alertmanager from bounded queues: a slow or failing receiver never blocks evaluation
+or requests, and never loses an alert from the history."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+from router.alerts.alertmanager import AlertmanagerClient
 from router.alerts.engine import Alert, AlertEngine, Notification, Source
 from router.alerts.handlers import LogHandler, WebhookHandler
 from router.alerts.history import AlertHistory
@@ -22,10 +25,22 @@ Handler = Callable[[Notification], Awaitable[None]]
 
 class AlertService:
     def __init__(
-        self, settings: AlertingSettings, source: Source, clock: Callable[[], float] = time.time
+        self,
+        settings: AlertingSettings,
+        source: Source,
+        clock: Callable[[], float] = time.time,
+        port: int = 0,
     ) -> None:
         self.settings = settings
+        self.clock = clock
         self.engine = AlertEngine(settings, source, clock)
+        self.alertmanager: AlertmanagerClient | None = None
+        if settings.alertmanagers:
+            replica = settings.replica or socket.gethostname()
+            admin = "gamaserving.router.v1.RouterAdmin/ListAlerts"
+            generator = settings.generator_url or f"grpc://{replica}:{port}/{admin}"
+            self.alertmanager = AlertmanagerClient(settings, replica, generator)
+        self.pushes: asyncio.Queue[list[dict[str, Any]]] = asyncio.Queue(maxsize=100)
         self.history = AlertHistory(settings.history_size, settings.history_path)
         self.webhook = WebhookHandler(settings.webhook) if settings.webhook else None
         self.handlers: list[Handler] = [LogHandler()] + ([self.webhook] if self.webhook else [])
@@ -42,6 +57,13 @@ class AlertService:
                 self.queue.put_nowait(note)
             except asyncio.QueueFull:
                 self.overflow += 1
+        if self.alertmanager is not None:
+            due = self.alertmanager.take_due(self.engine, self.clock())
+            if due:
+                try:
+                    self.pushes.put_nowait(due)
+                except asyncio.QueueFull:
+                    self.overflow += 1
         return notes
 
     def start(self) -> None:
@@ -49,6 +71,7 @@ class AlertService:
         self._tasks = [
             loop.create_task(self._evaluate_forever()),
             loop.create_task(self._deliver_forever()),
+            loop.create_task(self._push_forever()),
         ]
 
     async def _evaluate_forever(self) -> None:
@@ -64,6 +87,19 @@ class AlertService:
             note = await self.queue.get()
             await self.deliver(note)
 
+    async def _push_forever(self) -> None:
+        while True:
+            alerts = await self.pushes.get()
+            await self.push(alerts)
+
+    async def push(self, alerts: list[dict[str, Any]]) -> None:
+        if self.alertmanager is None:
+            return
+        try:
+            await self.alertmanager.post(alerts)
+        except Exception:
+            log.exception("posting to alertmanager failed")
+
     async def deliver(self, note: Notification) -> None:
         for handler in self.handlers:
             try:
@@ -75,6 +111,8 @@ class AlertService:
         """Deliver whatever is queued (used by tests and at shutdown)."""
         while not self.queue.empty():
             await self.deliver(self.queue.get_nowait())
+        while not self.pushes.empty():
+            await self.push(self.pushes.get_nowait())
 
     def list(self, include_resolved: bool, limit: int) -> list[Alert]:
         return self.history.list(include_resolved, limit)

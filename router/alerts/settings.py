@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from gamaserving.tls import ClientTls
 
 Signal = Literal[
     "model_unhealthy",
@@ -37,6 +39,8 @@ class AlertRule(_Strict):
     labels: dict[str, str] = Field(default_factory=dict)
     summary: str = ""
     """Text for notifications; {labels} and {value} are filled in."""
+    description: str = ""
+    """Longer text (Alertmanager's description annotation); empty: the rule written out."""
 
 
 class Inhibition(_Strict):
@@ -53,6 +57,20 @@ class WebhookSettings(_Strict):
     timeout_seconds: float = Field(5.0, gt=0)
     attempts: int = Field(4, ge=1, le=20)
     """Tries per notification, with exponential backoff between them."""
+
+
+class AlertmanagerSettings(_Strict):
+    """How alerts are pushed to Alertmanager (`alerting.alertmanagers`), as Prometheus does."""
+
+    timeout_seconds: float = Field(5.0, gt=0)
+    """Per POST to one Alertmanager."""
+    attempts: int = Field(3, ge=1, le=20)
+    """Tries per POST, with jittered exponential backoff between them."""
+    resend_seconds: float = Field(60.0, gt=0)
+    """A firing alert is posted again this often (Prometheus' resend delay, 1 m). Each post
+    carries endsAt = now + 4 x this, so Alertmanager resolves it itself if the router dies."""
+    tls: ClientTls | None = None
+    """CA, and client certificate for mutual TLS, for https:// Alertmanagers."""
 
 
 BUILT_IN_RULES = [
@@ -144,6 +162,15 @@ class AlertingSettings(_Strict):
     history_path: str | None = None
     """SQLite file that keeps the history across restarts."""
     webhook: WebhookSettings | None = None
+    alertmanagers: list[Annotated[str, Field(pattern=r"^https?://")]] = Field(default_factory=list)
+    """Alertmanager base URLs (http[s]://host:port); every firing and resolved alert is posted
+    to each one's /api/v2/alerts. Empty: alerts stay in the router (history, log, webhook)."""
+    alertmanager: AlertmanagerSettings = AlertmanagerSettings()
+    replica: str = ""
+    """The `replica` label on every alert; empty: the host name (the pod's name in Kubernetes)."""
+    generator_url: str = ""
+    """generatorURL of each alert; empty: grpc://<replica>:<port> and the admin method that
+    lists this replica's alerts."""
     rules: list[AlertRule] = Field(default_factory=lambda: list(BUILT_IN_RULES))
     inhibit: list[Inhibition] = Field(
         default_factory=lambda: [

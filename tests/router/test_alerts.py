@@ -5,10 +5,7 @@ server (a failing receiver is retried without blocking anything), and the admin 
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +19,7 @@ from router.alerts.service import AlertService
 from router.alerts.settings import AlertingSettings, AlertRule
 from tests.router.conftest import base_config, live_router
 from tests.support.processes import free_port
+from tests.support.receiver import Receiver
 
 
 class Clock:
@@ -138,38 +136,6 @@ def test_rate_limit_drops_notifications_not_history() -> None:
     s.values["fallback_rate"] = [({"model": "m0"}, 0.5)]
     clock.now += 31
     assert len(e.evaluate()) == 1  # a new minute
-
-
-class Receiver:
-    """A real local HTTP server; answers 500 to the first `failures` posts."""
-
-    def __init__(self, failures: int = 0) -> None:
-        self.failures = failures
-        self.bodies: list[dict[str, Any]] = []
-        self.calls = 0
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                outer.calls += 1
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if outer.calls <= outer.failures:
-                    self.send_response(500)
-                else:
-                    outer.bodies.append(body)
-                    self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/alerts"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
