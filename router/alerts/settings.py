@@ -108,7 +108,7 @@ BUILT_IN_RULES = [
         signal="gpu_memory_ratio",
         threshold=0.9,
         for_seconds=300,
-        summary="GPU {gpu} memory {value:.0%} full",
+        summary="GPU {gpu_id} memory {value:.0%} full",
     ),
     AlertRule(
         name="QualityFailureRateHigh",
@@ -131,6 +131,7 @@ BUILT_IN_RULES = [
         for_seconds=60,
         summary="p95 routing latency of {model} at {value:.0f} ms",
     ),
+    # Router-only: the rollback is decided on a replica (Prometheus sees no such condition).
     AlertRule(
         name="ExperimentRolledBack",
         signal="experiment_rolled_back",
