@@ -10,10 +10,12 @@ from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tenacity import AsyncRetrying, retry_if_exception_type
 
 from gamaserving.grpcutil import KEEPALIVE_TIME_MS
 from gamaserving.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from gamaserving.tls import channel
+from router.backends.reconnect import reconnect_wait
 from router.config import ModelSettings
 from router.failover.circuit import CircuitBreaker, State
 
@@ -39,6 +41,17 @@ def channel_options(settings: ModelSettings, max_message_bytes: int) -> list[tup
         ("grpc.initial_reconnect_backoff_ms", 200),
         ("grpc.max_reconnect_backoff_ms", 2_000),
     ]
+
+
+WATCH_FIRST_S, WATCH_MAX_S = 0.2, 2.0
+
+
+class _StreamFailed(Exception):
+    """The health Watch ended before its first update."""
+
+
+class _Closed(Exception):
+    """The endpoint is closing: its Watch was cancelled on purpose."""
 
 
 class Endpoint:
@@ -86,20 +99,32 @@ class Endpoint:
             self.health_changed.set()
 
     async def _watch_health(self) -> None:
-        backoff = 0.2
+        """Watch for good; after a stream that worked, the backoff starts afresh."""
         request = health_pb2.HealthCheckRequest(service=self.settings.health_service)
-        while True:
-            try:
-                async for update in self._health.Watch(request):
-                    backoff = 0.2
-                    self._set_serving(update.status == SERVING)
-                self._set_serving(False)  # the server ended the stream (draining)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.CANCELLED and self._watch is None:
-                    return
-                self._set_serving(False)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+        try:
+            while True:
+                async for attempt in AsyncRetrying(
+                    wait=reconnect_wait(WATCH_FIRST_S, WATCH_MAX_S),
+                    retry=retry_if_exception_type(_StreamFailed),
+                ):
+                    with attempt:
+                        await self._watch_stream(request)
+                await asyncio.sleep(WATCH_FIRST_S)
+        except _Closed:
+            return
+
+    async def _watch_stream(self, request: health_pb2.HealthCheckRequest) -> None:
+        updates = 0
+        try:
+            async for update in self._health.Watch(request):
+                updates += 1
+                self._set_serving(update.status == SERVING)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.CANCELLED and self._watch is None:
+                raise _Closed from exc
+        self._set_serving(False)  # the stream broke, or the server ended it (draining)
+        if not updates:
+            raise _StreamFailed(self.target)
 
     async def close(self) -> None:
         task, self._watch = self._watch, None

@@ -10,16 +10,25 @@ import time
 from collections.abc import Callable
 
 import grpc
+from tenacity import AsyncRetrying, retry_if_exception_type
 
 from gamaserving.inference import grpc_predict_v2_pb2 as pb
 from router.backends.endpoint import Endpoint
 from router.backends.oip import parse_metadata
+from router.backends.reconnect import reconnect_wait
 from router.config import ModelSettings
 from router.failover.budget import RetryBudget
 from router.failover.circuit import State
 from router.outputs import ModelInfo
 
 log = logging.getLogger(__name__)
+
+
+DISCOVER_FIRST_S, DISCOVER_MAX_S = 0.2, 5.0
+
+
+class _NoAnswer(Exception):
+    """No endpoint answered ModelMetadata."""
 
 
 class ModelBackend:
@@ -52,26 +61,31 @@ class ModelBackend:
 
     async def _discover(self) -> None:
         """ModelMetadata from any endpoint, retried until one answers."""
-        delay = 0.2
-        while self.info is None:
-            for endpoint in self.endpoints:
-                try:
-                    meta = await endpoint.stub.ModelMetadata(
-                        pb.ModelMetadataRequest(name=self.server_name), timeout=2
-                    )
-                except grpc.aio.AioRpcError:
-                    continue
-                self.info = parse_metadata(meta)
-                log.info(
-                    "model %s: %s v%s does %s",
-                    self.key,
-                    self.info.name,
-                    self.info.version,
-                    sorted(self.info.tasks),
+        async for attempt in AsyncRetrying(
+            wait=reconnect_wait(DISCOVER_FIRST_S, DISCOVER_MAX_S),
+            retry=retry_if_exception_type(_NoAnswer),
+        ):
+            with attempt:
+                self.info = await self._ask_metadata()
+        assert self.info is not None
+        log.info(
+            "model %s: %s v%s does %s",
+            self.key,
+            self.info.name,
+            self.info.version,
+            sorted(self.info.tasks),
+        )
+
+    async def _ask_metadata(self) -> ModelInfo:
+        for endpoint in self.endpoints:
+            try:
+                meta = await endpoint.stub.ModelMetadata(
+                    pb.ModelMetadataRequest(name=self.server_name), timeout=2
                 )
-                return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            except grpc.aio.AioRpcError:
+                continue
+            return parse_metadata(meta)
+        raise _NoAnswer(self.key)
 
     async def wait_info(self, seconds: float) -> ModelInfo | None:
         if self._discovery is not None and self.info is None:
