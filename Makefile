@@ -71,7 +71,7 @@ $(MODELS)/gama/model.yaml: | install
 models: install $(MODELS)/wav2vec2/model.yaml $(MODELS)/gama/model.yaml
 
 $(DATASET)/manifest.jsonl: | install
-	$(BIN)/router make-dataset --out $(DATASET)
+	$(BIN)/evaluation make-dataset --out $(DATASET)
 
 dataset: install $(DATASET)/manifest.jsonl
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from demo.stack import Stack
 from demo.story import run_story
-from router.offline.manifest import ManifestError
-from router.offline.runner import CompareError
+from evaluation.manifest import ManifestError
+from evaluation.runner import CompareError
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -12,11 +12,11 @@ import grpc
 
 from demo.stack import Stack
 from demo.traffic import TrafficStats, simulate_users
+from evaluation.compare import CompareOptions, compare
+from evaluation.manifest import load_manifest
 from gamaserving.router.v1 import router_pb2 as rpb
 from gamaserving.router.v1 import router_pb2_grpc as rpb_grpc
 from router.config import load_config
-from router.offline.compare import CompareOptions, compare
-from router.offline.manifest import load_manifest
 
 EXPERIMENT = "embed-gama"
 STEPS = 6

@@ -1,9 +1,14 @@
-"""Open Inference Protocol wire helpers shared by the model server and the router."""
+"""Open Inference Protocol wire helpers shared by the model server, the router and the offline
+evaluation: parameters, BYTES tensors, audio requests, and responses and metadata as plain
+objects."""
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from gamaserving.inference import grpc_predict_v2_pb2 as pb
 
@@ -49,3 +54,112 @@ def split_bytes(raw: bytes) -> list[bytes]:
 
 def join_bytes(items: list[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(b)) + b for b in items)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """From ModelMetadata: what quality checks and task routing need."""
+
+    name: str
+    version: str
+    tasks: frozenset[str]
+    embedding_size: int
+    labels: frozenset[str]
+
+
+@dataclass(frozen=True)
+class ModelOutput:
+    model_version: str = ""
+    text: str | None = None
+    labels: list[str] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    features: np.ndarray | None = None
+    queue_ms: float = 0.0
+    compute_ms: float = 0.0
+
+
+def audio_request(
+    model_name: str,
+    request_id: str,
+    task: str,
+    audio: bytes | None = None,
+    pcm_f32le: bytes | None = None,
+    sample_rate: int = 0,
+    prompt: str = "",
+) -> pb.ModelInferRequest:
+    """Audio as the model servers take it: an encoded file (AUDIO) or raw little-endian FP32
+    (WAVEFORM with `sample_rate`), PROMPT for describe, and the `task` parameter."""
+    out = pb.ModelInferRequest(model_name=model_name, id=request_id)
+    if audio is not None:
+        out.inputs.add(name="AUDIO", datatype="BYTES", shape=[1])
+        out.raw_input_contents.append(join_bytes([audio]))
+    else:
+        assert pcm_f32le is not None
+        out.inputs.add(name="WAVEFORM", datatype="FP32", shape=[1, len(pcm_f32le) // 4])
+        out.raw_input_contents.append(pcm_f32le)
+        out.parameters["sample_rate"].int64_param = sample_rate
+    if task == "describe":
+        out.inputs.add(name="PROMPT", datatype="BYTES", shape=[1])
+        out.raw_input_contents.append(join_bytes([prompt.encode()]))
+    out.parameters["task"].string_param = task
+    return out
+
+
+def _tensor(resp: pb.ModelInferResponse, index: int) -> np.ndarray | list[bytes]:
+    tensor = resp.outputs[index]
+    raw = resp.raw_output_contents[index] if resp.raw_output_contents else None
+    if tensor.datatype == "BYTES":
+        return split_bytes(raw) if raw is not None else list(tensor.contents.bytes_contents)
+    if raw is not None:
+        return np.frombuffer(raw, dtype="<f4")
+    return np.asarray(tensor.contents.fp32_contents, dtype=np.float32)
+
+
+def parse_response(resp: pb.ModelInferResponse) -> ModelOutput:
+    values = {t.name: _tensor(resp, i) for i, t in enumerate(resp.outputs)}
+    text = values.get("TEXT")
+    labels = values.get("LABELS")
+    scores = values.get("SCORES")
+    features = values.get("EMBEDDING")
+    timing = {k: v for k, v in params_dict(resp.parameters).items() if isinstance(v, int | float)}
+    return ModelOutput(
+        model_version=resp.model_version,
+        text=text[0].decode("utf-8", errors="replace") if isinstance(text, list) and text else None,
+        labels=[b.decode("utf-8", errors="replace") for b in labels]
+        if isinstance(labels, list)
+        else [],
+        scores=scores.tolist() if isinstance(scores, np.ndarray) else [],
+        features=features if isinstance(features, np.ndarray) else None,
+        queue_ms=float(timing.get("queue_ms", 0.0)),
+        compute_ms=float(timing.get("compute_ms", 0.0)),
+    )
+
+
+def parse_metadata(meta: pb.ModelMetadataResponse) -> ModelInfo:
+    params = params_dict(meta.parameters)
+    tasks = str(params.get("tasks") or "")
+    if not tasks:
+        # A server without our metadata extension: infer tasks from its outputs.
+        names = {o.name for o in meta.outputs}
+        inferred = {"embed"} if "EMBEDDING" in names else set()
+        inferred |= {"tag"} if "LABELS" in names else set()
+        inferred |= (
+            {"transcribe"}
+            if "TEXT" in names and "PROMPT" not in {i.name for i in meta.inputs}
+            else set()
+        )
+        inferred |= {"describe"} if "PROMPT" in {i.name for i in meta.inputs} else set()
+        tasks = ",".join(sorted(inferred))
+    size = params.get("embedding_size")
+    if not isinstance(size, int):
+        size = next(
+            (int(o.shape[-1]) for o in meta.outputs if o.name == "EMBEDDING" and o.shape), 0
+        )
+    labels = str(params.get("labels") or "")
+    return ModelInfo(
+        name=meta.name,
+        version=meta.versions[0] if meta.versions else "",
+        tasks=frozenset(t for t in tasks.split(",") if t),
+        embedding_size=max(int(size), 0),
+        labels=frozenset(label for label in labels.split(",") if label),
+    )

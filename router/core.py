@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
+from gamaserving.oip import ModelOutput, parse_response
 from gamaserving.telemetry.tracing import ChildSpan
 from router.backends.model import ModelBackend
-from router.backends.oip import infer_request, parse_response
+from router.backends.oip import infer_request
 from router.config import ExperimentSettings, RouterConfig, RouteSettings
 from router.errors import RouteError
 from router.experiments.assignment import Assignment, assign
@@ -24,7 +25,6 @@ from router.experiments.shadow import ShadowRunner, sampled
 from router.failover.circuit import State
 from router.failover.dispatch import Attempt, Dispatcher
 from router.metrics import RouterMetrics
-from router.outputs import ModelOutput
 from router.quality.tracker import AnomalyMonitor, QualityTracker
 from router.quality.trends import TrendTracker
 from router.quality.validators import Check

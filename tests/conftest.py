@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.processes import ServerProcess, modelserver
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -25,3 +28,17 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_tiny_wav2vec2(root / "wav2vec2-torch", runtime="torch")
     make_tiny_gama_served(root / "gama-release", root / "gama")
     return root
+
+
+@pytest.fixture(scope="session")
+def model_servers(
+    tiny_models: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, ServerProcess]]:
+    """`modelserver serve` processes for wav2vec2 and gama, shared by the router and evaluation
+    tests."""
+    logs = tmp_path_factory.mktemp("model-logs")
+    with (
+        modelserver(tiny_models / "wav2vec2", logs) as w2v,
+        modelserver(tiny_models / "gama", logs) as gama,
+    ):
+        yield {"wav2vec2": w2v, "gama": gama}

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from router.offline.dataset import make_dataset
+from evaluation.dataset import make_dataset
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,12 @@ import grpc
 from tenacity import AsyncRetrying, retry_if_exception_type
 
 from gamaserving.inference import grpc_predict_v2_pb2 as pb
+from gamaserving.oip import ModelInfo, parse_metadata
 from router.backends.endpoint import Endpoint
-from router.backends.oip import parse_metadata
 from router.backends.reconnect import reconnect_wait
 from router.config import ModelSettings
 from router.failover.budget import RetryBudget
 from router.failover.circuit import State
-from router.outputs import ModelInfo
 
 log = logging.getLogger(__name__)
 

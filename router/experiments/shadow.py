@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gamaserving.oip import ModelOutput
 from router.experiments.assignment import fnv1a32
-from router.outputs import ModelOutput
 
 log = logging.getLogger(__name__)
 

@@ -15,12 +15,12 @@ import grpc
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Tracer
 
+from gamaserving.oip import ModelOutput, parse_response
 from gamaserving.telemetry.tracing import ChildSpan, child_span, inject, record_status
 from router.backends.model import ModelBackend
-from router.backends.oip import MODEL_INFER, infer_request, parse_response
+from router.backends.oip import MODEL_INFER, infer_request
 from router.config import RouteSettings
 from router.errors import RouteError
-from router.outputs import ModelOutput
 from router.quality.validators import Check, validate
 from router.requests import RouteRequest
 

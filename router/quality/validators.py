@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gamaserving.oip import ModelInfo, ModelOutput
 from router.config import QualitySettings
-from router.outputs import ModelInfo, ModelOutput
 
 
 @dataclass(frozen=True)

@@ -1,34 +1,19 @@
-"""Router fixtures: real model-server processes (shared per session), fault-injecting model
-servers, and routers started in process on 127.0.0.1:0 from a written YAML file."""
+"""Router fixtures: routers started in process on 127.0.0.1:0 from a written YAML file (the
+shared model-server processes are in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import grpc
-import pytest
 import yaml
 
 from gamaserving.router.v1 import router_pb2 as rpb
 from gamaserving.router.v1 import router_pb2_grpc as rpb_grpc
 from router.server import RouterServer
-from tests.support.processes import ServerProcess, modelserver
-
-
-@pytest.fixture(scope="session")
-def model_servers(
-    tiny_models: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, ServerProcess]]:
-    """`modelserver serve` processes for wav2vec2 and gama, shared by the router tests."""
-    logs = tmp_path_factory.mktemp("model-logs")
-    with (
-        modelserver(tiny_models / "wav2vec2", logs) as w2v,
-        modelserver(tiny_models / "gama", logs) as gama,
-    ):
-        yield {"wav2vec2": w2v, "gama": gama}
 
 
 def base_config(endpoints: dict[str, list[str]], **routes: dict[str, Any]) -> dict[str, Any]:

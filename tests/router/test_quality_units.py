@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from gamaserving.oip import ModelInfo, ModelOutput
 from router.config import AnomalySettings, QualitySettings
-from router.outputs import ModelInfo, ModelOutput
 from router.quality.tracker import AnomalyMonitor, QualityTracker
 from router.quality.validators import validate
 

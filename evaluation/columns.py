@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from router.offline.manifest import Clip
-from router.offline.measures import (
+from evaluation.manifest import Clip
+from evaluation.measures import (
     char_edits,
     knn_predictions,
     macro_f1,
@@ -17,7 +17,7 @@ from router.offline.measures import (
     token_f1,
     word_edits,
 )
-from router.offline.store import SampleResult
+from evaluation.store import SampleResult
 
 HIGHER_IS_BETTER = frozenset({"accuracy", "macro_f1", "map", "knn_accuracy", "token_f1"})
 LATENCY_QUANTILES = {"latency_p50_ms": 50.0, "latency_p95_ms": 95.0, "latency_p99_ms": 99.0}

@@ -10,14 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from router.config import OfflineCriterion, RouterConfig
-from router.offline.analysis import default_criteria
-from router.offline.columns import evaluable
-from router.offline.manifest import Manifest
-from router.offline.render import render_html, render_markdown
-from router.offline.report import build_report
-from router.offline.runner import CompareError, Target, plan, run
-from router.offline.store import ResultStore
+from evaluation.analysis import default_criteria
+from evaluation.columns import evaluable
+from evaluation.criteria import OfflineCriterion, parse_criteria
+from evaluation.manifest import Manifest
+from evaluation.render import render_html, render_markdown
+from evaluation.report import build_report
+from evaluation.runner import CompareError, Target, plan, run
+from evaluation.store import ResultStore
+from router.config import RouterConfig
 
 STORE = "results.sqlite"
 
@@ -75,7 +76,7 @@ def criteria_and_baseline(options: CompareOptions) -> tuple[list[OfflineCriterio
     baseline = baseline or options.models[-1]
     if baseline not in options.models:
         raise CompareError(f"--baseline: {baseline!r} is not one of --models")
-    criteria = list(experiment.offline) if experiment and experiment.offline else []
+    criteria = parse_criteria(experiment.offline, experiment.name) if experiment else []
     return criteria or default_criteria(options.task), baseline
 
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from router.config import OfflineCriterion
-from router.offline.analysis import check_criterion, recommend
-from router.offline.columns import Columns
-from router.offline.measures import (
+from evaluation.analysis import check_criterion, recommend
+from evaluation.columns import Columns
+from evaluation.criteria import OfflineCriterion
+from evaluation.measures import (
     knn_predictions,
     mean_average_precision,
     normalise,

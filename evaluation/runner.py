@@ -12,14 +12,12 @@ from dataclasses import dataclass
 
 import grpc
 
+from evaluation.dataset import PROMPT
+from evaluation.manifest import Clip, Manifest
+from evaluation.store import MemoryUsage, ResultStore, SampleResult
 from gamaserving.inference import grpc_predict_v2_pb2 as pb
 from gamaserving.inference import grpc_predict_v2_pb2_grpc as pb_grpc
-from gamaserving.oip import params_dict
-from router.backends.oip import infer_request, parse_metadata, parse_response
-from router.offline.dataset import PROMPT
-from router.offline.manifest import Clip, Manifest
-from router.offline.store import MemoryUsage, ResultStore, SampleResult
-from router.requests import RouteRequest
+from gamaserving.oip import audio_request, params_dict, parse_metadata, parse_response
 
 TRANSCRIBE_PROMPT = "Transcribe the speech in this clip."
 _FATAL = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED)
@@ -105,17 +103,19 @@ async def plan(targets: list[Target], task: str, wait_s: float = 30.0) -> list[M
     return plans
 
 
-def _request(clip: Clip, audio: bytes, model: ModelPlan, asked: str) -> RouteRequest:
+def _request(
+    clip: Clip, audio: bytes, model: ModelPlan, asked: str, model_name: str
+) -> pb.ModelInferRequest:
     prompt = clip.prompt or PROMPT
     if model.task != asked:
         prompt = TRANSCRIBE_PROMPT
-    return RouteRequest(request_id=clip.id, task=model.task, audio=audio, prompt=prompt)
+    return audio_request(model_name, clip.id, model.task, audio=audio, prompt=prompt)
 
 
 async def _call(
     model: _Model, plan_: ModelPlan, clip: Clip, audio: bytes, asked: str, call_s: float
 ) -> SampleResult:
-    request = infer_request(plan_.target.model_name, _request(clip, audio, plan_, asked))
+    request = _request(clip, audio, plan_, asked, plan_.target.model_name)
     start = time.perf_counter()
     try:
         response = await model.stub.ModelInfer(request, timeout=call_s)

@@ -1,5 +1,5 @@
-"""`router make-dataset` and `router compare` as a user runs them: real processes against real
-model servers, including a run killed midway and resumed."""
+"""`evaluation make-dataset` and `evaluation compare` as a user runs them: real processes
+against real model servers, including a run killed midway and resumed."""
 
 from __future__ import annotations
 
@@ -14,19 +14,19 @@ from pathlib import Path
 
 import pytest
 
-from router.offline.dataset import espeak, make_dataset
+from evaluation.dataset import espeak, make_dataset
 from tests.support.processes import ServerProcess
 
 
-def _router(*args: str) -> list[str]:
-    return [sys.executable, "-m", "router.cli", *args]
+def _evaluation(*args: str) -> list[str]:
+    return [sys.executable, "-m", "evaluation", *args]
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dataset")
     done = subprocess.run(
-        _router("make-dataset", "--out", str(out), "--per-class", "10"),
+        _evaluation("make-dataset", "--out", str(out), "--per-class", "10"),
         capture_output=True,
         text=True,
         check=True,
@@ -42,7 +42,7 @@ def _compare(
     *extra: str,
     models: str = "gama,wav2vec2",
 ) -> list[str]:
-    return _router(
+    return _evaluation(
         "compare",
         "--dataset",
         str(manifest),
@@ -189,3 +189,13 @@ def test_transcription_comparison_scores_wer(
     kinds = w2v["edit_kinds"]
     assert sum(kinds.values()) > 0
     assert "per_clip_error" in report["comparisons"][0]["paired"]
+
+
+def test_router_compare_says_where_the_command_moved() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "router.cli", "compare", "--dataset", "x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "moved to `evaluation compare`" in done.stderr

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from router.config import OfflineCriterion
-from router.offline.analysis import check_criterion, model_summary, paired_tests, recommend
-from router.offline.columns import Columns, build_columns, evaluable
-from router.offline.manifest import Manifest
-from router.offline.store import ResultStore
+from evaluation.analysis import check_criterion, model_summary, paired_tests, recommend
+from evaluation.columns import Columns, build_columns, evaluable
+from evaluation.criteria import OfflineCriterion
+from evaluation.manifest import Manifest
+from evaluation.store import ResultStore
 
 
 class IncompleteRunError(Exception):

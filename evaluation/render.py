@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from router.offline.columns import Columns
+from evaluation.columns import Columns
 
 
 def _fmt(value: Any, digits: int = 4) -> str:

@@ -8,10 +8,10 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
-from router.config import OfflineCriterion
-from router.experiments.stats import mcnemar, paired_bootstrap, wilcoxon
-from router.offline.columns import HIGHER_IS_BETTER, LATENCY_QUANTILES, Columns
+from evaluation.columns import HIGHER_IS_BETTER, LATENCY_QUANTILES, Columns
+from evaluation.criteria import OfflineCriterion
 
 RESAMPLES = 1000
 SEED = 0
@@ -83,6 +83,45 @@ def model_summary(cols: Columns) -> dict[str, Any]:
     }
 
 
+def mcnemar(only_model: int, only_base: int) -> float:
+    """Exact McNemar: the discordant pairs against a fair coin."""
+    n = only_model + only_base
+    return float(stats.binomtest(only_model, n, 0.5).pvalue) if n else 1.0
+
+
+def wilcoxon(x: np.ndarray, y: np.ndarray) -> float:
+    """Two-sided signed-rank p-value (zero differences dropped, normal approximation)."""
+    if np.all(x == y):
+        return 1.0
+    result = stats.wilcoxon(x, y, zero_method="wilcox", correction=False, method="approx")
+    return float(result.pvalue)
+
+
+def paired_bootstrap(
+    x: np.ndarray, y: np.ndarray, alpha: float, resamples: int = RESAMPLES, seed: int = SEED
+) -> tuple[float, tuple[float, float]]:
+    """mean(x - y) and its percentile bootstrap interval, resampling pairs."""
+
+    def mean_difference(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+        return np.asarray(np.mean(a - b, axis=axis))
+
+    if np.all(x - y == (x - y)[0]):
+        d = float((x - y)[0])
+        return d, (d, d)  # no spread: scipy's bootstrap refuses a degenerate sample
+    result = stats.bootstrap(
+        (x, y),
+        mean_difference,
+        paired=True,
+        vectorized=True,
+        n_resamples=resamples,
+        confidence_level=1 - alpha,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    ci = result.confidence_interval
+    return float(np.mean(x - y)), (float(ci.low), float(ci.high))
+
+
 def paired_tests(model: Columns, base: Columns, alpha: float) -> dict[str, Any]:
     only_model = int(np.sum(model.correct & ~base.correct))
     only_base = int(np.sum(~model.correct & base.correct))
@@ -100,7 +139,7 @@ def paired_tests(model: Columns, base: Columns, alpha: float) -> dict[str, Any]:
     ):
         if len(x) < 2:
             continue
-        diff, (lo, hi) = paired_bootstrap(x, y, alpha=alpha, resamples=RESAMPLES, seed=SEED)
+        diff, (lo, hi) = paired_bootstrap(x, y, alpha)
         out[name] = {
             "mean_difference": diff,
             "ci": [lo, hi],

@@ -1,0 +1,1 @@
+"""Offline comparison on a labelled dataset: `evaluation compare` and `evaluation make-dataset`."""

@@ -1,1 +1,0 @@
-"""Offline comparison on a labelled dataset: `router compare` and `router make-dataset`."""
