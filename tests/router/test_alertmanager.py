@@ -15,6 +15,7 @@ import pytest
 from router.alerts.service import AlertService
 from router.alerts.settings import AlertingSettings, AlertRule
 from tests.router.conftest import base_config, live_router
+from tests.support.alert_signals import Signals
 from tests.support.alertmanager import alertmanager, binary
 from tests.support.fault_server import fault_server
 from tests.support.processes import free_port
@@ -46,14 +47,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class Signals:
-    def __init__(self) -> None:
-        self.values: dict[str, list[tuple[dict[str, str], float]]] = {}
-
-    def __call__(self, signal: str) -> list[tuple[dict[str, str], float]]:
-        return self.values.get(signal, [])
 
 
 def _notified(receiver: Receiver, name: str, status: str) -> bool:

@@ -18,6 +18,7 @@ from router.alerts.engine import AlertEngine, AlertState
 from router.alerts.service import AlertService
 from router.alerts.settings import AlertingSettings, AlertRule
 from tests.router.conftest import base_config, live_router
+from tests.support.alert_signals import Signals
 from tests.support.processes import free_port
 from tests.support.receiver import Receiver
 
@@ -28,16 +29,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class Signals:
-    """The engine's collaborator: values the test sets by hand."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, list[tuple[dict[str, str], float]]] = {}
-
-    def __call__(self, signal: str) -> list[tuple[dict[str, str], float]]:
-        return self.values.get(signal, [])
 
 
 RULES = [
