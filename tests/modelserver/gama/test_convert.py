@@ -183,4 +183,6 @@ def test_other_widths_convert_and_agree_with_the_release(tmp_path: Path) -> None
         lm = family.model.lm
         embeds = torch.cat([prefix, lm.get_input_embeddings()(ids)]).unsqueeze(0)
         got = lm(inputs_embeds=embeds).logits[0, -1].float()
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    # Within 1e-5 of the logits' range: these wider random weights give logits of tens,
+    # where float32 summation order (which varies with CPU threading) moves 1e-5 absolute.
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
