@@ -37,6 +37,9 @@ class CircuitBreakerSettings(_Strict):
     """How long an open circuit refuses calls before half-opening."""
     half_open_probes: int = Field(3, ge=1)
     """Calls let through when half-open; all must succeed to close."""
+    half_open_max_seconds: float = Field(30.0, gt=0)
+    """Half-open that has not closed or reopened within this long opens again (a probe whose
+    caller vanished without an outcome cannot hold the endpoint out of service)."""
 
 
 class RetryBudgetSettings(_Strict):

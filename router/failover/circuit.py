@@ -1,8 +1,14 @@
 """A count-based circuit breaker per endpoint (resilience4j's model), with an injected clock.
 
 CLOSED judges the last `window` calls: a failure rate or slow-call rate at or over its
-threshold opens it. OPEN refuses calls for `open_seconds`, then HALF_OPEN lets
-`half_open_probes` calls through: all succeed -> CLOSED, any fails -> OPEN again.
+threshold opens it. OPEN refuses calls for `open_seconds`; the first `allow()` after that
+half-opens it. HALF_OPEN lets `half_open_probes` calls through: all succeed -> CLOSED, any
+fails -> OPEN again. A probe permit taken and not used is given back with `release()`, and
+HALF_OPEN that has not decided within `half_open_max_seconds` opens again
+(resilience4j's `releasePermission` and `maxWaitDurationInHalfOpenState`), so a permit lost
+to a cancelled caller can never keep the endpoint out of service for good.
+
+Reading `state` never changes it: transitions happen only in `allow()` and `record()`.
 """
 
 from __future__ import annotations
@@ -33,33 +39,57 @@ class CircuitBreaker:
         self._on_change = on_change
         self._state = State.CLOSED
         self._window: deque[tuple[bool, bool]] = deque(maxlen=settings.window)
-        self._opened_at = 0.0
+        self._since = 0.0  # when the current state began
         self._probes_out = 0
         self._probes_ok = 0
 
     @property
     def state(self) -> State:
-        if (
-            self._state is State.OPEN
-            and self._clock() >= self._opened_at + self.settings.open_seconds
-        ):
-            self._move(State.HALF_OPEN)
         return self._state
 
+    @property
+    def probes_out(self) -> int:
+        """Half-open permits taken and not yet recorded or released."""
+        return self._probes_out
+
     def allow(self) -> bool:
-        """Whether a call may go now; in HALF_OPEN this takes one probe permit."""
-        state = self.state
-        if state is State.CLOSED:
+        """Whether a call may go now; in HALF_OPEN this takes one probe permit, which the
+        caller must settle with `record()` or give back with `release()`."""
+        now = self._clock()
+        if self._state is State.OPEN and now >= self._since + self.settings.open_seconds:
+            self._move(State.HALF_OPEN)
+        elif (
+            self._state is State.HALF_OPEN
+            and now >= self._since + self.settings.half_open_max_seconds
+        ):
+            self._open()
+        if self._state is State.CLOSED:
             return True
-        if state is State.HALF_OPEN and self._probes_out < self.settings.half_open_probes:
+        if self._state is State.HALF_OPEN and self._probes_out < self.settings.half_open_probes:
             self._probes_out += 1
             return True
         return False
 
+    def available(self) -> bool:
+        """Whether the endpoint is in service or about to be probed, without taking a permit
+        or moving (readiness asks this): only an OPEN circuit still waiting is out."""
+        if self._state is State.OPEN:
+            return self._clock() >= self._since + self.settings.open_seconds
+        return True
+
+    def admits(self) -> bool:
+        """Whether the circuit is CLOSED, without taking anything (for shadow copies, which
+        must never use a probe meant for real traffic)."""
+        return self._state is State.CLOSED
+
+    def release(self) -> None:
+        """Give back a permit from `allow()` whose call never produced an outcome."""
+        if self._state is State.HALF_OPEN and self._probes_out > self._probes_ok:
+            self._probes_out -= 1
+
     def record(self, success: bool, seconds: float) -> None:
         slow = seconds * 1000 >= self.settings.slow_call_ms
-        state = self.state
-        if state is State.HALF_OPEN:
+        if self._state is State.HALF_OPEN:
             if not success or slow:
                 self._open()
                 return
@@ -68,7 +98,7 @@ class CircuitBreaker:
                 self._window.clear()
                 self._move(State.CLOSED)
             return
-        if state is State.OPEN:
+        if self._state is State.OPEN:
             return  # a call that started before the circuit opened
         self._window.append((not success, slow))
         if len(self._window) < self.settings.min_calls:
@@ -80,11 +110,11 @@ class CircuitBreaker:
             self._open()
 
     def _open(self) -> None:
-        self._opened_at = self._clock()
         self._move(State.OPEN)
 
     def _move(self, state: State) -> None:
         old, self._state = self._state, state
+        self._since = self._clock()
         self._probes_out = self._probes_ok = 0
         if old is not state and self._on_change is not None:
             self._on_change(old, state)

@@ -100,13 +100,17 @@ class Dispatcher:
                         Attempt(backend.key, endpoint.target, "skipped", "circuit_open")
                     )
                     continue
+                # From here the permit is settled on every path: recorded with an outcome,
+                # or released when the call never happened or never finished.
                 if tried and not backend.budget.try_spend():
+                    endpoint.breaker.release()
                     attempts.append(
                         Attempt(backend.key, endpoint.target, "skipped", "retry_budget")
                     )
                     break
                 remaining = deadline - self._clock() - reserve
                 if remaining <= 0.001:
+                    endpoint.breaker.release()
                     attempts.append(Attempt(backend.key, endpoint.target, "skipped", "deadline"))
                     return self._give_up(req, attempts, marked, last_error)
                 timeout = min(backend.settings.timeout_ms / 1000, remaining / (len(chain) - index))
@@ -148,7 +152,9 @@ class Dispatcher:
                     last_error = RouteError(exc.code(), f"{backend.key}: {exc.details()}")
                     continue
                 except BaseException:
-                    span.end()  # cancelled by the caller: still close the span
+                    # Cancelled by the caller: no outcome to judge, so the permit goes back.
+                    endpoint.breaker.release()
+                    span.end()
                     raise
                 finally:
                     endpoint.in_flight -= 1

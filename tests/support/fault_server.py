@@ -43,6 +43,8 @@ class FaultyModel(pb_grpc.GRPCInferenceServiceServicer):
         self.delay = delay
         self.received = 0
         self.tasks: list[str] = []
+        self.arrived = asyncio.Event()
+        """Set by each ModelInfer as it arrives; clear it, then wait for the next one."""
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: object
@@ -67,6 +69,7 @@ class FaultyModel(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
         self.received += 1
+        self.arrived.set()
         task = str(param_value(request.parameters["task"]))
         self.tasks.append(task)
         mode = self.mode
