@@ -33,6 +33,42 @@ def _parser() -> argparse.ArgumentParser:
     fleet.add_argument(
         "--config", type=Path, required=True, help="the routers' configuration (arms, criteria)"
     )
+    rollout = sub.add_parser(
+        "rollout",
+        help="the rollout controller: decide ramps and rollbacks once, for the fleet",
+        description="Evaluate every experiment with `ramp` or `auto_rollback` from fleet-wide "
+        "statistics and write the coverage in force to the rollout state; or, with --pause, "
+        "--resume or --set, change one phase by hand and exit.",
+    )
+    rollout.add_argument("--config", type=Path, required=True, help="the routers' configuration")
+    source = rollout.add_mutually_exclusive_group()
+    source.add_argument("--prometheus", help="Prometheus base URL with every replica's metrics")
+    source.add_argument(
+        "--router",
+        action="append",
+        metavar="HOST:PORT",
+        help="a router replica's RouterAdmin (repeat for each replica); used without Prometheus",
+    )
+    rollout.add_argument("--admin-token-file", type=Path, help="RouterAdmin bearer token")
+    rollout.add_argument("--once", action="store_true", help="one evaluation round, then exit")
+    rollout.add_argument(
+        "--configmap",
+        metavar="[NAMESPACE/]NAME",
+        help="write the state to this ConfigMap through the Kubernetes API "
+        "(default: the configuration's rollout.state_file)",
+    )
+    rollout.add_argument(
+        "--metrics-port", type=int, default=None, help="serve the controller's /metrics here"
+    )
+    by_hand = rollout.add_mutually_exclusive_group()
+    by_hand.add_argument("--pause", metavar="EXPERIMENT", help="stop decisions for its phase")
+    by_hand.add_argument("--resume", metavar="EXPERIMENT", help="let the controller decide again")
+    by_hand.add_argument(
+        "--set",
+        metavar="EXPERIMENT=COVERAGE",
+        help="override the coverage in force (the phase is paused until --resume)",
+    )
+    rollout.add_argument("--reason", default="", help="recorded with a manual action")
     for moved in MOVED:
         sub.add_parser(moved, help=f"moved: `evaluation {moved}`")
     return parser
@@ -67,12 +103,18 @@ def _report(args: argparse.Namespace) -> int:
         print(f"router: no experiment {args.experiment!r} in {args.config}", file=sys.stderr)
         return 2
     try:
-        arms = fleet_arms(args.prometheus, args.experiment)
+        arms = fleet_arms(args.prometheus, args.experiment, settings.seed)
     except FleetError as exc:
         print(f"router: {exc}", file=sys.stderr)
         return 3
     print(json.dumps(as_json(report(settings, arms)), indent=2, default=float))
     return 0
+
+
+def _rollout(args: argparse.Namespace) -> int:
+    from router.rollout.cli import run
+
+    return run(args)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -97,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level)
     commands = {
         "report": _report,
+        "rollout": _rollout,
         "serve": _serve,
     }
     return commands[args.command](args)

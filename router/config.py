@@ -140,12 +140,14 @@ class ExperimentSettings(_Strict):
     alpha: float = Field(0.05, gt=0, lt=0.5)
     """Error rate of the intervals."""
     auto_rollback: bool = False
-    """On ROLL_BACK, set coverage to 0 at run time and raise an alert."""
+    """On ROLL_BACK over the fleet, the rollout controller sets this phase's coverage to 0 on
+    every replica (through the rollout state) and an alert is raised."""
     evaluation_seconds: float = Field(10.0, gt=0)
-    """How often the automatic rollback and the ramp evaluate."""
+    """How often the rollout controller evaluates this experiment."""
     ramp: list[float] = Field(default_factory=list)
-    """Coverage steps (e.g. [0.01, 0.05, 0.25, 0.5]), taken one at a time on healthy verdicts:
-    no failing guardrail, no ratio mismatch, and `min_samples` new requests per arm."""
+    """Coverage steps (e.g. [0.01, 0.05, 0.25, 0.5]) the rollout controller takes one at a
+    time on healthy fleet verdicts: no failing guardrail, no ratio mismatch, and
+    `min_samples` new requests per arm since the last step."""
 
     @model_validator(mode="after")
     def _arms(self) -> ExperimentSettings:
@@ -240,8 +242,18 @@ class TelemetrySettings(_Strict):
     """Port of /metrics (0 picks one); None turns it off. OTLP export follows OTEL_* variables."""
 
 
+class RolloutSettings(_Strict):
+    state_file: Path | None = None
+    """The rollout state (JSON) the rollout controller writes and every replica applies: the
+    coverage in force per experiment phase. In Kubernetes, the mounted ConfigMap
+    `router-rollout-state`. Required when an experiment has `ramp` or `auto_rollback`."""
+    poll_seconds: float = Field(1.0, gt=0)
+    """How often the state file is checked for changes."""
+
+
 class RouterConfig(_Strict):
     server: ServerSettings = ServerSettings()
+    rollout: RolloutSettings = RolloutSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     alerting: AlertingSettings = AlertingSettings()
     models: dict[str, ModelSettings] = Field(min_length=1)
@@ -257,6 +269,19 @@ class RouterConfig(_Strict):
             for path, model in self.model_references()
             if model not in self.models
         ]
+        if self.rollout.state_file is None:
+            governed = [
+                f"routes.{task}.experiment ({r.experiment.name})"
+                for task, r in self.routes.items()
+                if r.experiment is not None and (r.experiment.ramp or r.experiment.auto_rollback)
+            ]
+            if governed:
+                errors.append(
+                    "rollout.state_file: required, since "
+                    + ", ".join(governed)
+                    + " has ramp or auto_rollback: the rollout controller (`router rollout`) "
+                    "decides coverage for the fleet and writes it there"
+                )
         if errors:
             raise ValueError("; ".join(errors))
         return self

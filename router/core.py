@@ -1,26 +1,25 @@
-"""The router core, transport-free: a hot-swappable state (configuration and backends),
-assignment, dispatch with failover, quality bookkeeping and shadow copies."""
+"""The router core, transport-free: a hot-swappable state (configuration and backends) and
+request orchestration: assignment, dispatch with failover, the shadow copy. Experiment policy
+lives in router/experiments/policy.py, and every outcome is recorded by router/recorder.py."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 import grpc
-import numpy as np
 
-from gamaserving.oip import ModelOutput, parse_response
+from gamaserving.oip import ModelOutput
 from gamaserving.telemetry.tracing import ChildSpan
 from router.backends.model import ModelBackend
-from router.backends.oip import infer_request
 from router.config import ExperimentSettings, RouterConfig, RouteSettings
 from router.errors import RouteError
 from router.experiments.assignment import Assignment, assign
-from router.experiments.results import Report, ResultsCollector, report
+from router.experiments.policy import ExperimentPolicy
+from router.experiments.results import Report
 from router.experiments.shadow import ShadowRunner, sampled
 from router.failover.circuit import State
 from router.failover.dispatch import Attempt, Dispatcher
@@ -28,6 +27,7 @@ from router.metrics import RouterMetrics
 from router.quality.tracker import AnomalyMonitor, QualityTracker
 from router.quality.trends import TrendTracker
 from router.quality.validators import Check
+from router.recorder import Recorder, Routed, RouterStats
 from router.requests import RouteRequest
 
 log = logging.getLogger(__name__)
@@ -56,22 +56,6 @@ class RouteResult:
         return [c for c in self.checks if not c.passed]
 
 
-@dataclass
-class RouterStats:
-    requests: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
-    """(model, arm, task, outcome) -> count."""
-    fallbacks: Counter[str] = field(default_factory=Counter)
-    fallbacks_from: Counter[tuple[str, str]] = field(default_factory=Counter)
-    """(chosen model, reason) -> requests another model served."""
-    validated: Counter[str] = field(default_factory=Counter)
-    """model -> outputs validated."""
-    quality_failed: Counter[str] = field(default_factory=Counter)
-    """model -> outputs that failed at least one check."""
-    latencies: deque[tuple[float, str, float]] = field(default_factory=lambda: deque(maxlen=20_000))
-    """(time, model, ms) of recent requests, for latency percentiles over a window."""
-    circuit_changes: Counter[tuple[str, str, str]] = field(default_factory=Counter)
-
-
 def chain(route: RouteSettings, first: str) -> list[str]:
     """The chosen model, then the route's primary, then its fallbacks, each once."""
     return list(dict.fromkeys([first, route.primary, *route.fallbacks]))
@@ -81,33 +65,37 @@ class RouterCore:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.state: RouterState | None = None
         self.clock = clock
-        self.quality = QualityTracker()
-        self.anomalies: AnomalyMonitor | None = None
-        self.trends: TrendTracker | None = None
-        self.results = ResultsCollector()
-        # (experiment, seed) -> coverage set at run time by the automatic rollback.
-        self.coverage_overrides: dict[tuple[str, str], float] = {}
-        # (experiment, seed) -> requests per arm when the ramp last stepped.
-        self.ramp_marks: dict[tuple[str, str], dict[str, int]] = {}
+        self.policy = ExperimentPolicy()
+        self.recorder = Recorder(self.policy, clock)
         self.shadow = ShadowRunner()
-        self.stats = RouterStats()
-        self.dispatcher = Dispatcher(self._record_quality, clock)
-        self.metrics: RouterMetrics | None = None
+        self.shadow.on_outcome = self.recorder.shadow
+        self.dispatcher = Dispatcher(self.recorder.checked, clock)
+
+    # The recorder's bookkeeping, read by the admin API, alert signals and metrics.
+    @property
+    def stats(self) -> RouterStats:
+        return self.recorder.stats
+
+    @property
+    def quality(self) -> QualityTracker:
+        return self.recorder.quality
+
+    @property
+    def anomalies(self) -> AnomalyMonitor:
+        return self.recorder.anomalies
+
+    @property
+    def trends(self) -> TrendTracker:
+        return self.recorder.trends
+
+    @property
+    def metrics(self) -> RouterMetrics | None:
+        return self.recorder.metrics
 
     def attach_metrics(self, metrics: RouterMetrics) -> None:
-        self.metrics = metrics
+        self.recorder.metrics = metrics
         self.dispatcher.on_call = metrics.client_call
         self.shadow.on_agreement = metrics.agreement
-
-    def result_moments(self) -> dict[str, dict[str, dict[str, tuple[int, float, float]]]]:
-        """experiment -> arm -> metric -> (n, sum, sum of squares), for metric export."""
-        return {
-            e: {
-                a: {m: (x.n, x.total, x.squares) for m, x in r.metrics.items()}
-                for a, r in arms.items()
-            }
-            for e, arms in self.results.arms.items()
-        }
 
     def circuits(self) -> list[tuple[str, str, State, bool]]:
         """(model, endpoint, circuit state, serving) for every endpoint of the current state."""
@@ -135,7 +123,7 @@ class RouterCore:
                     settings,
                     config.server.max_message_bytes,
                     self.clock,
-                    self._circuit_changed,
+                    self.recorder.circuit_changed,
                 )
                 backend.start()
                 backends[key] = backend
@@ -156,8 +144,7 @@ class RouterCore:
         """Make (config, backends) current; returns the backends no longer used."""
         old = self.state
         self.state = RouterState(config, backends)
-        self.anomalies = self.anomalies or AnomalyMonitor(config.anomaly)
-        self.trends = self.trends or TrendTracker(config.trends)
+        self.recorder.configure(config.anomaly, config.trends)
         if old is None:
             return []
         kept = {id(b) for b in backends.values()}
@@ -178,6 +165,30 @@ class RouterCore:
                     return True
         return False
 
+    # -- experiments ---------------------------------------------------------------------------
+
+    def experiments(self) -> list[tuple[str, ExperimentSettings]]:
+        """(task, experiment) of every route that runs one."""
+        state = self.state
+        if state is None:
+            return []
+        return [(t, r.experiment) for t, r in sorted(state.config.routes.items()) if r.experiment]
+
+    def experiment(self, name: str) -> ExperimentSettings | None:
+        return next((e for _, e in self.experiments() if e.name == name), None)
+
+    def experiment_report(self, name: str, seed: str = "") -> Report | None:
+        settings = self.experiment(name)
+        return None if settings is None else self.policy.report(settings, seed or None)
+
+    def experiment_for(self, task: str) -> ExperimentSettings | None:
+        return next((e for t, e in self.experiments() if t == task), None)
+
+    def assignment(self, task: str, user_id: str) -> Assignment | None:
+        """The arm `user_id` gets now on `task`'s route, as `process` would assign it."""
+        e = self.experiment_for(task)
+        return None if e is None else assign(self.policy.effective(e), user_id)
+
     # -- requests ------------------------------------------------------------------------------
 
     async def process(self, req: RouteRequest, deadline: float | None) -> RouteResult:
@@ -197,63 +208,38 @@ class RouterCore:
         if route.experiment is not None:
             # Only experiments assign; a route without one gets no assignment span.
             with ChildSpan(self.dispatcher.tracer, "assign", attributes={"task": req.task}) as span:
-                assignment = assign(self.effective(route.experiment), req.user_id)
+                assignment = assign(self.policy.effective(route.experiment), req.user_id)
                 if assignment is not None:
                     span.set_attribute("experiment", assignment.experiment)
                     span.set_attribute("arm", assignment.arm)
         first = assignment.model if assignment else route.primary
         backends = [state.backends[key] for key in chain(route, first)]
-        arm = assignment.arm if assignment else ""
+
+        base = Routed(req.request_id, req.task, first, "", assignment, route.experiment, 0.0)
         try:
             outcome = await self.dispatcher.run(route, req, backends, deadline)
         except RouteError as exc:
-            self._count(first, arm, req.task, exc.code.name.lower(), started)
-            if assignment is not None and exc.code is not grpc.StatusCode.INVALID_ARGUMENT:
-                # The caller's own mistakes do not count against an arm.
-                latency = (self.clock() - started) * 1000
-                self.results.record(
-                    assignment.experiment, assignment.arm, latency, True, False, False
+            self.recorder.routed(
+                replace(
+                    base,
+                    latency_ms=(self.clock() - started) * 1000,
+                    error=exc.code.name.lower(),
+                    callers_fault=exc.code is grpc.StatusCode.INVALID_ARGUMENT,
                 )
+            )
             raise
         first_failure = next((a.reason for a in outcome.attempts if a.outcome != "ok"), "")
         fallback = outcome.model != first or outcome.attempts[0].outcome != "ok"
         reason = first_failure if fallback else ""
-        if assignment is not None and self.metrics is not None:
-            self.metrics.exposure(assignment.experiment, assignment.arm)
-        if outcome.model != first:
-            self.stats.fallbacks[reason] += 1
-            self.stats.fallbacks_from[(first, reason)] += 1
-            if self.metrics is not None:
-                self.metrics.fallback(reason, first, outcome.model)
-            log.warning(
-                "fallback %s -> %s (%s)",
-                first,
-                outcome.model,
-                reason,
-                extra={
-                    "event": "fallback",
-                    "request_id": req.request_id,
-                    "task": req.task,
-                    "from_model": first,
-                    "to_model": outcome.model,
-                    "reason": reason,
-                },
+        self.recorder.routed(
+            replace(
+                base,
+                served_by=outcome.model,
+                latency_ms=(self.clock() - started) * 1000,
+                fallback_reason=reason,
+                quality_failed=bool(outcome.failed_checks),
             )
-        outcome_label = "ok" if not outcome.failed_checks else "quality_failed"
-        self._count(outcome.model, arm, req.task, outcome_label, started)
-        latency_ms = (self.clock() - started) * 1000
-        self.stats.latencies.append((self.clock(), outcome.model, latency_ms))
-        if self.trends is not None:
-            self.trends.record(first, outcome.model, latency_ms, not outcome.failed_checks)
-        if assignment is not None:
-            self.results.record(
-                assignment.experiment,
-                assignment.arm,
-                latency_ms,
-                False,
-                outcome.model != first,
-                bool(outcome.failed_checks),
-            )
+        )
         shadowed = self._maybe_shadow(state, route, req, outcome.model, outcome.output)
         return RouteResult(
             output=outcome.output,
@@ -266,84 +252,6 @@ class RouterCore:
             model_ms=outcome.model_ms,
             total_ms=(self.clock() - started) * 1000,
         )
-
-    def effective(self, experiment: ExperimentSettings) -> ExperimentSettings:
-        """The experiment as configured, or with the coverage the automatic rollback set."""
-        override = self.coverage_overrides.get((experiment.name, experiment.seed))
-        return (
-            experiment if override is None else experiment.model_copy(update={"coverage": override})
-        )
-
-    def experiment(self, name: str) -> ExperimentSettings | None:
-        state = self.state
-        if state is None:
-            return None
-        return next(
-            (
-                r.experiment
-                for r in state.config.routes.values()
-                if r.experiment and r.experiment.name == name
-            ),
-            None,
-        )
-
-    def experiment_report(self, name: str) -> Report | None:
-        settings = self.experiment(name)
-        return None if settings is None else report(settings, self.results.arms.get(name, {}))
-
-    def rolled_back(self, experiment: ExperimentSettings) -> bool:
-        return self.coverage_overrides.get((experiment.name, experiment.seed)) == 0.0
-
-    def advance_ramps(self) -> list[tuple[str, float]]:
-        """Take the next ramp step of every healthy experiment; returns (name, new coverage)."""
-        state = self.state
-        moved: list[tuple[str, float]] = []
-        for route in state.config.routes.values() if state else []:
-            e = route.experiment
-            if e is None or not e.ramp or self.rolled_back(e):
-                continue
-            key = (e.name, e.seed)
-            current = self.effective(e).coverage
-            nxt = next((step for step in e.ramp if step > current), None)
-            if nxt is None:
-                continue
-            result = report(e, self.results.arms.get(e.name, {}))
-            since = self.ramp_marks.get(key, {})
-            fresh = all(result.counts[a] - since.get(a, 0) >= e.min_samples for a in result.counts)
-            healthy = result.verdict != "ROLL_BACK" and result.srm_p_value >= 0.001
-            if healthy and fresh:
-                self.coverage_overrides[key] = nxt
-                self.ramp_marks[key] = dict(result.counts)
-                log.info(
-                    "experiment %s ramped to coverage %g",
-                    e.name,
-                    nxt,
-                    extra={"event": "ramp", "experiment": e.name, "coverage": nxt},
-                )
-                moved.append((e.name, nxt))
-        return moved
-
-    def auto_rollback(self) -> list[str]:
-        """Roll back every experiment whose guardrails fail and that asks for it; returns names."""
-        state = self.state
-        done: list[str] = []
-        if state is None:
-            return done
-        for route in state.config.routes.values():
-            e = route.experiment
-            if e is None or not e.auto_rollback or self.rolled_back(e):
-                continue
-            result = report(e, self.results.arms.get(e.name, {}))
-            if result.verdict == "ROLL_BACK":
-                self.coverage_overrides[(e.name, e.seed)] = 0.0
-                log.error(
-                    "experiment %s rolled back: %s",
-                    e.name,
-                    "; ".join(result.reasons),
-                    extra={"event": "rollback", "experiment": e.name, "reasons": result.reasons},
-                )
-                done.append(e.name)
-        return done
 
     def _maybe_shadow(
         self,
@@ -363,61 +271,11 @@ class RouterCore:
         backend = state.backends[shadow.model]
 
         async def call() -> ModelOutput:
-            for endpoint in backend.ordered():
-                if endpoint.serving:
-                    response = await endpoint.stub.ModelInfer(
-                        infer_request(backend.server_name, req), timeout=shadow.timeout_ms / 1000
-                    )
-                    return parse_response(response)
-            raise RouteError(
-                grpc.StatusCode.UNAVAILABLE, f"shadow {shadow.model} has no serving endpoint"
+            return await self.dispatcher.shadow(
+                backend, req, self.clock() + shadow.timeout_ms / 1000, served_by
             )
 
         return self.shadow.submit(served_by, served, shadow.model, shadow.max_concurrency, call)
-
-    def _count(
-        self, model: str, arm: str, task: str, outcome: str, started: float | None = None
-    ) -> None:
-        self.stats.requests[(model, arm, task, outcome)] += 1
-        if self.metrics is not None:
-            seconds = None if started is None else self.clock() - started
-            self.metrics.request(model, arm, task, outcome, seconds)
-
-    def _record_quality(
-        self, model: str, output: ModelOutput, checks: list[Check], latency_ms: float
-    ) -> None:
-        self.quality.record(model, checks)
-        self.stats.validated[model] += 1
-        if any(not c.passed for c in checks):
-            self.stats.quality_failed[model] += 1
-        if self.metrics is not None:
-            for check in checks:
-                if not check.passed:
-                    self.metrics.quality_failure(model, check.name)
-        if self.anomalies is None:
-            return
-        signals = {"latency_ms": latency_ms}
-        if output.features is not None and output.features.size:
-            signals["embedding_norm"] = float(np.linalg.norm(output.features))
-        if output.scores:
-            signals["top_score"] = float(output.scores[0])
-        for signal, value in signals.items():
-            if (
-                self.anomalies.observe(model, signal, value) is not None
-                and self.metrics is not None
-            ):
-                self.metrics.anomaly(model, signal)
-
-    def _circuit_changed(self, model: str, target: str, old: State, new: State) -> None:
-        self.stats.circuit_changes[(model, target, new.value)] += 1
-        log.warning(
-            "circuit %s %s: %s -> %s",
-            model,
-            target,
-            old.value,
-            new.value,
-            extra={"event": "circuit", "model": model, "endpoint": target, "state": new.value},
-        )
 
     async def close(self) -> None:
         await self.shadow.drain()

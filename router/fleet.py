@@ -1,5 +1,6 @@
 """`router report --prometheus URL --experiment NAME`: the experiment report for a whole fleet,
-from the per-arm sufficient statistics Prometheus has summed over every router replica."""
+from the per-arm sufficient statistics Prometheus has summed over every router replica, for
+the phase (seed) now configured."""
 
 from __future__ import annotations
 
@@ -31,11 +32,15 @@ def _query(base: str, expr: str, timeout: float) -> list[dict[str, Any]]:
     return list(body["data"]["result"])
 
 
-def fleet_arms(prometheus: str, experiment: str, timeout: float = 10.0) -> dict[str, ArmResults]:
+def fleet_arms(
+    prometheus: str, experiment: str, seed: str, timeout: float = 10.0
+) -> dict[str, ArmResults]:
+    """One phase's per-arm statistics, summed over every replica Prometheus scrapes."""
     values: dict[tuple[str, str], list[float]] = {}
-    selector = json.dumps(experiment)  # a quoted, escaped label value
+    # Quoted, escaped label values.
+    selector = f"experiment={json.dumps(experiment)},seed={json.dumps(seed)}"
     for index, series in enumerate(SERIES):
-        metric = f"gamaserving_router_experiment_{series}_total{{experiment={selector}}}"
+        metric = f"gamaserving_router_experiment_{series}_total{{{selector}}}"
         expr = f"sum by (arm, metric) ({metric})"
         for item in _query(prometheus, expr, timeout):
             key = (item["metric"].get("arm", ""), item["metric"].get("metric", ""))

@@ -12,8 +12,8 @@ from router.failover.circuit import State
 
 StateSource = Callable[[], list[tuple[str, str, State, bool]]]
 Gauge = Callable[[], int]
-# experiment -> arm -> metric -> (n, sum, sum of squares)
-ResultsSource = Callable[[], dict[str, dict[str, dict[str, tuple[int, float, float]]]]]
+# (experiment, seed) -> arm -> metric -> (n, sum, sum of squares)
+ResultsSource = Callable[[], dict[tuple[str, str], dict[str, dict[str, tuple[int, float, float]]]]]
 
 
 class RouterMetrics:
@@ -56,6 +56,12 @@ class RouterMetrics:
             "{request}",
             "Requests refused over the in-flight limit",
             (),
+        )
+        self._shadows = telemetry.tally(
+            "gamaserving.router.shadow.requests",
+            "{request}",
+            "Shadow copies by primary model, shadow model and outcome (ok, failed, dropped)",
+            ("primary_model", "shadow_model", "outcome"),
         )
         self._agreement = telemetry.histogram(
             "gamaserving.router.shadow.agreement",
@@ -126,8 +132,10 @@ class RouterMetrics:
         def moments(index: int) -> Callable[[CallbackOptions], list[Observation]]:
             def observe(_: CallbackOptions) -> list[Observation]:
                 return [
-                    Observation(values[index], {"experiment": e, "arm": a, "metric": m})
-                    for e, arms in results().items()
+                    Observation(
+                        values[index], {"experiment": e, "seed": seed, "arm": a, "metric": m}
+                    )
+                    for (e, seed), arms in results().items()
                     for a, metrics in arms.items()
                     for m, values in metrics.items()
                 ]
@@ -147,7 +155,7 @@ class RouterMetrics:
                 f"gamaserving.router.experiment.{name}",
                 [moments(index)],
                 unit="1",
-                description=f"{what} per experiment, arm and metric",
+                description=f"{what} per experiment phase (seed), arm and metric",
             )
         meter.create_observable_up_down_counter(
             "gamaserving.router.in_flight",
@@ -180,6 +188,9 @@ class RouterMetrics:
 
     def shed(self) -> None:
         self._shed.add()
+
+    def shadow(self, primary: str, shadow: str, outcome: str) -> None:
+        self._shadows.add(primary, shadow, outcome)
 
     def agreement(self, primary: str, shadow: str, measure: str, value: float) -> None:
         self._agreement.record(value, primary, shadow, measure)

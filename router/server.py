@@ -34,6 +34,8 @@ from router.backends.model import ModelBackend
 from router.config import ConfigError, RouterConfig, load_config
 from router.core import RouterCore
 from router.metrics import RouterMetrics
+from router.rollout.state import StateError, parse_state
+from router.rollout.store import FileStore, state_path
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,7 @@ class RouterServer:
         self.tracing: Tracing | None = None
         self.metrics_port = 0
         self.reload_failures = 0
+        self._rollout_digest = ""
 
     async def _load(self, config: RouterConfig) -> list[str]:
         """Build backends for `config`, check tasks against ModelMetadata, swap if clean."""
@@ -111,6 +114,10 @@ class RouterServer:
             raise StartupError(str(exc)) from exc
         self._digest = self._file_digest()
         errors = await self._load(config)
+        if not errors and not self.apply_rollout():
+            # No last good state to keep at start: serving the configured coverage instead
+            # would move users between arms, so refuse to start (other replicas keep serving).
+            errors = [f"rollout.state_file: {self.core.policy.state_error}"]
         if errors:
             await self.core.close()
             raise StartupError(
@@ -141,7 +148,7 @@ class RouterServer:
                 self.telemetry,
                 self.core.circuits,
                 lambda: admission.in_flight,
-                self.core.result_moments,
+                self.core.policy.moments,
             )
             self.core.attach_metrics(metrics)
             admission.on_shed = metrics.shed
@@ -194,7 +201,7 @@ class RouterServer:
             self.alerts = AlertService(config.alerting, signals.sample, port=self.port)
             self.alerts.start()
         self._tasks = [
-            loop.create_task(self._rollback_watch(), name="auto-rollback"),
+            loop.create_task(self._watch_rollout(), name="rollout-watch"),
             loop.create_task(self._follow_backends(), name="readiness"),
             loop.create_task(self._watch_file(s.reload_poll_seconds), name="config-watch"),
         ]
@@ -214,19 +221,41 @@ class RouterServer:
             await self._publish_readiness()
             await asyncio.sleep(0.1)
 
-    async def _rollback_watch(self) -> None:
-        """Automatic rollback and ramps, at the pace the experiments ask for."""
+    def _rollout_store(self) -> FileStore | None:
+        state = self.core.state
+        configured = state.config.rollout.state_file if state else None
+        return None if configured is None else FileStore(state_path(configured, self.config_path))
+
+    def apply_rollout(self) -> bool:
+        """Read the rollout state file and apply it; a bad one keeps the last good state."""
+        store = self._rollout_store()
+        if store is None:
+            return True
+        try:
+            text = store.path.read_bytes()
+        except FileNotFoundError:
+            text = b""
+        except OSError as exc:
+            self.core.policy.reject(f"{store.path}: cannot read: {exc.strerror}")
+            return False
+        digest = hashlib.sha256(text).hexdigest()
+        if digest == self._rollout_digest:
+            return not self.core.policy.state_error
+        try:
+            state = parse_state(text.decode(errors="replace"), str(store.path))
+        except StateError as exc:
+            self.core.policy.reject(str(exc))
+            return False
+        self._rollout_digest = digest
+        self.core.policy.apply(state)
+        return True
+
+    async def _watch_rollout(self) -> None:
+        """The coverage in force follows the rollout state file, like the configuration."""
         while True:
             state = self.core.state
-            periods = [
-                r.experiment.evaluation_seconds
-                for r in (state.config.routes.values() if state else [])
-                if r.experiment is not None and (r.experiment.auto_rollback or r.experiment.ramp)
-            ]
-            await asyncio.sleep(min(periods, default=1.0))
-            if periods:
-                self.core.auto_rollback()
-                self.core.advance_ramps()
+            await asyncio.sleep(state.config.rollout.poll_seconds if state else 1.0)
+            self.apply_rollout()
 
     def _file_digest(self) -> str:
         try:
@@ -260,6 +289,8 @@ class RouterServer:
             )
             return False
         self.reloads += 1
+        self._rollout_digest = ""  # the state file may have moved with the configuration
+        self.apply_rollout()
         log.info("configuration reloaded", extra={"event": "reload"})
         await self._publish_readiness()
         return True

@@ -19,6 +19,8 @@ Signal = Literal[
     "latency_p95_ms",
     "config_reload_failures",
     "experiment_rolled_back",
+    "experiment_ramped",
+    "rollout_state_invalid",
 ]
 
 
@@ -131,13 +133,28 @@ BUILT_IN_RULES = [
         for_seconds=60,
         summary="p95 routing latency of {model} at {value:.0f} ms",
     ),
-    # Router-only: the rollback is decided on a replica (Prometheus sees no such condition).
+    # The rollout controller decides; each replica raises what the state it applies shows,
+    # and Prometheus raises the same from the controller's own metrics.
     AlertRule(
         name="ExperimentRolledBack",
         signal="experiment_rolled_back",
         threshold=0.5,
         severity="critical",
         summary="experiment {experiment} was rolled back: its guardrails failed",
+    ),
+    AlertRule(
+        name="ExperimentRamped",
+        signal="experiment_ramped",
+        threshold=0.5,
+        severity="info",
+        summary="experiment {experiment} ramped to its next coverage step",
+    ),
+    AlertRule(
+        name="RolloutStateInvalid",
+        signal="rollout_state_invalid",
+        threshold=0.5,
+        severity="warning",
+        summary="the rollout state file cannot be applied; the last good one is in force",
     ),
     AlertRule(
         name="ConfigReloadFailed",

@@ -128,14 +128,23 @@ class Signals:
         return out
 
     def _experiment_rolled_back(self) -> list[Sample]:
-        state = self.core.state
-        if state is None:
-            return []
+        policy = self.core.policy
         return [
-            ({"experiment": r.experiment.name}, float(self.core.rolled_back(r.experiment)))
-            for r in state.config.routes.values()
-            if r.experiment is not None
+            ({"experiment": e.name}, float(policy.rolled_back(e)))
+            for _, e in self.core.experiments()
         ]
+
+    def _experiment_ramped(self) -> list[Sample]:
+        """1 for the window after the rollout state shows a ramp step of the current phase."""
+        policy, since = self.core.policy, self.clock() - self.window
+        out: list[Sample] = []
+        for _, e in self.core.experiments():
+            last = policy.last(e, "ramp")
+            out.append(({"experiment": e.name}, float(last is not None and last.at >= since)))
+        return out
+
+    def _rollout_state_invalid(self) -> list[Sample]:
+        return [({}, float(bool(self.core.policy.state_error)))]
 
     def _config_reload_failures(self) -> list[Sample]:
         return [({}, float(self._reloads.delta().get("failed", 0)))]

@@ -15,11 +15,13 @@ from gamaserving.router.v1 import router_pb2 as rpb
 from gamaserving.router.v1 import router_pb2_grpc as rpb_grpc
 from router.alerts.engine import Alert
 from router.alerts.service import AlertService
-from router.api.convert import TASK_ENUMS, process_response, route_request
+from router.api.convert import TASK_ENUMS, TASKS, process_response, route_request
 from router.core import RouterCore
 from router.errors import RouteError
 
 log = logging.getLogger(__name__)
+
+MAX_ASSIGNMENTS = 10_000
 
 
 class Admission:
@@ -122,23 +124,49 @@ class RouterAdminServicer(rpb_grpc.RouterAdminServicer):
         self, request: rpb.ListExperimentsRequest, context: Any
     ) -> rpb.ListExperimentsResponse:
         response = rpb.ListExperimentsResponse()
-        state = self.core.state
-        if state is None:
-            return response
-        for task, route in sorted(state.config.routes.items()):
-            e = route.experiment
-            if e is None:
-                continue
+        for task, e in self.core.experiments():
+            in_force = self.core.policy.in_force(e)
+            phase = in_force.phase
             item = response.experiments.add(
                 name=e.name,
                 task=TASK_ENUMS[task],
                 seed=e.seed,
-                coverage=self.core.effective(e).coverage,
+                coverage=in_force.coverage,
+                coverage_source=in_force.source,
+                rollout_status=phase.status if phase else "",
+                rollout_paused=bool(phase and phase.paused),
+                phases=self.core.policy.results.phases(e.name),
             )
             for arm in e.arms:
                 item.arms.add(name=arm.name, model=arm.model, weight=arm.weight)
             if e.shadow:
                 item.shadow_model, item.shadow_percent = e.shadow.model, e.shadow.percent
+        return response
+
+    @grpc_errors
+    async def GetAssignment(
+        self, request: rpb.GetAssignmentRequest, context: Any
+    ) -> rpb.GetAssignmentResponse:
+        task = TASKS.get(request.task)
+        if task is None:
+            raise RouteError(grpc.StatusCode.INVALID_ARGUMENT, "task is required")
+        if len(request.user_ids) > MAX_ASSIGNMENTS:
+            raise RouteError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{len(request.user_ids)} user ids; ask for at most {MAX_ASSIGNMENTS} at a time",
+            )
+        e = self.core.experiment_for(task)
+        if e is None:
+            raise RouteError(grpc.StatusCode.NOT_FOUND, f"the {task} route runs no experiment")
+        response = rpb.GetAssignmentResponse(coverage=self.core.policy.in_force(e).coverage)
+        for user in request.user_ids:
+            a = self.core.assignment(task, user)
+            response.assignments.add(
+                user_id=user,
+                experiment=e.name,
+                arm=a.arm if a else "",
+                model=a.model if a else "",
+            )
         return response
 
     async def GetQualityReport(
@@ -192,20 +220,30 @@ class RouterAdminServicer(rpb_grpc.RouterAdminServicer):
                 grpc.StatusCode.INVALID_ARGUMENT, "experiment is required (see ListExperiments)"
             )
         settings = self.core.experiment(request.experiment)
-        result = self.core.experiment_report(request.experiment)
-        if settings is None or result is None:
+        if settings is None:
             raise RouteError(
                 grpc.StatusCode.NOT_FOUND,
                 f"no experiment {request.experiment!r} in the configuration",
             )
+        seed = request.seed or settings.seed
+        policy = self.core.policy
+        result = policy.report(settings, seed)
+        phase = policy.rollout.phase(settings.name, seed)
         response = rpb.GetExperimentReportResponse(
             experiment=result.experiment,
             verdict=result.verdict,
             reasons=result.reasons,
             srm_p_value=result.srm_p_value,
-            rolled_back=self.core.rolled_back(settings),
+            rolled_back=phase is not None and phase.status == "rolled_back",
             control_arm=result.control,
+            seed=seed,
+            current_phase=seed == settings.seed,
         )
+        for arm_name, arm_results in sorted(policy.arms(settings, seed).items()):
+            for metric, m in arm_results.metrics.items():
+                response.moments.add(
+                    arm=arm_name, metric=metric, n=m.n, sum=m.total, sum_squares=m.squares
+                )
         for arm in settings.arms:
             response.arms.add(
                 name=arm.name, model=arm.model, weight=arm.weight, count=result.counts[arm.name]

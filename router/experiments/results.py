@@ -5,7 +5,6 @@ verdict with its reasons."""
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 from router.config import Criterion, ExperimentSettings
@@ -36,20 +35,47 @@ class ArmResults:
             self.metrics[name] = Moments(m.n + 1, m.total + value, m.squares + value * value)
 
 
+PhaseKey = tuple[str, str]
+"""(experiment, seed): results of one phase never mix with another's."""
+
+
 class ResultsCollector:
-    def __init__(self) -> None:
-        self.arms: dict[str, dict[str, ArmResults]] = defaultdict(lambda: defaultdict(ArmResults))
+    """Per-arm results per phase. The newest `keep` phases of each experiment stay readable
+    (the previous one until the router restarts, in practice)."""
+
+    def __init__(self, keep: int = 4) -> None:
+        self.keep = keep
+        self.arms: dict[PhaseKey, dict[str, ArmResults]] = {}
+
+    def phase(self, experiment: str, seed: str) -> dict[str, ArmResults]:
+        """The phase's results, read-only: an unknown phase reads as empty."""
+        return self.arms.get((experiment, seed), {})
+
+    def phases(self, experiment: str) -> list[str]:
+        """Seeds with results, newest first."""
+        return [seed for e, seed in reversed(self.arms) if e == experiment]
 
     def record(
         self,
         experiment: str,
+        seed: str,
         arm: str,
         latency_ms: float,
         error: bool,
         fallback: bool,
         quality_failed: bool,
     ) -> None:
-        self.arms[experiment][arm].add(latency_ms, error, fallback, quality_failed)
+        key = (experiment, seed)
+        arms = self.arms.get(key)
+        if arms is None:
+            arms = self.arms[key] = {}
+            older = [k for k in self.arms if k[0] == experiment][: -self.keep]
+            for k in older:
+                del self.arms[k]
+        results = arms.get(arm)
+        if results is None:
+            results = arms[arm] = ArmResults()
+        results.add(latency_ms, error, fallback, quality_failed)
 
 
 @dataclass(frozen=True)

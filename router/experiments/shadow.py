@@ -74,6 +74,8 @@ class ShadowRunner:
     def __init__(self) -> None:
         self.stats: dict[tuple[str, str], AgreementStats] = defaultdict(AgreementStats)
         self.on_agreement: Callable[[str, str, str, float], None] | None = None
+        self.on_outcome: Callable[[str, str, str], None] | None = None
+        """(primary, shadow, outcome: ok, failed or dropped), counted under their own labels."""
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -90,6 +92,7 @@ class ShadowRunner:
         stats = self.stats[(primary, shadow)]
         if slots.locked():
             stats.dropped += 1
+            self._outcome(primary, shadow, "dropped")
             return False
         task = asyncio.get_running_loop().create_task(
             self._run(slots, stats, served, call, (primary, shadow))
@@ -111,8 +114,10 @@ class ShadowRunner:
                 shadow = await call()
             except Exception as exc:
                 stats.failed += 1
+                self._outcome(*pair, "failed")
                 log.debug("shadow call failed: %s", exc)
                 return
+        self._outcome(*pair, "ok")
         measures = {
             "label_agreement": label_agreement(served, shadow),
             "embedding_cosine": embedding_cosine(served, shadow),
@@ -123,6 +128,10 @@ class ShadowRunner:
             for name, value in measures.items():
                 if value is not None:
                     self.on_agreement(*pair, name, value)
+
+    def _outcome(self, primary: str, shadow: str, outcome: str) -> None:
+        if self.on_outcome is not None:
+            self.on_outcome(primary, shadow, outcome)
 
     async def drain(self) -> None:
         if self._tasks:

@@ -190,6 +190,68 @@ class Dispatcher:
                 return Outcome(output, backend.key, checks, seconds * 1000, attempts)
         return self._give_up(req, attempts, marked, last_error)
 
+    async def shadow(
+        self, backend: ModelBackend, req: RouteRequest, deadline: float, primary: str
+    ) -> ModelOutput:
+        """A shadow copy: one attempt on the first endpoint that is serving with a CLOSED
+        circuit, in a span of its own. It takes no half-open probe, spends no retry budget and
+        records nothing in any breaker, so a failing shadow never changes how real traffic
+        is routed."""
+        # Started from the request's context even though its span has ended by now (the copy
+        # runs after the answer): the sampler follows the request's sampled flag.
+        outer = self.tracer.start_span(
+            "shadow", attributes={"model": backend.key, "shadow.primary_model": primary}
+        )
+        try:
+            output = await self._shadow_attempt(backend, req, deadline, outer)
+            outer.set_attribute("shadow.outcome", "ok")
+            return output
+        except RouteError as exc:
+            outer.set_attribute("shadow.outcome", REASONS.get(exc.code, "failed"))
+            record_status(outer, exc.code)
+            raise
+        finally:
+            outer.end()
+
+    async def _shadow_attempt(
+        self, backend: ModelBackend, req: RouteRequest, deadline: float, outer: trace.Span
+    ) -> ModelOutput:
+        for endpoint in backend.ordered():
+            if not endpoint.serving or not endpoint.breaker.admits():
+                continue
+            timeout = deadline - self._clock()
+            if timeout <= 0.001:
+                raise RouteError(grpc.StatusCode.DEADLINE_EXCEEDED, "shadow deadline passed")
+            span = self.tracer.start_span(
+                "attempt",
+                context=trace.set_span_in_context(outer),
+                kind=SpanKind.CLIENT,
+                attributes={
+                    "model": backend.key,
+                    "server.address": endpoint.target,
+                    "rpc.method": MODEL_INFER,
+                    "attempt.role": "shadow",
+                    "attempt.timeout_ms": round(timeout * 1000, 1),
+                },
+            )
+            try:
+                response = await endpoint.stub.ModelInfer(
+                    infer_request(backend.server_name, req),
+                    timeout=timeout,
+                    metadata=inject(span),
+                )
+                record_status(span, None)
+            except grpc.aio.AioRpcError as exc:
+                record_status(span, exc.code())
+                raise RouteError(exc.code(), f"shadow {backend.key}: {exc.details()}") from None
+            finally:
+                span.end()
+            return parse_response(response)
+        raise RouteError(
+            grpc.StatusCode.UNAVAILABLE,
+            f"shadow {backend.key} has no serving endpoint with a closed circuit",
+        )
+
     @staticmethod
     def _skip(model: str, target: str, reason: str) -> Attempt:
         trace.get_current_span().add_event(

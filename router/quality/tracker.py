@@ -101,6 +101,12 @@ class AnomalyMonitor:
         self.detectors: dict[tuple[str, str], EwmaDetector] = {}
         self.anomalies: deque[Anomaly] = deque(maxlen=history)
 
+    def reconfigure(self, settings: AnomalySettings) -> None:
+        """New thresholds from a reload; the learned baselines are kept."""
+        self.settings = settings
+        for detector in self.detectors.values():
+            detector.s = settings
+
     def observe(self, model: str, signal: str, value: float) -> Anomaly | None:
         if not math.isfinite(value):
             return None

@@ -59,6 +59,12 @@ class TrendTracker:
         self.clock = clock
         self.buckets: dict[str, dict[int, _Bucket]] = defaultdict(dict)
 
+    def reconfigure(self, settings: TrendSettings) -> None:
+        """New settings from a reload; buckets of another width cannot be kept."""
+        if settings.bucket_seconds != self.settings.bucket_seconds:
+            self.buckets.clear()
+        self.settings = settings
+
     def _bucket(self, model: str) -> _Bucket:
         index = int(self.clock() // self.settings.bucket_seconds)
         per_model = self.buckets[model]

@@ -400,14 +400,30 @@ class Experiment(_message.Message):
     ARMS_FIELD_NUMBER: _builtins.int
     SHADOW_MODEL_FIELD_NUMBER: _builtins.int
     SHADOW_PERCENT_FIELD_NUMBER: _builtins.int
+    COVERAGE_SOURCE_FIELD_NUMBER: _builtins.int
+    ROLLOUT_STATUS_FIELD_NUMBER: _builtins.int
+    ROLLOUT_PAUSED_FIELD_NUMBER: _builtins.int
+    PHASES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     task: Global___Task.ValueType
     seed: _builtins.str
     coverage: _builtins.float
     shadow_model: _builtins.str
     shadow_percent: _builtins.float
+    coverage_source: _builtins.str
+    """Where `coverage` comes from: "config" (the configured value) or "rollout" (the rollout
+    state file, written by the rollout controller).
+    """
+    rollout_status: _builtins.str
+    """The rollout state of this phase: ramping, complete, rolled_back; empty without one."""
+    rollout_paused: _builtins.bool
+    """An operator paused the rollout of this phase (`router rollout --pause`)."""
     @_builtins.property
     def arms(self) -> _containers.RepeatedCompositeFieldContainer[Global___Arm]: ...
+    @_builtins.property
+    def phases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Phases of this experiment with results in this replica's memory, current one first."""
+
     def __init__(
         self,
         *,
@@ -418,10 +434,14 @@ class Experiment(_message.Message):
         arms: _abc.Iterable[Global___Arm] | None = ...,
         shadow_model: _builtins.str = ...,
         shadow_percent: _builtins.float = ...,
+        coverage_source: _builtins.str = ...,
+        rollout_status: _builtins.str = ...,
+        rollout_paused: _builtins.bool = ...,
+        phases: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arms", b"arms", "coverage", b"coverage", "name", b"name", "seed", b"seed", "shadow_model", b"shadow_model", "shadow_percent", b"shadow_percent", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arms", b"arms", "coverage", b"coverage", "coverage_source", b"coverage_source", "name", b"name", "phases", b"phases", "rollout_paused", b"rollout_paused", "rollout_status", b"rollout_status", "seed", b"seed", "shadow_model", b"shadow_model", "shadow_percent", b"shadow_percent", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -679,19 +699,60 @@ class GetExperimentReportRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EXPERIMENT_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
     experiment: _builtins.str
+    seed: _builtins.str
+    """The phase (seed) to report; empty for the current one. Earlier phases stay readable
+    until the router restarts.
+    """
     def __init__(
         self,
         *,
         experiment: _builtins.str = ...,
+        seed: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment", b"experiment"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment", b"experiment", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetExperimentReportRequest: _TypeAlias = GetExperimentReportRequest  # noqa: Y015
+
+@_typing.final
+class ArmMoments(_message.Message):
+    """One arm's sufficient statistics for one metric, so reports from several replicas can be
+    summed (the rollout controller does this without Prometheus).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARM_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    N_FIELD_NUMBER: _builtins.int
+    SUM_FIELD_NUMBER: _builtins.int
+    SUM_SQUARES_FIELD_NUMBER: _builtins.int
+    arm: _builtins.str
+    metric: _builtins.str
+    n: _builtins.int
+    sum: _builtins.float
+    sum_squares: _builtins.float
+    def __init__(
+        self,
+        *,
+        arm: _builtins.str = ...,
+        metric: _builtins.str = ...,
+        n: _builtins.int = ...,
+        sum: _builtins.float = ...,
+        sum_squares: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "metric", b"metric", "n", b"n", "sum", b"sum", "sum_squares", b"sum_squares"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArmMoments: _TypeAlias = ArmMoments  # noqa: Y015
 
 @_typing.final
 class ArmSummary(_message.Message):
@@ -796,19 +857,28 @@ class GetExperimentReportResponse(_message.Message):
     COMPARISONS_FIELD_NUMBER: _builtins.int
     ROLLED_BACK_FIELD_NUMBER: _builtins.int
     CONTROL_ARM_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    MOMENTS_FIELD_NUMBER: _builtins.int
+    CURRENT_PHASE_FIELD_NUMBER: _builtins.int
     experiment: _builtins.str
     verdict: _builtins.str
     """PROMOTE, ROLL_BACK or KEEP_RUNNING."""
     srm_p_value: _builtins.float
     rolled_back: _builtins.bool
-    """The automatic rollback has set this experiment's coverage to 0."""
+    """The rollout controller has rolled this phase back (its coverage in force is 0)."""
     control_arm: _builtins.str
+    seed: _builtins.str
+    """The phase reported."""
+    current_phase: _builtins.bool
+    """Whether `seed` is the phase now configured."""
     @_builtins.property
     def reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def arms(self) -> _containers.RepeatedCompositeFieldContainer[Global___ArmSummary]: ...
     @_builtins.property
     def comparisons(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricComparison]: ...
+    @_builtins.property
+    def moments(self) -> _containers.RepeatedCompositeFieldContainer[Global___ArmMoments]: ...
     def __init__(
         self,
         *,
@@ -820,14 +890,95 @@ class GetExperimentReportResponse(_message.Message):
         comparisons: _abc.Iterable[Global___MetricComparison] | None = ...,
         rolled_back: _builtins.bool = ...,
         control_arm: _builtins.str = ...,
+        seed: _builtins.str = ...,
+        moments: _abc.Iterable[Global___ArmMoments] | None = ...,
+        current_phase: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arms", b"arms", "comparisons", b"comparisons", "control_arm", b"control_arm", "experiment", b"experiment", "reasons", b"reasons", "rolled_back", b"rolled_back", "srm_p_value", b"srm_p_value", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arms", b"arms", "comparisons", b"comparisons", "control_arm", b"control_arm", "current_phase", b"current_phase", "experiment", b"experiment", "moments", b"moments", "reasons", b"reasons", "rolled_back", b"rolled_back", "seed", b"seed", "srm_p_value", b"srm_p_value", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetExperimentReportResponse: _TypeAlias = GetExperimentReportResponse  # noqa: Y015
+
+@_typing.final
+class GetAssignmentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_FIELD_NUMBER: _builtins.int
+    USER_IDS_FIELD_NUMBER: _builtins.int
+    task: Global___Task.ValueType
+    @_builtins.property
+    def user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        task: Global___Task.ValueType = ...,
+        user_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["task", b"task", "user_ids", b"user_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAssignmentRequest: _TypeAlias = GetAssignmentRequest  # noqa: Y015
+
+@_typing.final
+class UserAssignment(_message.Message):
+    """Which arm a user gets now, as Process would assign it (nothing is recorded)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    EXPERIMENT_FIELD_NUMBER: _builtins.int
+    ARM_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    experiment: _builtins.str
+    arm: _builtins.str
+    """Empty outside the experiment's coverage (the route's primary serves)."""
+    model: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        experiment: _builtins.str = ...,
+        arm: _builtins.str = ...,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "experiment", b"experiment", "model", b"model", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UserAssignment: _TypeAlias = UserAssignment  # noqa: Y015
+
+@_typing.final
+class GetAssignmentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSIGNMENTS_FIELD_NUMBER: _builtins.int
+    COVERAGE_FIELD_NUMBER: _builtins.int
+    coverage: _builtins.float
+    """The coverage in force when these were computed."""
+    @_builtins.property
+    def assignments(self) -> _containers.RepeatedCompositeFieldContainer[Global___UserAssignment]: ...
+    def __init__(
+        self,
+        *,
+        assignments: _abc.Iterable[Global___UserAssignment] | None = ...,
+        coverage: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "coverage", b"coverage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAssignmentResponse: _TypeAlias = GetAssignmentResponse  # noqa: Y015
 
 @_typing.final
 class ListAlertsRequest(_message.Message):

@@ -126,6 +126,11 @@ class RouterAdminStub:
                 request_serializer=gamaserving_dot_router_dot_v1_dot_router__pb2.GetExperimentReportRequest.SerializeToString,
                 response_deserializer=gamaserving_dot_router_dot_v1_dot_router__pb2.GetExperimentReportResponse.FromString,
                 _registered_method=True)
+        self.GetAssignment = channel.unary_unary(
+                '/gamaserving.router.v1.RouterAdmin/GetAssignment',
+                request_serializer=gamaserving_dot_router_dot_v1_dot_router__pb2.GetAssignmentRequest.SerializeToString,
+                response_deserializer=gamaserving_dot_router_dot_v1_dot_router__pb2.GetAssignmentResponse.FromString,
+                _registered_method=True)
         self.ListAlerts = channel.unary_unary(
                 '/gamaserving.router.v1.RouterAdmin/ListAlerts',
                 request_serializer=gamaserving_dot_router_dot_v1_dot_router__pb2.ListAlertsRequest.SerializeToString,
@@ -157,21 +162,28 @@ class RouterAdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetExperimentReport(self, request, context):
-        """Per-arm statistics and a verdict (the A/B analysis issue fills it in).
+        """Per-arm statistics, sufficient statistics and a verdict, for one phase.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAssignment(self, request, context):
+        """The arm each user gets now; read-only, for checking that replicas agree.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListAlerts(self, request, context):
-        """Alert history (the monitoring issue fills it in).
+        """Alert history.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def AcknowledgeAlert(self, request, context):
-        """Acknowledge an alert (the monitoring issue fills it in).
+        """Acknowledge an alert.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -194,6 +206,11 @@ def add_RouterAdminServicer_to_server(servicer, server):
                     servicer.GetExperimentReport,
                     request_deserializer=gamaserving_dot_router_dot_v1_dot_router__pb2.GetExperimentReportRequest.FromString,
                     response_serializer=gamaserving_dot_router_dot_v1_dot_router__pb2.GetExperimentReportResponse.SerializeToString,
+            ),
+            'GetAssignment': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAssignment,
+                    request_deserializer=gamaserving_dot_router_dot_v1_dot_router__pb2.GetAssignmentRequest.FromString,
+                    response_serializer=gamaserving_dot_router_dot_v1_dot_router__pb2.GetAssignmentResponse.SerializeToString,
             ),
             'ListAlerts': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAlerts,
@@ -288,6 +305,33 @@ class RouterAdmin:
             '/gamaserving.router.v1.RouterAdmin/GetExperimentReport',
             gamaserving_dot_router_dot_v1_dot_router__pb2.GetExperimentReportRequest.SerializeToString,
             gamaserving_dot_router_dot_v1_dot_router__pb2.GetExperimentReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAssignment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gamaserving.router.v1.RouterAdmin/GetAssignment',
+            gamaserving_dot_router_dot_v1_dot_router__pb2.GetAssignmentRequest.SerializeToString,
+            gamaserving_dot_router_dot_v1_dot_router__pb2.GetAssignmentResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -71,11 +71,13 @@ class RouterAdminStub:
     GetQualityReport: _grpc.UnaryUnaryMultiCallable[_router_pb2.GetQualityReportRequest, _router_pb2.GetQualityReportResponse]
     """Pass rates per model and check, anomalies and shadow agreement."""
     GetExperimentReport: _grpc.UnaryUnaryMultiCallable[_router_pb2.GetExperimentReportRequest, _router_pb2.GetExperimentReportResponse]
-    """Per-arm statistics and a verdict (the A/B analysis issue fills it in)."""
+    """Per-arm statistics, sufficient statistics and a verdict, for one phase."""
+    GetAssignment: _grpc.UnaryUnaryMultiCallable[_router_pb2.GetAssignmentRequest, _router_pb2.GetAssignmentResponse]
+    """The arm each user gets now; read-only, for checking that replicas agree."""
     ListAlerts: _grpc.UnaryUnaryMultiCallable[_router_pb2.ListAlertsRequest, _router_pb2.ListAlertsResponse]
-    """Alert history (the monitoring issue fills it in)."""
+    """Alert history."""
     AcknowledgeAlert: _grpc.UnaryUnaryMultiCallable[_router_pb2.AcknowledgeAlertRequest, _router_pb2.AcknowledgeAlertResponse]
-    """Acknowledge an alert (the monitoring issue fills it in)."""
+    """Acknowledge an alert."""
 
 @_typing.type_check_only
 class RouterAdminAsyncStub(RouterAdminStub):
@@ -87,11 +89,13 @@ class RouterAdminAsyncStub(RouterAdminStub):
     GetQualityReport: _aio.UnaryUnaryMultiCallable[_router_pb2.GetQualityReportRequest, _router_pb2.GetQualityReportResponse]  # type: ignore[assignment]
     """Pass rates per model and check, anomalies and shadow agreement."""
     GetExperimentReport: _aio.UnaryUnaryMultiCallable[_router_pb2.GetExperimentReportRequest, _router_pb2.GetExperimentReportResponse]  # type: ignore[assignment]
-    """Per-arm statistics and a verdict (the A/B analysis issue fills it in)."""
+    """Per-arm statistics, sufficient statistics and a verdict, for one phase."""
+    GetAssignment: _aio.UnaryUnaryMultiCallable[_router_pb2.GetAssignmentRequest, _router_pb2.GetAssignmentResponse]  # type: ignore[assignment]
+    """The arm each user gets now; read-only, for checking that replicas agree."""
     ListAlerts: _aio.UnaryUnaryMultiCallable[_router_pb2.ListAlertsRequest, _router_pb2.ListAlertsResponse]  # type: ignore[assignment]
-    """Alert history (the monitoring issue fills it in)."""
+    """Alert history."""
     AcknowledgeAlert: _aio.UnaryUnaryMultiCallable[_router_pb2.AcknowledgeAlertRequest, _router_pb2.AcknowledgeAlertResponse]  # type: ignore[assignment]
-    """Acknowledge an alert (the monitoring issue fills it in)."""
+    """Acknowledge an alert."""
 
 class RouterAdminServicer(metaclass=_abc_1.ABCMeta):
     """Operators' view: experiments, quality, alerts. Requires the admin token when configured."""
@@ -118,7 +122,15 @@ class RouterAdminServicer(metaclass=_abc_1.ABCMeta):
         request: _router_pb2.GetExperimentReportRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_router_pb2.GetExperimentReportResponse, _abc.Awaitable[_router_pb2.GetExperimentReportResponse]]:
-        """Per-arm statistics and a verdict (the A/B analysis issue fills it in)."""
+        """Per-arm statistics, sufficient statistics and a verdict, for one phase."""
+
+    @_abc_1.abstractmethod
+    def GetAssignment(
+        self,
+        request: _router_pb2.GetAssignmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_router_pb2.GetAssignmentResponse, _abc.Awaitable[_router_pb2.GetAssignmentResponse]]:
+        """The arm each user gets now; read-only, for checking that replicas agree."""
 
     @_abc_1.abstractmethod
     def ListAlerts(
@@ -126,7 +138,7 @@ class RouterAdminServicer(metaclass=_abc_1.ABCMeta):
         request: _router_pb2.ListAlertsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_router_pb2.ListAlertsResponse, _abc.Awaitable[_router_pb2.ListAlertsResponse]]:
-        """Alert history (the monitoring issue fills it in)."""
+        """Alert history."""
 
     @_abc_1.abstractmethod
     def AcknowledgeAlert(
@@ -134,6 +146,6 @@ class RouterAdminServicer(metaclass=_abc_1.ABCMeta):
         request: _router_pb2.AcknowledgeAlertRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_router_pb2.AcknowledgeAlertResponse, _abc.Awaitable[_router_pb2.AcknowledgeAlertResponse]]:
-        """Acknowledge an alert (the monitoring issue fills it in)."""
+        """Acknowledge an alert."""
 
 def add_RouterAdminServicer_to_server(servicer: RouterAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,170 @@
+"""The one place a routed request's outcome is recorded: request counts and latencies,
+fallbacks, metrics, trends, the experiment arm's results, quality and anomalies."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gamaserving.oip import ModelOutput
+from router.config import AnomalySettings, ExperimentSettings, TrendSettings
+from router.experiments.assignment import Assignment
+from router.experiments.policy import ExperimentPolicy
+from router.failover.circuit import State
+from router.metrics import RouterMetrics
+from router.quality.tracker import AnomalyMonitor, QualityTracker
+from router.quality.trends import TrendTracker
+from router.quality.validators import Check
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RouterStats:
+    requests: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
+    """(model, arm, task, outcome) -> count."""
+    fallbacks: Counter[str] = field(default_factory=Counter)
+    fallbacks_from: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """(chosen model, reason) -> requests another model served."""
+    validated: Counter[str] = field(default_factory=Counter)
+    """model -> outputs validated."""
+    quality_failed: Counter[str] = field(default_factory=Counter)
+    """model -> outputs that failed at least one check."""
+    latencies: deque[tuple[float, str, float]] = field(default_factory=lambda: deque(maxlen=20_000))
+    """(time, model, ms) of recent requests, for latency percentiles over a window."""
+    circuit_changes: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+
+
+@dataclass(frozen=True)
+class Routed:
+    """What one request came to, as the recorder needs it."""
+
+    request_id: str
+    task: str
+    first: str
+    """The model assignment chose (or the route's primary)."""
+    served_by: str
+    """The model that answered; empty when none did."""
+    assignment: Assignment | None
+    experiment: ExperimentSettings | None
+    latency_ms: float
+    fallback_reason: str = ""
+    quality_failed: bool = False
+    error: str = ""
+    """The gRPC status name (lower case) when the request failed."""
+    callers_fault: bool = False
+    """INVALID_ARGUMENT: it does not count against an arm."""
+
+
+class Recorder:
+    def __init__(
+        self,
+        policy: ExperimentPolicy,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.policy = policy
+        self.clock = clock
+        self.stats = RouterStats()
+        self.quality = QualityTracker()
+        self.anomalies = AnomalyMonitor(AnomalySettings())
+        self.trends = TrendTracker(TrendSettings())
+        self.metrics: RouterMetrics | None = None
+
+    def configure(self, anomaly: AnomalySettings, trends: TrendSettings) -> None:
+        """Settings from the configuration in force (at start and on every reload)."""
+        if anomaly != self.anomalies.settings:
+            self.anomalies.reconfigure(anomaly)
+        if trends != self.trends.settings:
+            self.trends.reconfigure(trends)
+
+    def routed(self, r: Routed) -> None:
+        arm = r.assignment.arm if r.assignment else ""
+        if r.error:
+            self._count(r.first, arm, r.task, r.error, r.latency_ms)
+        else:
+            outcome = "quality_failed" if r.quality_failed else "ok"
+            self._count(r.served_by, arm, r.task, outcome, r.latency_ms)
+            self.stats.latencies.append((self.clock(), r.served_by, r.latency_ms))
+            self.trends.record(r.first, r.served_by, r.latency_ms, not r.quality_failed)
+            if r.assignment is not None and self.metrics is not None:
+                self.metrics.exposure(r.assignment.experiment, r.assignment.arm)
+            if r.served_by != r.first:
+                self._fallback(r)
+        if r.assignment is not None and r.experiment is not None and not r.callers_fault:
+            self.policy.record(
+                r.experiment,
+                r.assignment.arm,
+                r.latency_ms,
+                bool(r.error),
+                bool(r.served_by) and r.served_by != r.first,
+                r.quality_failed,
+            )
+
+    def _fallback(self, r: Routed) -> None:
+        self.stats.fallbacks[r.fallback_reason] += 1
+        self.stats.fallbacks_from[(r.first, r.fallback_reason)] += 1
+        if self.metrics is not None:
+            self.metrics.fallback(r.fallback_reason, r.first, r.served_by)
+        log.warning(
+            "fallback %s -> %s (%s)",
+            r.first,
+            r.served_by,
+            r.fallback_reason,
+            extra={
+                "event": "fallback",
+                "request_id": r.request_id,
+                "task": r.task,
+                "from_model": r.first,
+                "to_model": r.served_by,
+                "reason": r.fallback_reason,
+            },
+        )
+
+    def _count(self, model: str, arm: str, task: str, outcome: str, latency_ms: float) -> None:
+        self.stats.requests[(model, arm, task, outcome)] += 1
+        if self.metrics is not None:
+            self.metrics.request(model, arm, task, outcome, latency_ms / 1000)
+
+    def checked(
+        self, model: str, output: ModelOutput, checks: list[Check], latency_ms: float
+    ) -> None:
+        """One validated output (every attempt's, not only the one returned)."""
+        self.quality.record(model, checks)
+        self.stats.validated[model] += 1
+        if any(not c.passed for c in checks):
+            self.stats.quality_failed[model] += 1
+        if self.metrics is not None:
+            for check in checks:
+                if not check.passed:
+                    self.metrics.quality_failure(model, check.name)
+        signals = {"latency_ms": latency_ms}
+        if output.features is not None and output.features.size:
+            signals["embedding_norm"] = float(np.linalg.norm(output.features))
+        if output.scores:
+            signals["top_score"] = float(output.scores[0])
+        for signal, value in signals.items():
+            if (
+                self.anomalies.observe(model, signal, value) is not None
+                and self.metrics is not None
+            ):
+                self.metrics.anomaly(model, signal)
+
+    def circuit_changed(self, model: str, target: str, old: State, new: State) -> None:
+        self.stats.circuit_changes[(model, target, new.value)] += 1
+        log.warning(
+            "circuit %s %s: %s -> %s",
+            model,
+            target,
+            old.value,
+            new.value,
+            extra={"event": "circuit", "model": model, "endpoint": target, "state": new.value},
+        )
+
+    def shadow(self, primary: str, shadow: str, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.shadow(primary, shadow, outcome)

@@ -1,0 +1,236 @@
+"""The rollout controller, the one place that decides: every `evaluation_seconds` it reads
+fleet-wide statistics for each governed experiment's current phase, applies the rollout rule
+and writes the coverage in force (with the decision and its numbers) to the rollout state.
+It resumes from that state after a restart; replicas only read it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from gamaserving.telemetry import Telemetry
+from router.config import ConfigError, ExperimentSettings, load_config
+from router.experiments.results import report
+from router.fleet import FleetError
+from router.rollout.decide import decide, governed, start
+from router.rollout.sources import StatsSource
+from router.rollout.state import Decision, RolloutState, StateError
+from router.rollout.store import StateStore
+
+log = logging.getLogger(__name__)
+
+
+class ControllerMetrics:
+    def __init__(self, telemetry: Telemetry, state: Callable[[], RolloutState]) -> None:
+        meter = telemetry.meter
+        self._decisions = meter.create_counter(
+            "gamaserving.rollout.decisions",
+            unit="{decision}",
+            description="Rollout decisions by experiment and action",
+        )
+        self._evaluations = meter.create_counter(
+            "gamaserving.rollout.evaluations",
+            unit="{evaluation}",
+            description="Controller evaluation rounds by outcome",
+        )
+
+        def coverage(_: CallbackOptions) -> list[Observation]:
+            return [
+                Observation(
+                    p.coverage,
+                    {"experiment": p.experiment, "seed": p.seed, "status": p.status},
+                )
+                for p in state().phases
+            ]
+
+        meter.create_observable_gauge(
+            "gamaserving.rollout.coverage",
+            [coverage],
+            unit="1",
+            description="Coverage in force per experiment phase, as the controller wrote it",
+        )
+
+    def decision(self, d: Decision) -> None:
+        self._decisions.add(1, {"experiment": d.experiment, "action": d.action})
+
+    def evaluation(self, outcome: str) -> None:
+        self._evaluations.add(1, {"outcome": outcome})
+
+
+@dataclass
+class Round:
+    decisions: list[Decision]
+    errors: list[str]
+
+
+class RolloutController:
+    def __init__(
+        self,
+        config_path: Path,
+        source: StatsSource,
+        store: StateStore,
+        clock: Callable[[], float] = time.time,
+        metrics: ControllerMetrics | None = None,
+    ) -> None:
+        self.config_path = config_path
+        self.source = source
+        self.store = store
+        self.clock = clock
+        self.metrics = metrics
+        self.state = RolloutState()
+
+    def experiments(self) -> list[ExperimentSettings]:
+        config = load_config(self.config_path)
+        return [
+            r.experiment
+            for r in config.routes.values()
+            if r.experiment is not None and governed(r.experiment)
+        ]
+
+    async def evaluate(self) -> Round:
+        """One round over every governed experiment; writes the state when anything changed.
+        A round that cannot read the configuration, the state or the statistics of an
+        experiment decides nothing for it (a guess is worse than a late decision)."""
+        errors: list[str] = []
+        try:
+            experiments = self.experiments()
+            state = self.store.read()  # resume from what is stored, manual edits included
+        except (ConfigError, StateError) as exc:
+            self._count("failed")
+            log.error("rollout round skipped: %s", exc, extra={"event": "rollout_error"})
+            return Round([], [str(exc)])
+        self.state = state
+        decisions: list[Decision] = []
+        for e in experiments:
+            now = self.clock()
+            phase = state.phase(e.name, e.seed)
+            if phase is None:
+                phase, started = start(e, now)
+                decisions.append(started)
+                state = state.with_phase(phase, started)
+            try:
+                arms = await self.source.arms(e.name, e.seed)
+            except FleetError as exc:
+                errors.append(f"{e.name}: {exc}")
+                log.warning(
+                    "experiment %s: no fleet statistics this round: %s",
+                    e.name,
+                    exc,
+                    extra={"event": "rollout_error", "experiment": e.name},
+                )
+                continue
+            result = report(e, arms)
+            phase, decision = decide(e, phase, result, now)
+            if decision is not None:
+                decisions.append(decision)
+                state = state.with_phase(phase, decision)
+        if state != self.state:
+            try:
+                self.store.write(state)
+            except StateError as exc:
+                self._count("failed")
+                log.error("rollout state not written: %s", exc, extra={"event": "rollout_error"})
+                return Round([], [*errors, str(exc)])
+            self.state = state
+        for d in decisions:
+            self._announce(d)
+        self._count("partial" if errors else "ok")
+        return Round(decisions, errors)
+
+    def _count(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.evaluation(outcome)
+
+    def _announce(self, d: Decision) -> None:
+        if self.metrics is not None:
+            self.metrics.decision(d)
+        level = logging.ERROR if d.action == "rollback" else logging.INFO
+        log.log(
+            level,
+            "experiment %s (seed %s): %s, coverage %g -> %g: %s",
+            d.experiment,
+            d.seed,
+            d.action,
+            d.from_coverage,
+            d.to_coverage,
+            "; ".join(d.reasons),
+            extra={
+                "event": f"rollout_{d.action}",
+                "experiment": d.experiment,
+                "seed": d.seed,
+                "from_coverage": d.from_coverage,
+                "to_coverage": d.to_coverage,
+                "verdict": d.verdict,
+                "counts": d.counts,
+            },
+        )
+
+    def period(self) -> float:
+        try:
+            return min((e.evaluation_seconds for e in self.experiments()), default=10.0)
+        except ConfigError:
+            return 10.0
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        stop = stop or asyncio.Event()
+        while not stop.is_set():
+            await self.evaluate()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.period())
+
+
+def manual(
+    store: StateStore,
+    experiment: ExperimentSettings,
+    action: str,
+    by: str,
+    coverage: float | None = None,
+    reason: str = "",
+    clock: Callable[[], float] = time.time,
+) -> Decision:
+    """An operator's pause, resume or coverage override of the experiment's current phase,
+    recorded in the history like the controller's own decisions."""
+    state = store.read()
+    now = clock()
+    phase = state.phase(experiment.name, experiment.seed)
+    if phase is None:
+        phase, _ = start(experiment, now)
+    before = phase.coverage
+    if action == "pause":
+        phase = phase.model_copy(update={"paused": True, "updated_at": now})
+    elif action == "resume":
+        phase = phase.model_copy(update={"paused": False, "updated_at": now})
+    elif action == "override":
+        assert coverage is not None
+        status = (
+            "rolled_back"
+            if coverage == 0
+            else ("ramping" if any(s > coverage for s in experiment.ramp) else "steady")
+        )
+        # An override pauses the phase, so the controller does not ramp straight past it.
+        phase = phase.model_copy(
+            update={"coverage": coverage, "status": status, "paused": True, "updated_at": now}
+        )
+    else:
+        raise ValueError(f"unknown action {action!r}")
+    decision = Decision.model_validate(
+        {
+            "at": now,
+            "experiment": experiment.name,
+            "seed": experiment.seed,
+            "action": action,
+            "from_coverage": before,
+            "to_coverage": phase.coverage,
+            "by": by,
+            "reasons": [reason] if reason else [],
+        }
+    )
+    store.write(state.with_phase(phase, decision))
+    return decision
