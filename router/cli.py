@@ -60,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     rollout.add_argument(
         "--metrics-port", type=int, default=None, help="serve the controller's /metrics here"
     )
+    rollout.add_argument(
+        "--health-port",
+        type=int,
+        default=None,
+        help="serve grpc.health.v1 here (liveness; readiness: the last round succeeded)",
+    )
     by_hand = rollout.add_mutually_exclusive_group()
     by_hand.add_argument("--pause", metavar="EXPERIMENT", help="stop decisions for its phase")
     by_hand.add_argument("--resume", metavar="EXPERIMENT", help="let the controller decide again")

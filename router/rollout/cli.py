@@ -8,17 +8,21 @@ import getpass
 import logging
 import sys
 
-from gamaserving.grpcutil import stop_event
+import grpc
+from grpc_health.v1 import health, health_pb2
+
+from gamaserving.grpcutil import start_health_port, stop_event
 from gamaserving.telemetry import Telemetry
 from router.api.auth import AdminTokenError, load_token
 from router.config import ConfigError, RouterConfig, load_config
 from router.fleet import find_experiment
-from router.rollout.controller import ControllerMetrics, RolloutController, manual
+from router.rollout.controller import ControllerMetrics, RolloutController, Round, manual
 from router.rollout.sources import PrometheusSource, RoutersSource, StatsSource
 from router.rollout.state import StateError
 from router.rollout.store import ConfigMapStore, FileStore, StateStore, state_path
 
 log = logging.getLogger(__name__)
+SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -62,6 +66,22 @@ def _by_hand(args: argparse.Namespace, config: RouterConfig, store: StateStore) 
     return 0
 
 
+async def _serve_health(controller: RolloutController, port: int) -> grpc.aio.Server:
+    """Liveness while the process runs; readiness while its rounds succeed."""
+    servicer = health.aio.HealthServicer()
+    for name in ("", "liveness"):
+        await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    await servicer.set("readiness", health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def judged(result: Round) -> None:
+        ok = health_pb2.HealthCheckResponse.NOT_SERVING if result.errors else SERVING
+        await servicer.set("readiness", ok)
+
+    controller.on_round = judged
+    server, _ = await start_health_port(servicer, "0.0.0.0", port)
+    return server
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
@@ -90,6 +110,9 @@ def run(args: argparse.Namespace) -> int:
             controller.metrics = ControllerMetrics(telemetry, lambda: controller.state)
             port = telemetry.serve("0.0.0.0", args.metrics_port)
             log.info("rollout controller metrics on :%d", port)
+        health_server = None
+        if args.health_port is not None:
+            health_server = await _serve_health(controller, args.health_port)
         log.info(
             "rollout controller: statistics from %s, state in %s",
             source.describe(),
@@ -106,5 +129,7 @@ def run(args: argparse.Namespace) -> int:
                 await source.close()
             if telemetry is not None:
                 telemetry.shutdown()
+            if health_server is not None:
+                await health_server.stop(0.5)
 
     return asyncio.run(main())

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +85,7 @@ class RolloutController:
         self.clock = clock
         self.metrics = metrics
         self.state = RolloutState()
+        self.on_round: Callable[[Round], Awaitable[None]] | None = None
 
     def experiments(self) -> list[ExperimentSettings]:
         config = load_config(self.config_path)
@@ -181,7 +182,9 @@ class RolloutController:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
         while not stop.is_set():
-            await self.evaluate()
+            result = await self.evaluate()
+            if self.on_round is not None:
+                await self.on_round(result)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.period())
 

@@ -14,7 +14,7 @@ from router.alerts.settings import BUILT_IN_RULES, AlertingSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 FLEET_ONLY = {"ReplicaDown"}  # a replica cannot see its own death
-ROUTER_ONLY = {"ExperimentRolledBack"}  # decided on a replica; no metric shows the condition
+ROUTER_ONLY = {"RolloutStateInvalid"}  # a replica's own read of its mounted state file
 
 
 def prometheus_rules() -> dict[str, dict]:  # type: ignore[type-arg]

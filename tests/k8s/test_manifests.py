@@ -13,7 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.support.k8s_checks import consistency_errors, router_config
+from tests.support.k8s_checks import consistency_errors, rbac_errors, router_config
 
 K8S = Path(__file__).resolve().parents[2] / "k8s"
 VERSION = "1.30.0"
@@ -60,6 +60,55 @@ def test_a_broken_probe_port_is_caught() -> None:
     assert any("wav2vec2: readinessProbe port 9999 is not a container port" in e for e in errors)
 
 
+def _role(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(d for d in docs if d["kind"] == "Role")
+
+
+def test_the_controller_may_touch_its_state_configmap_only() -> None:
+    docs = _base()
+    assert rbac_errors(docs) == []
+    (rule,) = _role(docs)["rules"]
+    assert rule == {
+        "apiGroups": [""],
+        "resources": ["configmaps"],
+        "resourceNames": ["router-rollout-state"],
+        "verbs": ["get", "patch"],
+    }
+    controller = _deployment(docs, "rollout-controller")
+    assert controller["spec"]["replicas"] == 1
+    assert controller["spec"]["strategy"] == {"type": "Recreate"}  # never two deciders
+    state = next(
+        d
+        for d in docs
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "router-rollout-state"
+    )
+    assert "data" not in state  # `kubectl apply` must never reset the fleet's coverage
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda r: r["rules"][0].update({"resourceNames": []}), "not limited to ConfigMap"),
+        (lambda r: r["rules"][0].update({"verbs": ["get", "patch", "delete"]}), "beyond get"),
+        (lambda r: r["rules"][0].update({"resources": ["configmaps", "secrets"]}), "beyond"),
+        (lambda r: r["rules"][0].update({"verbs": ["*"]}), "beyond get"),
+    ],
+)  # fmt: skip
+def test_a_broader_role_is_caught(mutate: Any, message: str) -> None:
+    docs = copy.deepcopy(_base())
+    mutate(_role(docs))
+    assert any(message in e for e in rbac_errors(docs)), rbac_errors(docs)
+
+
+def test_the_router_reads_the_state_the_controller_writes() -> None:
+    docs = copy.deepcopy(_base())
+    router = _deployment(docs, "router")["spec"]["template"]["spec"]
+    next(v for v in router["volumes"] if v["name"] == "rollout-state")["configMap"]["name"] = (
+        "router-config"
+    )
+    assert any("the controller writes router-rollout-state" in e for e in consistency_errors(docs))
+
+
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
@@ -95,6 +144,11 @@ def test_overlays_build_validate_and_stay_consistent(overlay: str) -> None:
     docs = [d for d in yaml.safe_load_all(built) if d]
     _validate(docs)
     assert consistency_errors(docs) == []
+    assert rbac_errors(docs) == []
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert {("Deployment", "rollout-controller"), ("Role", "rollout-controller"),
+            ("RoleBinding", "rollout-controller"), ("ServiceAccount", "rollout-controller"),
+            ("ConfigMap", "router-rollout-state")} <= kinds  # fmt: skip
     assert all(d["metadata"].get("namespace") == "gama-serving" for d in docs)
     for name in ("wav2vec2", "gama"):
         spec = _deployment(docs, name)["spec"]["template"]["spec"]

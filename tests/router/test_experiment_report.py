@@ -1,19 +1,26 @@
 """Experiment reports: verdicts from guardrails and success criteria, the sample-ratio check,
-and automatic rollback against a live router with a fault-injecting candidate."""
+phases kept apart, and ramps and rollbacks decided by the rollout controller and applied by a
+live router, with a fault-injecting candidate."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
+import yaml
 
 from gamaserving.router.v1 import router_pb2 as rpb
-from router.config import ExperimentSettings
+from router.config import ExperimentSettings, load_config
 from router.experiments.results import ArmResults, report
+from router.rollout.controller import RolloutController
+from router.rollout.sources import RoutersSource
+from router.rollout.store import FileStore
 from tests.router.conftest import base_config, live_router
 from tests.support.audio import wav
 from tests.support.fault_server import fault_server
@@ -74,7 +81,9 @@ def test_too_few_samples_or_a_ratio_mismatch_keep_it_running() -> None:
     assert "sample ratio mismatch" in skewed.reasons[0]
 
 
-def _config(control: str, candidate: str, **experiment_extra: Any) -> dict[str, Any]:
+def _config(
+    control: str, candidate: str, tmp_path: Path, **experiment_extra: Any
+) -> dict[str, Any]:
     e = {
         "name": "gama-ab",
         "seed": "phase-1",
@@ -90,24 +99,43 @@ def _config(control: str, candidate: str, **experiment_extra: Any) -> dict[str, 
         embed={"primary": "incumbent", "experiment": e},
     )
     cfg["alerting"] = {"evaluation_seconds": 0.1}
+    cfg["rollout"] = {"state_file": str(tmp_path / "rollout.json"), "poll_seconds": 0.05}
     return cfg
+
+
+@contextlib.asynccontextmanager
+async def controller_for(router: Any) -> AsyncIterator[RolloutController]:
+    """The rollout controller over this one router's admin API, writing the state file its
+    configuration names. Tests call `evaluate()` themselves: each round is an event."""
+    source = RoutersSource([f"127.0.0.1:{router.server.port}"])
+    config = load_config(router.path)
+    assert config.rollout.state_file is not None
+    try:
+        yield RolloutController(router.path, source, FileStore(config.rollout.state_file))
+    finally:
+        await source.close()
 
 
 async def _traffic(router: Any, users: range) -> list[rpb.ProcessResponse]:
     return [await router.process(rpb.TASK_EMBED, wav(0.3), user_id=f"user-{u}") for u in users]
 
 
-async def _until(router: Any, done: Any, within: float = 10.0) -> rpb.GetExperimentReportResponse:
-    request = rpb.GetExperimentReportRequest(experiment="gama-ab")
-    for _ in range(int(within / 0.05)):
-        result = await router.admin.GetExperimentReport(request)
-        if done(result):
-            return result  # type: ignore[no-any-return]
-        await asyncio.sleep(0.05)
-    return await router.admin.GetExperimentReport(request)  # type: ignore[no-any-return]
+async def _listed(router: Any) -> rpb.Experiment:
+    (listed,) = (await router.admin.ListExperiments(rpb.ListExperimentsRequest())).experiments
+    return listed
 
 
-async def test_failing_candidate_is_rolled_back_within_one_evaluation(tmp_path: Path) -> None:
+async def applied(router: Any, coverage: float, within: float = 10.0) -> rpb.Experiment:
+    """Wait for the router to apply the state file (it polls it every 0.05 s)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while (listed := await _listed(router)).coverage != coverage:
+        assert loop.time() < deadline, f"coverage still {listed.coverage}, wanted {coverage}"
+        await asyncio.sleep(0.02)
+    return listed
+
+
+async def test_failing_candidate_is_rolled_back_by_the_controller(tmp_path: Path) -> None:
     async with (
         fault_server("incumbent") as (_, a),
         fault_server("candidate", mode="internal") as (_, b),
@@ -115,30 +143,35 @@ async def test_failing_candidate_is_rolled_back_within_one_evaluation(tmp_path: 
         cfg = _config(
             a,
             b,
+            tmp_path,
             guardrails=[{"metric": "fallback_rate", "max_absolute_increase": 0.05}],
             auto_rollback=True,
-            evaluation_seconds=0.3,
         )
-        async with live_router(cfg, tmp_path) as router:
+        async with live_router(cfg, tmp_path) as router, controller_for(router) as controller:
             first = await _traffic(router, range(0, 200))
-            # The rollback may already act during this traffic, as soon as the evidence suffices.
             assert {"control", "candidate"} <= {r.route.arm for r in first}
             assert all(r.route.model == "incumbent" for r in first), {
                 (r.route.arm, r.route.model, r.route.fallback_reason) for r in first
             }
+            assert (await _listed(router)).coverage_source == "config"
             report_ = await router.admin.GetExperimentReport(
                 rpb.GetExperimentReportRequest(experiment="gama-ab")
             )
             assert (
                 report_.verdict == "ROLL_BACK" and "guardrail fallback_rate" in report_.reasons[0]
             )
-            # The loop evaluates every 0.3 s; poll rather than assert a timing.
-            after = await _until(router, lambda r: r.rolled_back)
+            assert not report_.rolled_back  # the replica itself decides nothing
+            round_ = await controller.evaluate()
+            assert [d.action for d in round_.decisions] == ["start", "rollback"]
+            rollback = round_.decisions[-1]
+            assert rollback.counts == {a.name: a.count for a in report_.arms}
+            assert rollback.verdict == "ROLL_BACK" and rollback.reasons
+            listed = await applied(router, 0.0)
+            assert listed.coverage_source == "rollout" and listed.rollout_status == "rolled_back"
+            after = await router.admin.GetExperimentReport(
+                rpb.GetExperimentReportRequest(experiment="gama-ab")
+            )
             assert after.rolled_back
-            (listed,) = (
-                await router.admin.ListExperiments(rpb.ListExperimentsRequest())
-            ).experiments
-            assert listed.coverage == 0.0
             later = await _traffic(router, range(200, 260))
             assert all(
                 r.route.arm == "" and r.route.model == "incumbent" and not r.route.fallback_used
@@ -152,6 +185,8 @@ async def test_failing_candidate_is_rolled_back_within_one_evaluation(tmp_path: 
                     break
                 await asyncio.sleep(0.05)
             assert "ExperimentRolledBack" in alerts
+            # A rolled-back phase stays rolled back: later rounds decide nothing.
+            assert (await controller.evaluate()).decisions == []
 
 
 async def test_healthy_candidate_keeps_running_or_is_promoted_with_reasons(tmp_path: Path) -> None:
@@ -159,6 +194,7 @@ async def test_healthy_candidate_keeps_running_or_is_promoted_with_reasons(tmp_p
         cfg = _config(
             a,
             b,
+            tmp_path,
             guardrails=[{"metric": "error_rate", "max_absolute_increase": 0.05}],
             success=[
                 {"metric": "error_rate", "max_absolute_increase": 0.02},
@@ -173,6 +209,9 @@ async def test_healthy_candidate_keeps_running_or_is_promoted_with_reasons(tmp_p
             assert r.verdict in ("PROMOTE", "KEEP_RUNNING") and r.reasons and not r.rolled_back
             assert {a.name: a.count for a in r.arms}.keys() == {"control", "candidate"}
             assert sum(a.count for a in r.arms) == 300 and r.srm_p_value > 0.001
+            assert r.seed == "phase-1" and r.current_phase
+            observations = {m.arm: m.n for m in r.moments if m.metric == "error_rate"}
+            assert observations == {a.name: a.count for a in r.arms}
             metrics = {c.metric for c in r.comparisons if c.arm == "candidate"}
             assert metrics == {"latency_ms", "error_rate", "fallback_rate", "quality_failure_rate"}
             with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -182,34 +221,31 @@ async def test_healthy_candidate_keeps_running_or_is_promoted_with_reasons(tmp_p
             assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def _coverage(router: Any) -> float:
-    (listed,) = (await router.admin.ListExperiments(rpb.ListExperimentsRequest())).experiments
-    return float(listed.coverage)
-
-
 async def test_ramp_advances_one_step_at_a_time_on_healthy_verdicts(tmp_path: Path) -> None:
     async with fault_server("incumbent") as (_, a), fault_server("candidate") as (_, b):
         cfg = _config(
             a,
             b,
+            tmp_path,
             coverage=0.05,
             ramp=[0.2, 0.6, 1.0],
             min_samples=10,
-            evaluation_seconds=0.2,
             guardrails=[{"metric": "error_rate", "max_absolute_increase": 0.05}],
         )
-        async with live_router(cfg, tmp_path) as router:
-            seen = [await _coverage(router)]
+        async with live_router(cfg, tmp_path) as router, controller_for(router) as controller:
+            seen = [(await _listed(router)).coverage]
             user = 0
             for _ in range(300):
                 await _traffic(router, range(user, user + 20))
                 user += 20
-                coverage = await _coverage(router)
-                if coverage != seen[-1]:
-                    seen.append(coverage)
-                if coverage == 1.0:
+                for d in (await controller.evaluate()).decisions:
+                    if d.action == "ramp":
+                        listed = await applied(router, d.to_coverage)
+                        seen.append(listed.coverage)
+                if seen[-1] == 1.0:
                     break
             assert seen == [0.05, 0.2, 0.6, 1.0]
+            assert (await _listed(router)).rollout_status == "steady"
 
 
 async def test_a_failing_candidate_never_ramps(tmp_path: Path) -> None:
@@ -220,23 +256,58 @@ async def test_a_failing_candidate_never_ramps(tmp_path: Path) -> None:
         cfg = _config(
             a,
             b,
+            tmp_path,
             coverage=0.5,
             ramp=[1.0],
             min_samples=10,
-            evaluation_seconds=0.1,
             guardrails=[{"metric": "fallback_rate", "max_absolute_increase": 0.05}],
         )
-        async with live_router(cfg, tmp_path) as router:
+        async with live_router(cfg, tmp_path) as router, controller_for(router) as controller:
+            actions = []
             for start in range(0, 400, 100):
                 await _traffic(router, range(start, start + 100))
-                await asyncio.sleep(0.2)  # let the loop evaluate
-            assert await _coverage(router) == 0.5
+                actions += [d.action for d in (await controller.evaluate()).decisions]
+            assert actions == ["start"]  # four rounds ran; none ramped (no auto_rollback here)
+            assert (await _listed(router)).coverage == 0.5
             verdict = await router.admin.GetExperimentReport(
                 rpb.GetExperimentReportRequest(experiment="gama-ab")
             )
-            assert (
-                verdict.verdict == "ROLL_BACK" and not verdict.rolled_back
-            )  # no auto_rollback here
+            assert verdict.verdict == "ROLL_BACK" and not verdict.rolled_back
+
+
+async def test_a_new_seed_starts_a_phase_from_zero(tmp_path: Path) -> None:
+    async with fault_server("incumbent") as (_, a), fault_server("candidate") as (_, b):
+        cfg = _config(a, b, tmp_path)
+        async with live_router(cfg, tmp_path) as router:
+            await _traffic(router, range(120))
+            cfg["routes"]["embed"]["experiment"]["seed"] = "phase-2"
+            router.path.write_text(yaml.safe_dump(cfg))
+            assert await router.server.reload()
+            fresh = await router.admin.GetExperimentReport(
+                rpb.GetExperimentReportRequest(experiment="gama-ab")
+            )
+            assert fresh.seed == "phase-2" and fresh.current_phase
+            assert [a.count for a in fresh.arms] == [0, 0] and not fresh.moments
+            assert fresh.srm_p_value == 1.0
+            await _traffic(router, range(1000, 1040))
+            now = await router.admin.GetExperimentReport(
+                rpb.GetExperimentReportRequest(experiment="gama-ab")
+            )
+            assert sum(a.count for a in now.arms) == 40
+            before = await router.admin.GetExperimentReport(
+                rpb.GetExperimentReportRequest(experiment="gama-ab", seed="phase-1")
+            )
+            assert sum(a.count for a in before.arms) == 120 and not before.current_phase
+            assert list((await _listed(router)).phases) == ["phase-2", "phase-1"]
+
+
+def test_a_governed_experiment_needs_a_state_file() -> None:
+    from router.config import RouterConfig
+
+    cfg = _config("127.0.0.1:1", "127.0.0.1:2", Path("/tmp"), ramp=[0.5, 1.0], coverage=0.1)
+    del cfg["rollout"]
+    with pytest.raises(ValueError, match=r"rollout.state_file: required.*gama-ab"):
+        RouterConfig.model_validate(cfg)
 
 
 def test_ramp_steps_must_rise() -> None:

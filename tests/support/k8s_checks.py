@@ -85,6 +85,19 @@ def _deployment_errors(d: Doc, docs: list[Doc]) -> list[str]:
         grace = float(_flag(args, "--grace-seconds") or 20)
         if ready and ready["grpc"]["port"] != ports.get("health"):
             errors.append(f"{name}: readiness probe is not on the health port")
+    elif container["name"] == "rollout-controller":
+        for flag in ("--health-port", "--metrics-port"):
+            port = ports.get(flag.removeprefix("--").removesuffix("-port"))
+            if _flag(args, flag) != str(port):
+                errors.append(f"{name}: {flag} is {_flag(args, flag)}, container port {port}")
+        target = (_flag(args, "--configmap") or "").rpartition("/")[2]
+        if target not in configmaps:
+            errors.append(f"{name}: --configmap names a missing ConfigMap {target!r}")
+        mounts = [PurePosixPath(m["mountPath"]) for m in container.get("volumeMounts", [])]
+        config_file = PurePosixPath(_flag(args, "--config") or "")
+        if not any(config_file.is_relative_to(m) for m in mounts):
+            errors.append(f"{name}: --config {config_file} is not under any volume mount")
+        drain, grace = 0.0, 0.0
     else:
         config = router_config(docs)
         s = config.server
@@ -106,11 +119,78 @@ def _deployment_errors(d: Doc, docs: list[Doc]) -> list[str]:
         for f in files:
             if f is not None and not any(PurePosixPath(f).is_relative_to(m) for m in mounts):
                 errors.append(f"{name}: {f} is not under any volume mount")
+        errors += _rollout_mount_errors(name, config, container, volumes, docs)
     if spec.get("terminationGracePeriodSeconds", 30) < drain + grace:
         errors.append(
             f"{name}: terminationGracePeriodSeconds {spec.get('terminationGracePeriodSeconds')} "
             f"< drain delay {drain:g} + grace {grace:g}"
         )
+    return errors
+
+
+def controller_configmap(docs: list[Doc]) -> str | None:
+    """The ConfigMap the rollout controller writes (its --configmap), if it is deployed."""
+    for d in _by_kind(docs, "Deployment"):
+        for c in d["spec"]["template"]["spec"]["containers"]:
+            if c["name"] == "rollout-controller":
+                return (_flag(c.get("args", []), "--configmap") or "").rpartition("/")[2]
+    return None
+
+
+def _rollout_mount_errors(
+    name: str, config: RouterConfig, container: Doc, volumes: dict[str, Doc], docs: list[Doc]
+) -> list[str]:
+    """The router reads its rollout state from the ConfigMap the controller writes."""
+    state_file = config.rollout.state_file
+    if state_file is None:
+        return []
+    written = controller_configmap(docs)
+    for mount in container.get("volumeMounts", []):
+        if PurePosixPath(state_file).parent == PurePosixPath(mount["mountPath"]):
+            source = volumes.get(mount["name"], {}).get("configMap", {}).get("name")
+            if source != written:
+                return [f"{name}: rollout.state_file is in ConfigMap {source}, the controller "
+                        f"writes {written}"]  # fmt: skip
+            return []
+    return [f"{name}: rollout.state_file {state_file} is not in a mounted directory"]
+
+
+def rbac_errors(docs: list[Doc]) -> list[str]:
+    """The controller's Role reaches its state ConfigMap only, with get and patch only, and
+    is bound to the controller's own ServiceAccount."""
+    errors: list[str] = []
+    target = controller_configmap(docs)
+    if target is None:
+        return ["no rollout-controller Deployment"]
+    (deployment,) = [
+        d for d in _by_kind(docs, "Deployment") if d["metadata"]["name"] == "rollout-controller"
+    ]
+    account = deployment["spec"]["template"]["spec"].get("serviceAccountName")
+    bindings = [
+        b
+        for b in _by_kind(docs, "RoleBinding") + _by_kind(docs, "ClusterRoleBinding")
+        if any(s.get("kind") == "ServiceAccount" and s["name"] == account for s in b["subjects"])
+    ]
+    if not bindings:
+        errors.append(f"ServiceAccount {account} has no RoleBinding")
+    roles = {r["metadata"]["name"]: r for r in _by_kind(docs, "Role")}
+    for binding in bindings:
+        ref = binding["roleRef"]
+        if binding["kind"] != "RoleBinding" or ref["kind"] != "Role":
+            errors.append(f"{binding['metadata']['name']}: binds beyond the namespace")
+            continue
+        role = roles.get(ref["name"])
+        if role is None:
+            errors.append(f"{binding['metadata']['name']}: no Role {ref['name']}")
+            continue
+        for rule in role["rules"]:
+            where = f"Role {ref['name']}"
+            if rule.get("apiGroups") != [""] or rule.get("resources") != ["configmaps"]:
+                errors.append(f"{where}: reaches {rule.get('resources')} beyond configmaps")
+            if rule.get("resourceNames") != [target]:
+                errors.append(f"{where}: not limited to ConfigMap {target}")
+            if not set(rule.get("verbs", [])) <= {"get", "patch"} or "*" in rule.get("verbs", []):
+                errors.append(f"{where}: verbs {rule.get('verbs')} beyond get and patch")
     return errors
 
 
