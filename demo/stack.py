@@ -46,6 +46,12 @@ def router_args(config: Path, port: int) -> list[str]:
             "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
 
 
+def controller_args(config: Path, router: str, health_port: int) -> list[str]:
+    """`router rollout` against the router's admin API (no Prometheus in the local stack)."""
+    return [sys.executable, "-m", "router.cli", "rollout", "--config", str(config),
+            "--router", router, "--health-port", str(health_port)]  # fmt: skip
+
+
 @dataclass
 class Process:
     name: str
@@ -115,6 +121,8 @@ class Stack:
         """The demo's router configuration: an embed experiment ramping GAMA in, quick alerts."""
         return {
             "server": {"port": self.router_port, "grace_seconds": 5},
+            # The rollout controller (a process of its own) writes it; the router follows it.
+            "rollout": {"state_file": str(self.rollout_state), "poll_seconds": 0.5},
             "models": {
                 name: {"endpoints": [f"127.0.0.1:{port}"], "timeout_ms": 5000}
                 for name, port in ports.items()
@@ -222,15 +230,31 @@ class Stack:
         self.processes["router"] = router
         router.start()
         router.wait_serving(deadline)
+        health = free_port()
+        controller = Process(
+            "rollout-controller",
+            controller_args(config, router.address, health),
+            health,
+            logs / "rollout-controller.log",
+            "liveness",
+        )
+        self.processes["rollout-controller"] = controller
+        controller.start()
+        controller.wait_serving(deadline)
 
     @property
     def config_path(self) -> Path:
         return self.out / "router.yaml"
 
+    @property
+    def rollout_state(self) -> Path:
+        return self.out / "rollout.json"
+
     def stop(self, grace: float = 10.0) -> list[str]:
-        """SIGTERM to all (router first, so it stops sending), then SIGKILL to stragglers.
-        Returns the names that had to be killed."""
-        order = [p for n in ("router", "gama", "wav2vec2") if (p := self.processes.get(n))]
+        """SIGTERM to all (the controller and the router first, so nothing decides or sends),
+        then SIGKILL to stragglers. Returns the names that had to be killed."""
+        names = ("rollout-controller", "router", "gama", "wav2vec2")
+        order = [p for n in names if (p := self.processes.get(n))]
         for p in order:
             p.terminate()
         deadline = time.monotonic() + grace

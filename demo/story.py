@@ -58,6 +58,28 @@ async def _online(stack: Stack, clips: list[bytes], seconds: float) -> TrafficSt
     return stats
 
 
+def _rollout_history(stack: Stack) -> None:
+    """The decisions behind the coverage the router served: the controller's, from its state."""
+    from router.rollout.state import StateError
+    from router.rollout.store import FileStore
+
+    try:
+        state = FileStore(stack.rollout_state).read()
+    except StateError as exc:
+        print(f"  rollout state unreadable: {exc}")
+        return
+    print(f"  rollout controller decisions ({stack.rollout_state}):")
+    for d in state.history:
+        at = datetime.fromtimestamp(d.at, UTC).strftime("%H:%M:%S")
+        counts = ", ".join(f"{arm} {n}" for arm, n in sorted(d.counts.items()))
+        print(
+            f"    {at} {d.action:8s} coverage {d.from_coverage:4.0%} -> {d.to_coverage:4.0%}"
+            + (f"  (verdict {d.verdict}; {counts})" if d.verdict else "")
+        )
+    if not state.history:
+        print("    (none yet)")
+
+
 async def _results(stack: Stack) -> str:
     async with grpc.aio.insecure_channel(stack.processes["router"].address) as channel:
         admin = rpb_grpc.RouterAdminStub(channel)
@@ -107,7 +129,7 @@ async def _results(stack: Stack) -> str:
 async def run_story(stack: Stack, dataset: Path, seconds: float) -> int:
     manifest = load_manifest(dataset)
     step(1, f"Built: tiny models in {stack.models}/, {len(manifest.clips)} labelled clips")
-    step(2, "Starting two model servers and the router (local processes)")
+    step(2, "Starting two model servers, the router and its rollout controller (local processes)")
     started = time.monotonic()
     await asyncio.to_thread(stack.start)
     for name, p in stack.processes.items():
@@ -151,8 +173,9 @@ async def run_story(stack: Stack, dataset: Path, seconds: float) -> int:
     print(f"  served by: {dict(stats.models)}")
 
     await asyncio.sleep(1.5)  # one more alert evaluation after the traffic
-    step(5, "What the router says")
+    step(5, "What the router and the rollout controller say")
     await _results(stack)
+    _rollout_history(stack)
 
     step(6, "Reports")
     print(f"  offline comparison: {stack.out / 'compare' / 'report.html'} (and .md, .json)")

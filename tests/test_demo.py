@@ -33,7 +33,7 @@ def _ports(output: str) -> list[int]:
 
 
 def _assert_nothing_left(out: Path, ports: list[int]) -> None:
-    assert len(ports) == 3
+    assert len(ports) == 4  # two model servers, the router, the rollout controller
     for port in ports:
         with socket.socket() as s:
             # SO_REUSEADDR passes over closed connections in TIME_WAIT, not over a listener.
@@ -61,12 +61,14 @@ def test_demo_tells_the_whole_story_and_leaves_nothing(
         "killing the primary, wav2vec2",
         "experiment embed-gama:",
         "ModelUnhealthy",
+        "rollout controller decisions",
         "zero failed requests through the primary's loss",
         "still running: none",
     ):
         assert expected in text, f"{expected!r} missing from:\n{text}"
     assert re.search(r"requests: (\d+) answered, 0 failed", text)
     assert "served by a fallback" in text and not re.search(r" 0 served by a fallback", text)
+    assert re.search(r"start +coverage +5% -> +5%", text), text  # the controller adopted it
     assert (out / "compare" / "report.html").is_file()
     _assert_nothing_left(out, _ports(text))
 
