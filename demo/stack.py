@@ -195,6 +195,13 @@ class Stack:
                         "summary": "{value:.0%} of {model} outputs fail quality checks",
                     },
                     {
+                        "name": "ExperimentRamped",
+                        "signal": "experiment_ramped",
+                        "threshold": 0.5,
+                        "severity": "info",
+                        "summary": "experiment {experiment} ramped (rollout controller)",
+                    },
+                    {
                         "name": "ExperimentRolledBack",
                         "signal": "experiment_rolled_back",
                         "threshold": 0.5,
@@ -248,7 +255,7 @@ class Stack:
 
     @property
     def rollout_state(self) -> Path:
-        return self.out / "rollout.json"
+        return (self.out / "rollout.json").resolve()
 
     def stop(self, grace: float = 10.0) -> list[str]:
         """SIGTERM to all (the controller and the router first, so nothing decides or sends),

@@ -90,19 +90,22 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     if args.pause or args.resume or args.set:
         return _by_hand(args, config, store)
-    source: StatsSource
-    if args.prometheus:
-        source = PrometheusSource(args.prometheus)
-    elif args.router:
+    token = None
+    if args.router:
         try:
             token = load_token(args.admin_token_file)
         except AdminTokenError as exc:
             return _fail(str(exc).replace("server.admin_token_file", "--admin-token-file"))
-        source = RoutersSource(args.router, token)
-    else:
+    elif not args.prometheus:
         return _fail("name the fleet's statistics: --prometheus URL or --router HOST:PORT ...")
 
     async def main() -> int:
+        # gRPC channels belong to the running loop: the source is made inside it.
+        source: StatsSource = (
+            PrometheusSource(args.prometheus)
+            if args.prometheus
+            else RoutersSource(args.router, token)
+        )
         telemetry = None
         controller = RolloutController(args.config, source, store)
         if args.metrics_port is not None:

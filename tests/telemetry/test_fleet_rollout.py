@@ -1,0 +1,176 @@
+"""One fleet, one truth: two router replicas, the rollout controller deciding from a real
+Prometheus, and traffic through one replica only. The coverage in force rises on both, a
+sample of users gets the same arm from both at every step and after a restart, a stopped
+controller freezes the coverage, and a guardrail broken on the fleet rolls back everywhere."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gamaserving.router.v1 import router_pb2 as rpb
+from router.rollout.controller import RolloutController
+from router.rollout.sources import PrometheusSource
+from router.rollout.store import FileStore
+from tests.router.conftest import LiveRouter, base_config, live_router
+from tests.router.test_experiment_report import applied
+from tests.support.audio import wav
+from tests.support.fault_server import fault_server
+from tests.support.prom import prometheus
+from tests.telemetry.test_prometheus import wait_for
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("prometheus") is None,
+    reason="needs the prometheus binary (apt-get install prometheus; .ci/run installs it)",
+)
+SAMPLE = [f"sample-{i}" for i in range(300)]
+
+
+def _config(a: str, b: str, state: Path, **extra: Any) -> dict[str, Any]:
+    experiment = {
+        "name": "fleet-ramp",
+        "seed": "s1",
+        "coverage": 0.05,
+        "arms": [
+            {"name": "control", "model": "a", "weight": 0.5},
+            {"name": "candidate", "model": "b", "weight": 0.5},
+        ],
+        "min_samples": 10,
+        **extra,
+    }
+    cfg = base_config({"a": [a], "b": [b]}, embed={"primary": "a", "experiment": experiment})
+    cfg["telemetry"] = {"prometheus_host": "127.0.0.1", "prometheus_port": 0}
+    cfg["rollout"] = {"state_file": str(state), "poll_seconds": 0.05}
+    cfg["alerting"] = {"evaluation_seconds": 0.1}
+    return cfg
+
+
+async def assignments(router: LiveRouter) -> dict[str, str]:
+    reply = await router.admin.GetAssignment(
+        rpb.GetAssignmentRequest(task=rpb.TASK_EMBED, user_ids=SAMPLE)
+    )
+    return {a.user_id: a.arm for a in reply.assignments}
+
+
+async def observed(router: LiveRouter) -> int:
+    report = await router.admin.GetExperimentReport(
+        rpb.GetExperimentReportRequest(experiment="fleet-ramp")
+    )
+    return sum(a.count for a in report.arms)
+
+
+@contextlib.asynccontextmanager
+async def replica(cfg: dict[str, Any], home: Path) -> AsyncIterator[LiveRouter]:
+    await asyncio.to_thread(home.mkdir, exist_ok=True)
+    async with live_router(cfg, home) as router:
+        yield router
+
+
+async def test_the_controller_ramps_every_replica_alike(tmp_path: Path) -> None:
+    state = tmp_path / "rollout.json"
+    async with fault_server("a") as (_, a), fault_server("b") as (_, b):
+        cfg = _config(
+            a,
+            b,
+            state,
+            ramp=[0.2, 0.5, 1.0],
+            guardrails=[{"metric": "error_rate", "max_absolute_increase": 0.05}],
+        )
+        async with (
+            replica(cfg, tmp_path / "one") as one,
+            replica(cfg, tmp_path / "two") as two,
+        ):
+            targets = [f"127.0.0.1:{r.server.metrics_port}" for r in (one, two)]
+            async with prometheus(tmp_path, {"router": targets}) as port:
+                controller = RolloutController(
+                    one.path, PrometheusSource(f"http://127.0.0.1:{port}"), FileStore(state)
+                )
+                steps = [0.05]
+                assert await assignments(one) == await assignments(two)
+                user = 0
+                restarted = False
+                for _ in range(40):
+                    for _ in range(60):  # through replica one only
+                        await one.process(rpb.TASK_EMBED, wav(0.2), user_id=f"u{user}")
+                        user += 1
+                    expr = (
+                        "sum(gamaserving_router_experiment_observations_total"
+                        '{experiment="fleet-ramp",seed="s1",metric="error_rate"})'
+                    )
+                    total = await observed(one)
+                    assert await wait_for(port, expr, total) == total
+                    ramps = [
+                        d for d in (await controller.evaluate()).decisions if d.action == "ramp"
+                    ]
+                    for d in ramps:
+                        for r in (one, two):
+                            listed = await applied(r, d.to_coverage)
+                            assert listed.coverage_source == "rollout"
+                        steps.append(d.to_coverage)
+                        sample_one, sample_two = await assignments(one), await assignments(two)
+                        assert sample_one == sample_two, f"replicas disagree at {d.to_coverage}"
+                        treated = sum(1 for arm in sample_one.values() if arm)
+                        assert 0 < treated <= len(SAMPLE)
+                    if steps[-1] == 0.5 and not restarted:
+                        # A restarted replica starts from the state file, not the configuration.
+                        await two.server.drain(grace=1)
+                        async with replica(cfg, tmp_path / "two-again") as again:
+                            assert (await applied(again, 0.5)).coverage_source == "rollout"
+                            assert await assignments(again) == await assignments(one)
+                        restarted = True
+                        break
+                assert steps == [0.05, 0.2, 0.5] and restarted
+                # The controller stops here. Nothing resets the coverage: a replica that
+                # restarts now still serves the controller's last step.
+                for _ in range(60):
+                    await one.process(rpb.TASK_EMBED, wav(0.2), user_id=f"u{user}")
+                    user += 1
+                async with replica(cfg, tmp_path / "one-again") as again:
+                    assert (await applied(again, 0.5)).coverage == 0.5
+                    assert await assignments(again) == await assignments(one)
+                assert (await applied(one, 0.5)).coverage == 0.5
+
+
+async def test_a_guardrail_broken_on_the_fleet_rolls_back_every_replica(tmp_path: Path) -> None:
+    state = tmp_path / "rollout.json"
+    async with fault_server("a") as (_, a), fault_server("b", mode="internal") as (_, b):
+        cfg = _config(
+            a,
+            b,
+            state,
+            coverage=1.0,
+            auto_rollback=True,
+            guardrails=[{"metric": "fallback_rate", "max_absolute_increase": 0.05}],
+        )
+        async with (
+            replica(cfg, tmp_path / "one") as one,
+            replica(cfg, tmp_path / "two") as two,
+        ):
+            targets = [f"127.0.0.1:{r.server.metrics_port}" for r in (one, two)]
+            async with prometheus(tmp_path, {"router": targets}) as port:
+                controller = RolloutController(
+                    one.path, PrometheusSource(f"http://127.0.0.1:{port}"), FileStore(state)
+                )
+                assert [d.action for d in (await controller.evaluate()).decisions] == ["start"]
+                for i in range(120):
+                    await one.process(rpb.TASK_EMBED, wav(0.2), user_id=f"u{i}")
+                expr = (
+                    "sum(gamaserving_router_experiment_observations_total"
+                    '{experiment="fleet-ramp",seed="s1",metric="fallback_rate"})'
+                )
+                assert await wait_for(port, expr, 120) == 120
+                # The first round that sees the fleet's numbers decides.
+                (rollback,) = (await controller.evaluate()).decisions
+                assert rollback.action == "rollback" and sum(rollback.counts.values()) == 120
+                for r in (one, two):
+                    listed = await applied(r, 0.0)
+                    assert listed.rollout_status == "rolled_back"
+                assert set((await assignments(two)).values()) == {""}
+                served = await two.process(rpb.TASK_EMBED, wav(0.2), user_id="u1")
+                assert served.route.arm == "" and served.route.model == "a"
