@@ -129,6 +129,10 @@ class ShadowRunner:
                 if value is not None:
                     self.on_agreement(*pair, name, value)
 
+    def running(self) -> int:
+        """Shadow copies in flight."""
+        return len(self._tasks)
+
     def _outcome(self, primary: str, shadow: str, outcome: str) -> None:
         if self.on_outcome is not None:
             self.on_outcome(primary, shadow, outcome)

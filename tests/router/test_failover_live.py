@@ -23,7 +23,7 @@ CLIP = wav(0.5)
 async def steady_load(
     router: LiveRouter, seconds: float, clients: int, deadline_s: float
 ) -> list[tuple[float, float, Any]]:
-    """`clients` closed-loop callers for `seconds`: (start, latency, response or error) each."""
+    """`clients` closed-loop callers for `seconds`: (start, end, response or error) each."""
     results: list[tuple[float, float, Any]] = []
     stop = time.monotonic() + seconds
 
@@ -34,7 +34,7 @@ async def steady_load(
                 out: Any = await router.process(rpb.TASK_EMBED, CLIP, deadline_s=deadline_s)
             except grpc.aio.AioRpcError as exc:
                 out = exc
-            results.append((t0, time.monotonic() - t0, out))
+            results.append((t0, time.monotonic(), out))
 
     await asyncio.gather(*(client() for _ in range(clients)))
     return results
@@ -61,11 +61,18 @@ async def test_sigkill_of_the_primary_gives_no_client_errors(
             assert primary.proc is not None
             killed_at = time.monotonic()
             primary.proc.kill()
+            (endpoint,) = router.core.state.backends["primary"].endpoints  # type: ignore[union-attr]
+            while endpoint.serving:  # the router's health Watch sees the death
+                endpoint.health_changed.clear()
+                await asyncio.wait_for(endpoint.health_changed.wait(), 10)
+            known_dead = time.monotonic()
             results = await load
     errors = [r for _, _, r in results if isinstance(r, Exception)]
     assert not errors, errors[:3]
-    before = [r for t, _, r in results if t < killed_at - 0.2]
-    after = [r for t, _, r in results if t > killed_at + 0.5]
+    # Ordered by events, not by windows around them: answered before the kill, the primary
+    # served; started once the router knew it dead, the fallback did.
+    before = [r for _, end, r in results if end < killed_at]
+    after = [r for start, _, r in results if start > known_dead]
     assert before and all(r.route.model == "primary" for r in before)
     assert after and all(r.route.model == "fallback" for r in after)
     assert any(r.route.fallback_used for r in after)
@@ -100,12 +107,12 @@ async def test_sigstop_answers_within_deadline_opens_and_recloses_the_circuit(
                 os.kill(pid, signal.SIGCONT)
             continued = time.monotonic()
             results = await load
+    # Every caller had a 1.5 s deadline: no error means every answer came within it.
     errors = [r for _, _, r in results if isinstance(r, Exception)]
     assert not errors, errors[:3]
-    assert max(latency for _, latency, _ in results) < 1.5
     assert changes[("primary", primary.address, "half_open")] >= 1
     assert changes[("primary", primary.address, "closed")] >= 1
-    late = [r for t, _, r in results if t > continued + 2.0]
+    late = [r for t, _, r in results if t > continued]
     assert late and any(r.route.model == "primary" for r in late), "traffic never returned"
 
 
