@@ -177,3 +177,22 @@ async def test_reload_follows_a_kubernetes_configmap_update(tmp_path: Path) -> N
             assert router.server.reloads == 1
             after = await router.process(rpb.TASK_TAG, CLIP, user_id="u1")
             assert after.route.model == "b"
+
+
+async def test_reload_applies_new_anomaly_and_trend_settings(tmp_path: Path) -> None:
+    async with fault_server("a") as (_, a), fault_server("b") as (_, b):
+        cfg = _config(a, b, (0.5, 0.5), "s1")
+        async with live_router(cfg, tmp_path) as router:
+            for i in range(40):
+                await router.process(rpb.TASK_TAG, CLIP, user_id=f"u{i}")
+            learned = dict(router.core.anomalies.detectors)
+            assert learned and router.core.anomalies.settings.threshold == 4.0
+            cfg["anomaly"] = {"threshold": 2.5, "warmup": 10}
+            cfg["trends"] = {"bucket_seconds": 30, "buckets": 10}
+            router.path.write_text(yaml.safe_dump(cfg))
+            assert await router.server.reload()
+            anomalies, trends = router.core.anomalies, router.core.trends
+            assert (anomalies.settings.threshold, anomalies.settings.warmup) == (2.5, 10)
+            assert all(d.s.threshold == 2.5 for d in anomalies.detectors.values())
+            assert anomalies.detectors == learned  # the baselines learned so far are kept
+            assert (trends.settings.bucket_seconds, trends.settings.buckets) == (30, 10)
