@@ -15,8 +15,10 @@ import grpc
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Tracer
 
+from gamaserving.inference import grpc_predict_v2_pb2 as pb
 from gamaserving.oip import ModelOutput, parse_response
 from gamaserving.telemetry.tracing import ChildSpan, child_span, inject, record_status
+from router.backends.endpoint import Endpoint
 from router.backends.model import ModelBackend
 from router.backends.oip import MODEL_INFER, infer_request
 from router.config import RouteSettings
@@ -60,6 +62,31 @@ class Outcome:
     @property
     def failed_checks(self) -> list[Check]:
         return [c for c in self.checks if not c.passed]
+
+
+def attempt_attributes(
+    backend: ModelBackend, endpoint: Endpoint, timeout: float
+) -> dict[str, str | float]:
+    return {
+        "model": backend.key,
+        "server.address": endpoint.target,
+        "rpc.method": MODEL_INFER,
+        "attempt.timeout_ms": round(timeout * 1000, 1),
+    }
+
+
+async def call(
+    backend: ModelBackend,
+    endpoint: Endpoint,
+    req: RouteRequest,
+    seconds: float,
+    span: trace.Span,
+) -> pb.ModelInferResponse:
+    """One ModelInfer with a gRPC deadline `seconds` away, carrying the attempt span's trace
+    context to the model server."""
+    return await endpoint.stub.ModelInfer(  # type: ignore[no-any-return]
+        infer_request(backend.server_name, req), timeout=seconds, metadata=inject(span)
+    )
 
 
 class Dispatcher:
@@ -121,19 +148,10 @@ class Dispatcher:
                     self.tracer,
                     "attempt",
                     kind=SpanKind.CLIENT,
-                    attributes={
-                        "model": backend.key,
-                        "server.address": endpoint.target,
-                        "rpc.method": MODEL_INFER,
-                        "attempt.timeout_ms": round(timeout * 1000, 1),
-                    },
+                    attributes=attempt_attributes(backend, endpoint, timeout),
                 )
                 try:
-                    response = await endpoint.stub.ModelInfer(
-                        infer_request(backend.server_name, req),
-                        timeout=timeout,
-                        metadata=inject(span),
-                    )
+                    response = await call(backend, endpoint, req, timeout, span)
                 except grpc.aio.AioRpcError as exc:
                     seconds = self._clock() - started
                     reason = REASONS.get(exc.code(), exc.code().name.lower())
@@ -227,19 +245,12 @@ class Dispatcher:
                 context=trace.set_span_in_context(outer),
                 kind=SpanKind.CLIENT,
                 attributes={
-                    "model": backend.key,
-                    "server.address": endpoint.target,
-                    "rpc.method": MODEL_INFER,
+                    **attempt_attributes(backend, endpoint, timeout),
                     "attempt.role": "shadow",
-                    "attempt.timeout_ms": round(timeout * 1000, 1),
                 },
             )
             try:
-                response = await endpoint.stub.ModelInfer(
-                    infer_request(backend.server_name, req),
-                    timeout=timeout,
-                    metadata=inject(span),
-                )
+                response = await call(backend, endpoint, req, timeout, span)
                 record_status(span, None)
             except grpc.aio.AioRpcError as exc:
                 record_status(span, exc.code())

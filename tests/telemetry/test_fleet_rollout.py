@@ -72,6 +72,22 @@ async def replica(cfg: dict[str, Any], home: Path) -> AsyncIterator[LiveRouter]:
         yield router
 
 
+@contextlib.asynccontextmanager
+async def fleet(
+    cfg: dict[str, Any], tmp_path: Path, state: Path
+) -> AsyncIterator[tuple[LiveRouter, LiveRouter, RolloutController, int]]:
+    """Two replicas of `cfg`, a real Prometheus scraping both, and the rollout controller
+    deciding from that Prometheus into `state`; yields them and Prometheus' port."""
+    async with (
+        replica(cfg, tmp_path / "one") as one,
+        replica(cfg, tmp_path / "two") as two,
+    ):
+        targets = [f"127.0.0.1:{r.server.metrics_port}" for r in (one, two)]
+        async with prometheus(tmp_path, {"router": targets}) as port:
+            source = PrometheusSource(f"http://127.0.0.1:{port}")
+            yield one, two, RolloutController(one.path, source, FileStore(state)), port
+
+
 async def test_the_controller_ramps_every_replica_alike(tmp_path: Path) -> None:
     state = tmp_path / "rollout.json"
     async with fault_server("a") as (_, a), fault_server("b") as (_, b):
@@ -82,59 +98,49 @@ async def test_the_controller_ramps_every_replica_alike(tmp_path: Path) -> None:
             ramp=[0.2, 0.5, 1.0],
             guardrails=[{"metric": "error_rate", "max_absolute_increase": 0.05}],
         )
-        async with (
-            replica(cfg, tmp_path / "one") as one,
-            replica(cfg, tmp_path / "two") as two,
-        ):
-            targets = [f"127.0.0.1:{r.server.metrics_port}" for r in (one, two)]
-            async with prometheus(tmp_path, {"router": targets}) as port:
-                controller = RolloutController(
-                    one.path, PrometheusSource(f"http://127.0.0.1:{port}"), FileStore(state)
-                )
-                steps = [0.05]
-                assert await assignments(one) == await assignments(two)
-                user = 0
-                restarted = False
-                for _ in range(40):
-                    for _ in range(60):  # through replica one only
-                        await one.process(rpb.TASK_EMBED, wav(0.2), user_id=f"u{user}")
-                        user += 1
-                    expr = (
-                        "sum(gamaserving_router_experiment_observations_total"
-                        '{experiment="fleet-ramp",seed="s1",metric="error_rate"})'
-                    )
-                    total = await observed(one)
-                    assert await wait_for(port, expr, total) == total
-                    ramps = [
-                        d for d in (await controller.evaluate()).decisions if d.action == "ramp"
-                    ]
-                    for d in ramps:
-                        for r in (one, two):
-                            listed = await applied(r, d.to_coverage)
-                            assert listed.coverage_source == "rollout"
-                        steps.append(d.to_coverage)
-                        sample_one, sample_two = await assignments(one), await assignments(two)
-                        assert sample_one == sample_two, f"replicas disagree at {d.to_coverage}"
-                        treated = sum(1 for arm in sample_one.values() if arm)
-                        assert 0 < treated <= len(SAMPLE)
-                    if steps[-1] == 0.5 and not restarted:
-                        # A restarted replica starts from the state file, not the configuration.
-                        await two.server.drain(grace=1)
-                        async with replica(cfg, tmp_path / "two-again") as again:
-                            assert (await applied(again, 0.5)).coverage_source == "rollout"
-                            assert await assignments(again) == await assignments(one)
-                        restarted = True
-                        break
-                assert steps == [0.05, 0.2, 0.5] and restarted
-                # The controller stops here. Nothing resets the coverage: a replica that
-                # restarts now still serves the controller's last step.
-                for _ in range(60):
+        async with fleet(cfg, tmp_path, state) as (one, two, controller, port):
+            steps = [0.05]
+            assert await assignments(one) == await assignments(two)
+            user = 0
+            restarted = False
+            for _ in range(40):
+                for _ in range(60):  # through replica one only
                     await one.process(rpb.TASK_EMBED, wav(0.2), user_id=f"u{user}")
                     user += 1
-                async with replica(cfg, tmp_path / "one-again") as again:
-                    assert (await applied(again, 0.5)).coverage == 0.5
-                    assert await assignments(again) == await assignments(one)
-                assert (await applied(one, 0.5)).coverage == 0.5
+                expr = (
+                    "sum(gamaserving_router_experiment_observations_total"
+                    '{experiment="fleet-ramp",seed="s1",metric="error_rate"})'
+                )
+                total = await observed(one)
+                assert await wait_for(port, expr, total) == total
+                ramps = [d for d in (await controller.evaluate()).decisions if d.action == "ramp"]
+                for d in ramps:
+                    for r in (one, two):
+                        listed = await applied(r, d.to_coverage)
+                        assert listed.coverage_source == "rollout"
+                    steps.append(d.to_coverage)
+                    sample_one, sample_two = await assignments(one), await assignments(two)
+                    assert sample_one == sample_two, f"replicas disagree at {d.to_coverage}"
+                    treated = sum(1 for arm in sample_one.values() if arm)
+                    assert 0 < treated <= len(SAMPLE)
+                if steps[-1] == 0.5 and not restarted:
+                    # A restarted replica starts from the state file, not the configuration.
+                    await two.server.drain(grace=1)
+                    async with replica(cfg, tmp_path / "two-again") as again:
+                        assert (await applied(again, 0.5)).coverage_source == "rollout"
+                        assert await assignments(again) == await assignments(one)
+                    restarted = True
+                    break
+            assert steps == [0.05, 0.2, 0.5] and restarted
+            # The controller stops here. Nothing resets the coverage: a replica that
+            # restarts now still serves the controller's last step.
+            for _ in range(60):
+                await one.process(rpb.TASK_EMBED, wav(0.2), user_id=f"u{user}")
+                user += 1
+            async with replica(cfg, tmp_path / "one-again") as again:
+                assert (await applied(again, 0.5)).coverage == 0.5
+                assert await assignments(again) == await assignments(one)
+            assert (await applied(one, 0.5)).coverage == 0.5
 
 
 async def test_a_guardrail_broken_on_the_fleet_rolls_back_every_replica(tmp_path: Path) -> None:
@@ -148,29 +154,21 @@ async def test_a_guardrail_broken_on_the_fleet_rolls_back_every_replica(tmp_path
             auto_rollback=True,
             guardrails=[{"metric": "fallback_rate", "max_absolute_increase": 0.05}],
         )
-        async with (
-            replica(cfg, tmp_path / "one") as one,
-            replica(cfg, tmp_path / "two") as two,
-        ):
-            targets = [f"127.0.0.1:{r.server.metrics_port}" for r in (one, two)]
-            async with prometheus(tmp_path, {"router": targets}) as port:
-                controller = RolloutController(
-                    one.path, PrometheusSource(f"http://127.0.0.1:{port}"), FileStore(state)
-                )
-                assert [d.action for d in (await controller.evaluate()).decisions] == ["start"]
-                for i in range(120):
-                    await one.process(rpb.TASK_EMBED, wav(0.2), user_id=f"u{i}")
-                expr = (
-                    "sum(gamaserving_router_experiment_observations_total"
-                    '{experiment="fleet-ramp",seed="s1",metric="fallback_rate"})'
-                )
-                assert await wait_for(port, expr, 120) == 120
-                # The first round that sees the fleet's numbers decides.
-                (rollback,) = (await controller.evaluate()).decisions
-                assert rollback.action == "rollback" and sum(rollback.counts.values()) == 120
-                for r in (one, two):
-                    listed = await applied(r, 0.0)
-                    assert listed.rollout_status == "rolled_back"
-                assert set((await assignments(two)).values()) == {""}
-                served = await two.process(rpb.TASK_EMBED, wav(0.2), user_id="u1")
-                assert served.route.arm == "" and served.route.model == "a"
+        async with fleet(cfg, tmp_path, state) as (one, two, controller, port):
+            assert [d.action for d in (await controller.evaluate()).decisions] == ["start"]
+            for i in range(120):
+                await one.process(rpb.TASK_EMBED, wav(0.2), user_id=f"u{i}")
+            expr = (
+                "sum(gamaserving_router_experiment_observations_total"
+                '{experiment="fleet-ramp",seed="s1",metric="fallback_rate"})'
+            )
+            assert await wait_for(port, expr, 120) == 120
+            # The first round that sees the fleet's numbers decides.
+            (rollback,) = (await controller.evaluate()).decisions
+            assert rollback.action == "rollback" and sum(rollback.counts.values()) == 120
+            for r in (one, two):
+                listed = await applied(r, 0.0)
+                assert listed.rollout_status == "rolled_back"
+            assert set((await assignments(two)).values()) == {""}
+            served = await two.process(rpb.TASK_EMBED, wav(0.2), user_id="u1")
+            assert served.route.arm == "" and served.route.model == "a"
