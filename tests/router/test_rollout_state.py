@@ -214,3 +214,57 @@ def test_decisions_carry_their_numbers() -> None:
         at=1.0, experiment="e", seed="s", action="ramp", from_coverage=0.1, to_coverage=0.5
     )
     assert d.by == "controller" and d.counts == {} and d.srm_p_value is None
+
+
+async def test_get_assignment_refuses_bad_requests_precisely(tmp_path: Path) -> None:
+    import grpc
+
+    async with fault_server("a") as (_, a), fault_server("b") as (_, b):
+        e = experiment(ramp=[], auto_rollback=False)
+        cfg = base_config(
+            {"a": [a], "b": [b]},
+            embed={"primary": "a", "experiment": e.model_dump(mode="json")},
+            tag={"primary": "a"},
+        )
+        async with live_router(cfg, tmp_path) as router:
+            cases = [
+                (rpb.GetAssignmentRequest(user_ids=["u"]), grpc.StatusCode.INVALID_ARGUMENT),
+                (
+                    rpb.GetAssignmentRequest(task=rpb.TASK_EMBED, user_ids=["u"] * 10_001),
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                ),
+                (rpb.GetAssignmentRequest(task=rpb.TASK_TAG), grpc.StatusCode.NOT_FOUND),
+            ]
+            for request, code in cases:
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await router.admin.GetAssignment(request)
+                assert info.value.code() == code and info.value.details()
+            ok = await router.admin.GetAssignment(
+                rpb.GetAssignmentRequest(task=rpb.TASK_EMBED, user_ids=["u1", "u2"])
+            )
+            assert [x.user_id for x in ok.assignments] == ["u1", "u2"] and ok.coverage == 0.1
+
+
+def test_rollout_cli_names_what_is_wrong(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from router.cli import main
+
+    cfg = base_config(
+        {"a": ["127.0.0.1:1"], "b": ["127.0.0.1:2"]},
+        embed={"primary": "a", "experiment": experiment().model_dump(mode="json")},
+    )
+    cfg["rollout"] = {"state_file": "rollout.json"}
+    path = tmp_path / "router.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    base = ["rollout", "--config", str(path)]
+    assert main([*base, "--set", "e=abc"]) == 2
+    assert "expected EXPERIMENT=COVERAGE" in capsys.readouterr().err
+    assert main([*base, "--set", "e=1.5"]) == 2
+    assert "within [0, 1]" in capsys.readouterr().err
+    assert main([*base, "--pause", "nope"]) == 2
+    assert "no experiment 'nope'" in capsys.readouterr().err
+    assert main(base) == 2
+    assert "--prometheus URL or --router" in capsys.readouterr().err
+    assert main([*base, "--set", "e=0.3"]) == 0
+    assert FileStore(tmp_path / "rollout.json").read().phase("e", "s1").coverage == 0.3  # type: ignore[union-attr]
