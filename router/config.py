@@ -316,12 +316,18 @@ class ConfigError(Exception):
     """The configuration file cannot be used; the message names each problem's field."""
 
 
-def _format(err: ValidationError, source: Path) -> str:
-    lines = [f"{source}: invalid router configuration"]
+def field_errors(err: ValidationError) -> list[str]:
+    """One `field.path: message` per problem, for errors that name the field."""
+    out = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
-        lines.append(f"  {loc + ': ' if loc else ''}{msg}")
+        out.append(f"{loc + ': ' if loc else ''}{msg}")
+    return out
+
+
+def _format(err: ValidationError, source: Path) -> str:
+    lines = [f"{source}: invalid router configuration", *(f"  {x}" for x in field_errors(err))]
     return "\n".join(lines)
 
 

@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from router.config import field_errors
+
 HISTORY_LIMIT = 200
 Status = Literal["ramping", "steady", "rolled_back"]
 """ramping: more ramp steps to take; steady: none left (or no ramp); rolled_back: coverage 0."""
@@ -97,9 +99,7 @@ def parse_state(text: str, source: str) -> RolloutState:
     try:
         return RolloutState.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(field_errors(exc))
         raise StateError(f"{source}: invalid rollout state: {problems}") from exc
 
 
