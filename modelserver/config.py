@@ -51,6 +51,23 @@ class Batching(_Strict):
     """Requests waiting beyond this are refused with RESOURCE_EXHAUSTED."""
 
 
+class ContinuousBatching(_Strict):
+    """Per-step scheduling of generation (GAMA's describe): sequences join the running decode
+    batch after their prefill and leave it the step they finish."""
+
+    enabled: bool = True
+    """False decodes describe in the dynamic batcher, each batch until its longest answer ends."""
+    kv_budget_tokens: int = Field(16384, ge=1)
+    """KV-cache slots in flight: rows x the longest row's prompt + max_new_tokens. Checked at
+    start against the device's free memory; beyond it, new sequences wait."""
+    max_sequences: int = Field(64, ge=1, le=4096)
+    """Most sequences in one decode step."""
+    max_waiting: int = Field(256, ge=0)
+    """Sequences waiting for a slot; beyond this, RESOURCE_EXHAUSTED."""
+    max_prefill_per_step: int = Field(8, ge=1, le=1024)
+    """New sequences prefilled per step: bounds the pause a prefill puts into running answers."""
+
+
 class Warmup(_Strict):
     """Requests run before the server reports ready, so first calls are not slow."""
 
@@ -157,6 +174,7 @@ class ModelConfig(_Strict):
     limits: Limits = Limits()
     batching: Batching = Batching()
     warmup: Warmup = Warmup()
+    continuous_batching: ContinuousBatching = ContinuousBatching()
     fp16: bool = False
     """Half precision for the torch runtime on CUDA (ignored on CPU)."""
     intra_op_threads: int = Field(0, ge=0)

@@ -8,7 +8,8 @@ only logits processor: to each row's own tokens (its left padding left out) it a
 transformers' repetition penalty and the release's warpers (temperature, top-k, top-p, in
 transformers' order), draws the row's token from the row's own generator and returns a
 one-hot row, which greedy selection then takes. Caching, padding and end of sequence stay
-transformers' own.
+transformers' own. This is the static path (`tag`, and `describe` without continuous
+batching); `decode_batch.py` steps the same `RowSampler`s one token at a time.
 """
 
 from __future__ import annotations
@@ -62,6 +63,46 @@ class DecodeSettings:
     pad_id: int
 
 
+class Warpers:
+    """transformers' repetition penalty and the release's warpers, built once per model."""
+
+    def __init__(self, settings: DecodeSettings) -> None:
+        top_k, top_p, penalty = settings.top_k, settings.top_p, settings.repetition_penalty
+        self.penalty = RepetitionPenaltyLogitsProcessor(penalty) if penalty != 1.0 else None
+        self.top_k = TopKLogitsWarper(top_k) if top_k > 0 else None
+        self.top_p = TopPLogitsWarper(top_p) if top_p < 1.0 else None
+
+
+class RowSampler:
+    """One sequence's decoding state: its sampling settings and its own generator, so its
+    tokens do not depend on what else shares a batch or a step."""
+
+    def __init__(self, sampling: Sampling, warpers: Warpers, device: torch.device) -> None:
+        self.sampling = sampling
+        self.warpers = warpers
+        self.generator: torch.Generator | None = None
+        if sampling.temperature > 0:
+            self.generator = torch.Generator(device=device)
+            self.generator.manual_seed(sampling.seed)
+
+    def pick(self, ids: torch.Tensor, logits: torch.Tensor) -> int:
+        """The next token after `ids` ([1, n]: the prompt's text and the answer so far),
+        from this row's logits ([1, vocab])."""
+        w = self.warpers
+        logits = logits.float()
+        if w.penalty is not None:
+            logits = w.penalty(ids, logits)
+        if self.generator is None:
+            return int(logits.argmax(dim=-1)[0])
+        logits = logits / self.sampling.temperature
+        if w.top_k is not None:
+            logits = w.top_k(ids, logits)
+        if w.top_p is not None:
+            logits = w.top_p(ids, logits)
+        probs = torch.softmax(logits, dim=-1)
+        return int(torch.multinomial(probs[0], 1, generator=self.generator)[0])
+
+
 class SeededSampler(LogitsProcessor):  # type: ignore[misc]
     def __init__(
         self,
@@ -70,38 +111,15 @@ class SeededSampler(LogitsProcessor):  # type: ignore[misc]
         settings: DecodeSettings,
         device: torch.device,
     ) -> None:
-        self.rows = rows
+        warpers = Warpers(settings)
+        self.samplers = [RowSampler(row, warpers, device) for row in rows]
         self.pads = pads
-        top_k, top_p = settings.top_k, settings.top_p
-        penalty = settings.repetition_penalty
-        self.penalty = RepetitionPenaltyLogitsProcessor(penalty) if penalty != 1.0 else None
-        self.top_k = TopKLogitsWarper(top_k) if top_k > 0 else None
-        self.top_p = TopPLogitsWarper(top_p) if top_p < 1.0 else None
-        self.generators: list[torch.Generator | None] = []
-        for row in rows:
-            generator = None
-            if row.temperature > 0:
-                generator = torch.Generator(device=device)
-                generator.manual_seed(row.seed)
-            self.generators.append(generator)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         picked = torch.empty(scores.shape[0], dtype=torch.long, device=scores.device)
-        for row, (sampling, generator) in enumerate(zip(self.rows, self.generators, strict=True)):
-            logits = scores[row : row + 1].float()
+        for row, sampler in enumerate(self.samplers):
             ids = input_ids[row : row + 1, self.pads[row] :]
-            if self.penalty is not None:
-                logits = self.penalty(ids, logits)
-            if generator is None:
-                picked[row] = logits.argmax(dim=-1)[0]
-                continue
-            logits = logits / sampling.temperature
-            if self.top_k is not None:
-                logits = self.top_k(ids, logits)
-            if self.top_p is not None:
-                logits = self.top_p(ids, logits)
-            probs = torch.softmax(logits, dim=-1)
-            picked[row] = torch.multinomial(probs[0], 1, generator=generator)[0]
+            picked[row] = sampler.pick(ids, scores[row : row + 1])
         one_hot = torch.full_like(scores, -float("inf"))
         one_hot.scatter_(1, picked.unsqueeze(1), 0.0)
         return one_hot  # type: ignore[return-value]
@@ -122,10 +140,19 @@ class RowLimits(StoppingCriteria):  # type: ignore[misc]
         return done  # type: ignore[return-value]
 
 
-def generate(
-    lm: PreTrainedModel, batch: list[Prompted], settings: DecodeSettings
-) -> list[list[int]]:
-    """New token ids per sequence (without the end-of-sequence token)."""
+@dataclass(frozen=True)
+class Packed:
+    """Sequences left-padded into one batch: the audio prefix and the prompt's embeddings,
+    their attention mask, and the prompt's token ids (left-padded with `pad_id`)."""
+
+    embeds: torch.Tensor
+    mask: torch.Tensor
+    ids: torch.Tensor
+    pads: list[int]
+    """Padding before each row's text ids."""
+
+
+def pack(lm: PreTrainedModel, batch: list[Prompted], pad_id: int) -> Packed:
     device = lm.device
     embed = lm.get_input_embeddings()
     width = max(p.prefix.shape[0] + len(p.ids) for p in batch)
@@ -133,15 +160,23 @@ def generate(
     hidden = batch[0].prefix.shape[1]
     embeds = torch.zeros(len(batch), width, hidden, device=device, dtype=lm.dtype)
     mask = torch.zeros(len(batch), width, dtype=torch.long, device=device)
-    ids = torch.full((len(batch), text_width), settings.pad_id, dtype=torch.long, device=device)
+    ids = torch.full((len(batch), text_width), pad_id, dtype=torch.long, device=device)
     for row, p in enumerate(batch):
         tokens = torch.tensor(p.ids, dtype=torch.long, device=device)
         sequence = torch.cat([p.prefix.to(device, lm.dtype), embed(tokens)], dim=0)
         embeds[row, width - sequence.shape[0] :] = sequence
         mask[row, width - sequence.shape[0] :] = 1
         ids[row, text_width - len(p.ids) :] = tokens
+    return Packed(embeds, mask, ids, [text_width - len(p.ids) for p in batch])
+
+
+def generate(
+    lm: PreTrainedModel, batch: list[Prompted], settings: DecodeSettings
+) -> list[list[int]]:
+    """New token ids per sequence (without the end-of-sequence token)."""
+    packed = pack(lm, batch, settings.pad_id)
+    text_width = packed.ids.shape[1]
     rows = [p.sampling for p in batch]
-    pads = [text_width - len(p.ids) for p in batch]
     limits = [r.max_new_tokens for r in rows]
     config = GenerationConfig(
         do_sample=False,
@@ -150,11 +185,13 @@ def generate(
         pad_token_id=settings.pad_id,
     )
     out = lm.generate(
-        input_ids=ids,
-        inputs_embeds=embeds,
-        attention_mask=mask,
+        input_ids=packed.ids,
+        inputs_embeds=packed.embeds,
+        attention_mask=packed.mask,
         generation_config=config,
-        logits_processor=LogitsProcessorList([SeededSampler(rows, pads, settings, device)]),
+        logits_processor=LogitsProcessorList(
+            [SeededSampler(rows, packed.pads, settings, lm.device)]
+        ),
         stopping_criteria=StoppingCriteriaList([RowLimits(limits, text_width)]),
     )
     answers: list[list[int]] = []

@@ -1,0 +1,1 @@
+"""Generation serving: per-step (continuous) batching and streamed text pieces."""

@@ -1,0 +1,394 @@
+"""Continuous batching: one running decode batch, stepped one token at a time.
+
+Each iteration of the worker (on the single inference thread) retires the sequences that
+finished, were cancelled or ran out of time, decodes one token for every remaining row, then
+prefills newly admitted sequences into the batch. So a short answer leaves the step it ends,
+a new request waits at most one step to start, and a caller that went away costs at most the
+step already under way.
+
+Admission is bounded by a KV budget counted the way the cache is laid out: rows are padded to
+the longest, so a batch holds `rows x max(prompt + max_new_tokens)` slots at most. Each
+sequence reserves its worst case when it joins, so a running sequence never has to be evicted.
+Beyond the budget sequences wait in arrival order (no overtaking, so none starves); beyond
+`max_waiting` they are refused with RESOURCE_EXHAUSTED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from modelserver.config import ContinuousBatching
+from modelserver.errors import ErrorKind, InferenceError, exhausted, unavailable
+from modelserver.generation.pieces import TextPieces
+
+log = logging.getLogger(__name__)
+
+
+class Engine(Protocol):
+    """A model's running decode batch (family code); called on the inference thread only."""
+
+    eos_id: int
+
+    def prefill(self, items: list[Any]) -> list[int]:
+        """Appends rows for `items`; returns each one's first token."""
+
+    def step(self) -> list[int]:
+        """One token for every row, in row order."""
+
+    def keep(self, indices: list[int]) -> None:
+        """Keeps only these rows, in this order; [] empties the batch."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What a family hands the scheduler for one sequence."""
+
+    item: Any
+    """Passed to `Engine.prefill`."""
+    input_tokens: int
+    """Prompt positions (for GAMA: the audio prefix and the prompt's tokens)."""
+    max_new_tokens: int
+    pieces: TextPieces
+
+
+@dataclass(frozen=True)
+class Piece:
+    text: str
+    output_tokens: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: str
+    """`stop` (end of sequence) or `length` (max_new_tokens)."""
+    input_tokens: int
+    output_tokens: int
+    token_ids: tuple[int, ...]
+    queue_ms: float
+    """Arrival to the start of its prefill."""
+    first_token_ms: float
+    """Arrival to its first token."""
+    decode_ms: float
+    """First token to last."""
+    batch_size: int
+    """Most rows of a step it took part in."""
+
+
+Event = Piece | Finished
+
+
+@dataclass
+class GenerationStats:
+    submitted: int = 0
+    rejected: int = 0
+    finished: int = 0
+    cancelled: int = 0
+    expired: int = 0
+    faults: int = 0
+    steps: int = 0
+    decoded_tokens: int = 0
+    """Tokens computed, prefill's first tokens included: what the model spent."""
+    decoded_after_cancel: int = 0
+    """Tokens computed for sequences whose caller had already gone (at most a step each)."""
+
+
+@dataclass(eq=False)
+class _Sequence:
+    request: GenerationRequest
+    deadline: float | None
+    enqueued: float
+    events: asyncio.Queue[Event | InferenceError] = field(default_factory=asyncio.Queue)
+    tokens: list[int] = field(default_factory=list)
+    computed: int = 0
+    cancelled: bool = False
+    done: bool = False
+    started: float = 0.0
+    first_token: float = 0.0
+    batch_size: int = 0
+
+    @property
+    def reserve(self) -> int:
+        return self.request.input_tokens + self.request.max_new_tokens
+
+
+class GenerationScheduler:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: ContinuousBatching,
+        executor: Executor,
+        clock: Callable[[], float] = time.monotonic,
+        on_fault: Callable[[BaseException], None] | None = None,
+        on_success: Callable[[], None] | None = None,
+        on_step: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self._executor = executor
+        self._clock = clock
+        self._on_fault = on_fault
+        self._on_success = on_success
+        self._on_step = on_step
+        self._waiting: deque[_Sequence] = deque()
+        self._running: list[_Sequence] = []
+        self._wakeup = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+        self._closed = False
+        self.stats = GenerationStats()
+        self.busy_since: float | None = None
+
+    # -- state (reads only) --------------------------------------------------------------------
+
+    @property
+    def depth(self) -> int:
+        """Sequences waiting for a slot."""
+        return len(self._waiting)
+
+    @property
+    def occupancy(self) -> int:
+        """Rows of the running decode batch."""
+        return len(self._running)
+
+    @property
+    def kv_reserved(self) -> int:
+        """KV slots the running batch may reach: rows x the longest reservation."""
+        return _footprint(len(self._running), max((s.reserve for s in self._running), default=0))
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._work(), name="generation")
+
+    def close(self) -> None:
+        """Refuse new sequences; running and waiting ones still finish."""
+        self._closed = True
+
+    async def stop(self) -> None:
+        self._closed = True
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+        error = unavailable("the model server is shutting down")
+        for seq in [*self._running, *self._waiting]:
+            self._fail(seq, error)
+        self._running, self._waiting = [], deque()
+
+    # -- requests ------------------------------------------------------------------------------
+
+    async def generate(
+        self, request: GenerationRequest, deadline: float | None = None
+    ) -> AsyncIterator[Event]:
+        """Pieces of the answer as they are decoded, then `Finished`. Closing the iterator
+        early (or cancelling its consumer) removes the sequence at the next step."""
+        seq = self._enqueue(request, deadline)
+        try:
+            while True:
+                event = await seq.events.get()
+                if isinstance(event, InferenceError):
+                    raise event
+                yield event
+                if isinstance(event, Finished):
+                    return
+        finally:
+            if not seq.done:
+                seq.cancelled = True
+                if seq in self._waiting:
+                    self._waiting.remove(seq)
+                    seq.done = True
+                    self.stats.cancelled += 1
+
+    def _enqueue(self, request: GenerationRequest, deadline: float | None) -> _Sequence:
+        s = self.settings
+        if self._closed:
+            raise unavailable("the model server is draining and takes no new requests")
+        seq = _Sequence(request, deadline, self._clock())
+        if seq.reserve > s.kv_budget_tokens:
+            self.stats.rejected += 1
+            raise exhausted(
+                f"this answer may need {seq.reserve} KV-cache slots ({request.input_tokens} "
+                f"prompt + {request.max_new_tokens} max_new_tokens); the model's budget is "
+                f"{s.kv_budget_tokens}: ask for fewer max_new_tokens"
+            )
+        if len(self._waiting) >= s.max_waiting:
+            self.stats.rejected += 1
+            raise exhausted(
+                f"the generation queue is full ({len(self._waiting)} sequences waiting for a "
+                f"slot, {len(self._running)} decoding); retry with backoff or send to another "
+                "replica"
+            )
+        self._waiting.append(seq)
+        self.stats.submitted += 1
+        self._wakeup.set()
+        return seq
+
+    # -- the worker ----------------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            now = self._clock()
+            self._expire_waiting(now)
+            keep = [i for i, seq in enumerate(self._running) if self._still_running(seq, now)]
+            running = [self._running[i] for i in keep]
+            admitted = self._admit(running)
+            if not running and not admitted and not self._running:
+                self._wakeup.clear()
+                if not self._waiting:
+                    await self._wakeup.wait()
+                continue
+            self.busy_since = now
+            try:
+                events = await loop.run_in_executor(
+                    self._executor, self._iterate, keep, running, admitted
+                )
+            except Exception as exc:
+                self._faulted(exc, [*running, *admitted])
+                continue
+            finally:
+                self.busy_since = None
+            self._running = [*running, *admitted]
+            if self._on_success is not None:
+                self._on_success()
+            for seq, event in events:
+                seq.events.put_nowait(event)
+            if self._on_step is not None:
+                self._on_step(len(self._running), self.kv_reserved)
+
+    def _still_running(self, seq: _Sequence, now: float) -> bool:
+        if seq.done:
+            return False
+        if seq.cancelled:
+            seq.done = True
+            self.stats.cancelled += 1
+            return False
+        if seq.deadline is not None and now >= seq.deadline:
+            self.stats.expired += 1
+            self._fail(
+                seq,
+                InferenceError(
+                    ErrorKind.DEADLINE_EXCEEDED,
+                    f"deadline passed after {len(seq.tokens)} tokens; the answer was cut short",
+                ),
+            )
+            return False
+        return True
+
+    def _expire_waiting(self, now: float) -> None:
+        for seq in [s for s in self._waiting if s.deadline is not None and now >= s.deadline]:
+            self._waiting.remove(seq)
+            self.stats.expired += 1
+            self._fail(
+                seq,
+                InferenceError(
+                    ErrorKind.DEADLINE_EXCEEDED, "deadline passed while waiting for a slot"
+                ),
+            )
+
+    def _admit(self, running: list[_Sequence]) -> list[_Sequence]:
+        s = self.settings
+        admitted: list[_Sequence] = []
+        longest = max((seq.reserve for seq in running), default=0)
+        while self._waiting and len(admitted) < s.max_prefill_per_step:
+            seq = self._waiting[0]
+            rows = len(running) + len(admitted) + 1
+            widest = max(longest, seq.reserve)
+            if rows > s.max_sequences or _footprint(rows, widest) > s.kv_budget_tokens:
+                break
+            self._waiting.popleft()
+            seq.started = self._clock()
+            admitted.append(seq)
+            longest = widest
+        return admitted
+
+    def _iterate(
+        self, keep: list[int], running: list[_Sequence], admitted: list[_Sequence]
+    ) -> list[tuple[_Sequence, Event]]:
+        """On the inference thread: retire, decode one step, prefill the newcomers."""
+        engine = self.engine
+        try:
+            engine.keep(keep)
+            nexts = engine.step() if running else []
+            firsts = engine.prefill([s.request.item for s in admitted]) if admitted else []
+        except Exception:
+            engine.keep([])
+            raise
+        now = self._clock()
+        rows = len(running) + len(admitted)
+        events: list[tuple[_Sequence, Event]] = []
+        if nexts:
+            self.stats.steps += 1
+        for seq, token in zip([*running, *admitted], [*nexts, *firsts], strict=True):
+            self.stats.decoded_tokens += 1
+            seq.computed += 1
+            if seq.cancelled:
+                self.stats.decoded_after_cancel += 1
+            seq.batch_size = max(seq.batch_size, rows)
+            if not seq.first_token:
+                seq.first_token = now
+            events += [(seq, e) for e in self._accept(seq, token, now)]
+        return events
+
+    def _accept(self, seq: _Sequence, token: int, now: float) -> list[Event]:
+        request = seq.request
+        reason = None
+        text = ""
+        if token == self.engine.eos_id:
+            reason = "stop"
+        else:
+            seq.tokens.append(token)
+            text = request.pieces.put(token)
+            if len(seq.tokens) >= request.max_new_tokens:
+                reason = "length"
+        if reason is None:
+            return [Piece(text, len(seq.tokens))] if text else []
+        text += request.pieces.end()
+        seq.done = True
+        self.stats.finished += 1
+        finished = Finished(
+            reason=reason,
+            input_tokens=request.input_tokens,
+            output_tokens=len(seq.tokens),
+            token_ids=tuple(seq.tokens),
+            queue_ms=(seq.started - seq.enqueued) * 1000,
+            first_token_ms=(seq.first_token - seq.enqueued) * 1000,
+            decode_ms=(now - seq.first_token) * 1000,
+            batch_size=seq.batch_size,
+        )
+        return [Piece(text, len(seq.tokens)), finished] if text else [finished]
+
+    def _faulted(self, exc: Exception, sequences: list[_Sequence]) -> None:
+        self.stats.faults += 1
+        log.exception("generation step failed for %d sequences", len(sequences))
+        if self._on_fault is not None:
+            self._on_fault(exc)
+        error = (
+            exc
+            if isinstance(exc, InferenceError)
+            else InferenceError(
+                ErrorKind.INTERNAL, f"the model failed while generating: {type(exc).__name__}"
+            )
+        )
+        for seq in sequences:
+            self._fail(seq, error)
+        self._running = []
+
+    @staticmethod
+    def _fail(seq: _Sequence, error: InferenceError) -> None:
+        if not seq.done:
+            seq.done = True
+            seq.events.put_nowait(error)
+
+
+def _footprint(rows: int, longest: int) -> int:
+    return rows * longest
