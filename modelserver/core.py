@@ -6,8 +6,10 @@ Transport-free: the gRPC servicer converts protobuf to `InferRequest` and calls 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
 from typing import Any, Protocol
@@ -22,6 +24,10 @@ from modelserver.batching import BatchInfo, DynamicBatcher
 from modelserver.config import ModelConfig, Task
 from modelserver.errors import InferenceError, invalid, unavailable
 from modelserver.families.base import Family
+from modelserver.generation.result import generated_result
+from modelserver.generation.scheduler import Event, Finished, GenerationScheduler, Piece
+from modelserver.generation.tracing import GenerationSpan
+from modelserver.memory import check_kv_budget
 from modelserver.messages import TASK_OUTPUTS, AudioPayload, InferRequest, InferResult
 
 log = logging.getLogger(__name__)
@@ -39,6 +45,8 @@ class CoreMetrics(Protocol):
 
     def batch(self, size: int, seconds: float) -> None: ...
 
+    def generated(self, finished: Finished) -> None: ...
+
 
 class InferenceCore:
     def __init__(
@@ -47,6 +55,7 @@ class InferenceCore:
         self.config = config
         self.family: Family | None = None
         self.batcher: DynamicBatcher[Any, dict[str, np.ndarray]] | None = None
+        self.scheduler: GenerationScheduler | None = None
         self.decoder = AudioDecoder(config.sample_rate, config.limits)
         self.state = ModelState.LOADING
         self.fault_threshold = fault_threshold
@@ -71,6 +80,14 @@ class InferenceCore:
         family = await loop.run_in_executor(
             self._compute, load_family, model_dir, self.config, device
         )
+        engine = family.engine()
+        if engine is not None and self.config.continuous_batching.enabled:
+            bytes_per_token = getattr(family, "kv_bytes_per_token", 0)
+            check_kv_budget(
+                self.config.continuous_batching.kv_budget_tokens,
+                bytes_per_token,
+                family.placement.device,
+            )
         self.attach(family)
 
     def attach(self, family: Family) -> None:
@@ -85,6 +102,16 @@ class InferenceCore:
             on_batch=self._batch_done,
         )
         self.batcher.start()
+        engine = family.engine() if self.config.continuous_batching.enabled else None
+        if engine is not None:
+            self.scheduler = GenerationScheduler(
+                engine,
+                self.config.continuous_batching,
+                self._compute,
+                on_fault=self._fault,
+                on_success=self._success,
+            )
+            self.scheduler.start()
 
     async def warm_up(self, iterations: int | None = None) -> None:
         """Every task through the full path, so first client calls meet warm caches."""
@@ -130,17 +157,25 @@ class InferenceCore:
         self.set_state(ModelState.DRAINING)
         if self.batcher is not None:
             self.batcher.close()
+        if self.scheduler is not None:
+            self.scheduler.close()
 
     async def close(self) -> None:
         if self.batcher is not None:
             await self.batcher.stop()
+        if self.scheduler is not None:
+            await self.scheduler.stop()
         self._prep.shutdown(wait=False, cancel_futures=True)
         self._compute.shutdown(wait=False, cancel_futures=True)
 
     def stuck(self, stuck_after: float, now: float | None = None) -> bool:
         """True when one model call has run longer than `stuck_after` seconds."""
-        busy = self.batcher.busy_since if self.batcher else None
-        return busy is not None and (now or time.monotonic()) - busy > stuck_after
+        now = now or time.monotonic()
+        workers = (self.batcher, self.scheduler)
+        return any(
+            w is not None and w.busy_since is not None and now - w.busy_since > stuck_after
+            for w in workers
+        )
 
     def _batch_done(self, size: int, seconds: float) -> None:
         # Warm-up batches are not traffic.
@@ -193,32 +228,65 @@ class InferenceCore:
     async def infer(
         self, request: InferRequest, deadline: float | None, warming: bool = False
     ) -> InferResult:
-        """`deadline` is on time.monotonic()."""
+        """The whole answer; a generated one is its streamed pieces joined. `deadline` is on
+        time.monotonic()."""
+        texts: list[str] = []
+        async with contextlib.aclosing(self.stream(request, deadline, warming)) as events:
+            async for event in events:
+                if isinstance(event, InferResult):
+                    return event
+                if isinstance(event, Piece):
+                    texts.append(event.text)
+                else:
+                    return generated_result(request, "".join(texts), event)
+        raise AssertionError("a stream ends with a result or a Finished")
+
+    async def stream(
+        self, request: InferRequest, deadline: float | None, warming: bool = False
+    ) -> AsyncGenerator[InferResult | Event, None]:
+        """One InferResult for a one-shot task; for a generated answer, its pieces as they are
+        decoded, then `Finished`. Closing it early frees the sequence's slot at the next step."""
         self.in_flight += 1
         self._idle.clear()
         metrics = None if warming else self.metrics
+        outcome, queue_s = "ok", None
         try:
-            result = await self._infer(request, deadline, warming)
+            family = self._admissible(request, warming)
+            with ChildSpan(self.tracer, "decode", attributes={"task": request.task.value}):
+                item = await self._prepare_item(family, request)
+            generation = family.generation(item) if self.scheduler is not None else None
+            if generation is None:
+                result = await self._batch(request, item, deadline)
+                queue_s = result.queue_ms / 1000
+                yield result
+                return
+            assert self.scheduler is not None
+            with GenerationSpan(self.tracer, self.config.name, generation) as span:
+                async for event in self.scheduler.generate(generation, deadline):
+                    span.saw(event)
+                    if isinstance(event, Finished):
+                        queue_s = event.queue_ms / 1000
+                        if metrics is not None:
+                            metrics.generated(event)
+                    yield event
         except InferenceError as exc:
-            if metrics is not None:
-                metrics.request(request.task.value, exc.kind.value.lower(), None)
+            outcome = exc.kind.value.lower()
             raise
-        else:
-            if metrics is not None:
-                metrics.request(request.task.value, "ok", result.queue_ms / 1000)
-            return result
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome = "cancelled"
+            raise
         finally:
             self.in_flight -= 1
             if self.in_flight == 0:
                 self._idle.set()
+            if metrics is not None:
+                metrics.request(request.task.value, outcome, queue_s)
 
     async def wait_idle(self) -> None:
         """Return once no request is in flight."""
         await self._idle.wait()
 
-    async def _infer(
-        self, request: InferRequest, deadline: float | None, warming: bool
-    ) -> InferResult:
+    def _admissible(self, request: InferRequest, warming: bool) -> Family:
         family = self._family()
         if self.state is ModelState.DRAINING:
             raise unavailable("the model server is draining and takes no new requests")
@@ -230,9 +298,10 @@ class InferenceCore:
                 f"PROMPT has {len(request.prompt)} characters; the limit is "
                 f"{self.config.limits.max_prompt_chars}"
             )
+        return family
+
+    async def _batch(self, request: InferRequest, item: Any, deadline: float | None) -> InferResult:
         assert self.batcher is not None
-        with ChildSpan(self.tracer, "decode", attributes={"task": request.task.value}):
-            item = await self._prepare_item(family, request)
         # Batch spans and links only for a recorded request: warm-up and sampled-out requests
         # make none.
         current = trace.get_current_span()

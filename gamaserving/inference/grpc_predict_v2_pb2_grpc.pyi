@@ -50,6 +50,11 @@ class GRPCInferenceServiceStub:
     """A model's inputs, outputs and parameters."""
     ModelInfer: _grpc.UnaryUnaryMultiCallable[_grpc_predict_v2_pb2.ModelInferRequest, _grpc_predict_v2_pb2.ModelInferResponse]
     """Run inference."""
+    ModelStreamInfer: _grpc.StreamStreamMultiCallable[_grpc_predict_v2_pb2.ModelInferRequest, _grpc_predict_v2_pb2.ModelStreamInferResponse]
+    """Triton's streaming inference: requests in, responses out as they are ready. A generated
+    answer (task describe) is decoupled: one response per text piece, then an empty final
+    response with parameter `triton_final_response` true, its finish reason and token counts.
+    """
 
 @_typing.type_check_only
 class GRPCInferenceServiceAsyncStub(GRPCInferenceServiceStub):
@@ -66,6 +71,11 @@ class GRPCInferenceServiceAsyncStub(GRPCInferenceServiceStub):
     """A model's inputs, outputs and parameters."""
     ModelInfer: _aio.UnaryUnaryMultiCallable[_grpc_predict_v2_pb2.ModelInferRequest, _grpc_predict_v2_pb2.ModelInferResponse]  # type: ignore[assignment]
     """Run inference."""
+    ModelStreamInfer: _aio.StreamStreamMultiCallable[_grpc_predict_v2_pb2.ModelInferRequest, _grpc_predict_v2_pb2.ModelStreamInferResponse]  # type: ignore[assignment]
+    """Triton's streaming inference: requests in, responses out as they are ready. A generated
+    answer (task describe) is decoupled: one response per text piece, then an empty final
+    response with parameter `triton_final_response` true, its finish reason and token counts.
+    """
 
 class GRPCInferenceServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -115,5 +125,16 @@ class GRPCInferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_grpc_predict_v2_pb2.ModelInferResponse, _abc.Awaitable[_grpc_predict_v2_pb2.ModelInferResponse]]:
         """Run inference."""
+
+    @_abc_1.abstractmethod
+    def ModelStreamInfer(
+        self,
+        request_iterator: _MaybeAsyncIterator[_grpc_predict_v2_pb2.ModelInferRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_grpc_predict_v2_pb2.ModelStreamInferResponse], _abc.AsyncIterator[_grpc_predict_v2_pb2.ModelStreamInferResponse]]:
+        """Triton's streaming inference: requests in, responses out as they are ready. A generated
+        answer (task describe) is decoupled: one response per text piece, then an empty final
+        response with parameter `triton_final_response` true, its finish reason and token counts.
+        """
 
 def add_GRPCInferenceServiceServicer_to_server(servicer: GRPCInferenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -11,6 +11,7 @@ import numpy as np
 from modelserver.audio import Audio
 from modelserver.config import ModelConfig, Task
 from modelserver.errors import invalid
+from modelserver.generation.scheduler import Engine, GenerationRequest
 from modelserver.messages import EMBEDDING, LABELS, SCORES, TEXT, InferRequest
 from modelserver.runtime import Placement
 
@@ -49,6 +50,14 @@ class Family(ABC):
     @abstractmethod
     def run_batch(self, items: list[Any]) -> list[dict[str, np.ndarray]]:
         """One output dict per prepared item, in order."""
+
+    def engine(self) -> Engine | None:
+        """The running decode batch for continuous batching, for a family that generates."""
+        return None
+
+    def generation(self, item: Any) -> GenerationRequest | None:
+        """The sequence a prepared item decodes per step; None sends it to `run_batch`."""
+        return None
 
     def output_specs(self) -> list[TensorSpec]:
         specs: list[TensorSpec] = []

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -188,7 +188,7 @@ class GenerationScheduler:
 
     async def generate(
         self, request: GenerationRequest, deadline: float | None = None
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """Pieces of the answer as they are decoded, then `Finished`. Closing the iterator
         early (or cancelling its consumer) removes the sequence at the next step."""
         seq = self._enqueue(request, deadline)

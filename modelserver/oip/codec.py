@@ -14,7 +14,7 @@ from gamaserving.inference import grpc_predict_v2_pb2 as pb
 from gamaserving.oip import Scalar, join_bytes, param_value, params_dict, set_param
 from modelserver.config import Task
 from modelserver.errors import invalid
-from modelserver.messages import TASK_OUTPUTS, AudioPayload, InferRequest, InferResult
+from modelserver.messages import TASK_OUTPUTS, TEXT, AudioPayload, InferRequest, InferResult
 
 AUDIO = "AUDIO"
 WAVEFORM = "WAVEFORM"
@@ -188,8 +188,45 @@ _OUTPUT_ORDER = ("TEXT", "EMBEDDING", "LABELS", "SCORES")
 def encode_response(
     request: pb.ModelInferRequest, result: InferResult, name: str, version: str
 ) -> pb.ModelInferResponse:
-    raw = len(request.raw_input_contents) > 0
     response = pb.ModelInferResponse(model_name=name, model_version=version, id=request.id)
+    _add_outputs(response, request, result)
+    set_param(response.parameters, "queue_ms", round(result.queue_ms, 3))
+    set_param(response.parameters, "compute_ms", round(result.compute_ms, 3))
+    set_param(response.parameters, "batch_size", result.batch_size)
+    for key, extra in result.extra.items():
+        set_param(response.parameters, key, extra)
+    return response
+
+
+# Triton marks the last response of a decoupled request with this parameter.
+FINAL = "triton_final_response"
+
+
+def piece_response(
+    request: pb.ModelInferRequest, text: str, name: str, version: str
+) -> pb.ModelInferResponse:
+    """One decoded text piece: TEXT (BYTES [1]), not final."""
+    piece = InferResult(outputs={TEXT: np.array([text.encode()], dtype=object)})
+    response = pb.ModelInferResponse(model_name=name, model_version=version, id=request.id)
+    _add_outputs(response, request, piece)
+    set_param(response.parameters, FINAL, False)
+    return response
+
+
+def final_response(
+    request: pb.ModelInferRequest, result: InferResult, name: str, version: str
+) -> pb.ModelInferResponse:
+    """The last response of a streamed request: the whole result of a one-shot task, or for
+    a generated answer no outputs and its finish reason and token counts."""
+    response = encode_response(request, result, name, version)
+    set_param(response.parameters, FINAL, True)
+    return response
+
+
+def _add_outputs(
+    response: pb.ModelInferResponse, request: pb.ModelInferRequest, result: InferResult
+) -> None:
+    raw = len(request.raw_input_contents) > 0
     for key in sorted(result.outputs, key=_OUTPUT_ORDER.index):
         value = result.outputs[key]
         out = response.outputs.add(name=key, shape=list(value.shape))
@@ -207,9 +244,3 @@ def encode_response(
                 response.raw_output_contents.append(data.tobytes())
             else:
                 out.contents.fp32_contents.extend(data.reshape(-1).tolist())
-    set_param(response.parameters, "queue_ms", round(result.queue_ms, 3))
-    set_param(response.parameters, "compute_ms", round(result.compute_ms, 3))
-    set_param(response.parameters, "batch_size", result.batch_size)
-    for key, extra in result.extra.items():
-        set_param(response.parameters, key, extra)
-    return response

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -18,6 +20,7 @@ from modelserver.core import InferenceCore
 from modelserver.errors import ErrorKind, InferenceError
 from modelserver.memory import memory_parameters
 from modelserver.oip.codec import decode_request, encode_response, task_name
+from modelserver.oip.streaming import StreamInfer
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +28,7 @@ log = logging.getLogger(__name__)
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, core: InferenceCore) -> None:
         self.core = core
+        self.streams = StreamInfer(core, self._check_model)
 
     def _check_model(self, name: str, version: str) -> None:
         config = self.core.config
@@ -79,6 +83,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         result = await self.core.infer(plain, deadline)
         with ChildSpan(self.core.tracer, "postprocess"):
             return encode_response(request, result, self.core.config.name, self.core.config.version)
+
+    async def ModelStreamInfer(
+        self,
+        request_iterator: AsyncIterator[pb.ModelInferRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        async with contextlib.aclosing(self.streams.run(request_iterator, context)) as responses:
+            async for response in responses:
+                yield response
 
 
 def model_metadata(core: InferenceCore) -> pb.ModelMetadataResponse:

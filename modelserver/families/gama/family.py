@@ -21,6 +21,7 @@ from modelserver.audio import Audio
 from modelserver.config import GamaSettings, ModelConfig, Task
 from modelserver.errors import invalid
 from modelserver.families.base import Family
+from modelserver.families.gama.decode_batch import DecodeBatch
 from modelserver.families.gama.fbank import GamaFrontEnd
 from modelserver.families.gama.generation import (
     DecodeSettings,
@@ -31,6 +32,8 @@ from modelserver.families.gama.generation import (
 )
 from modelserver.families.gama.model import GamaModel
 from modelserver.families.gama.tags import match_labels
+from modelserver.generation.pieces import TextPieces
+from modelserver.generation.scheduler import GenerationRequest
 from modelserver.messages import EMBEDDING, LABELS, SCORES, TEXT, InferRequest
 from modelserver.runtime import Placement, torch_runtime
 
@@ -119,6 +122,28 @@ class GamaFamily(Family):
         if request.task is not Task.DESCRIBE and TEXT in request.outputs:
             raise invalid("TEXT comes from task describe (GAMA's answer to your PROMPT)")
 
+    def engine(self) -> GamaEngine:
+        return GamaEngine(self.model, self.decode)
+
+    def generation(self, item: Item) -> GenerationRequest | None:
+        if item.task is not Task.DESCRIBE or not self.config.continuous_batching.enabled:
+            return None
+        prompt = item.prompt_ids or []
+        return GenerationRequest(
+            item=item,
+            input_tokens=self.model.audio.dims.prefix_tokens + len(prompt),
+            max_new_tokens=item.sampling.max_new_tokens,
+            pieces=TextPieces(self.tokenizer),
+        )
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """Keys and values of every layer for one position."""
+        c = self.model.lm.config
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        itemsize = torch.empty((), dtype=self.model.dtype).element_size()
+        return int(2 * c.num_hidden_layers * c.num_key_value_heads * head_dim * itemsize)
+
     def run_batch(self, items: list[Item]) -> list[dict[str, np.ndarray]]:
         fbank = torch.from_numpy(np.stack([item.fbank for item in items]))
         tokens = self.model.encode(fbank)
@@ -150,3 +175,31 @@ class GamaFamily(Family):
             LABELS: np.array([label.encode() for label, _ in matched], dtype=object),
             SCORES: np.array([score for _, score in matched], dtype=np.float32),
         }
+
+
+class GamaEngine:
+    """The audio path, then GAMA's running decode batch (`decode_batch.py`)."""
+
+    def __init__(self, model: GamaModel, decode: DecodeSettings) -> None:
+        self.model = model
+        self.eos_id = decode.eos_id
+        self.batch = DecodeBatch(model.lm, decode)
+
+    @torch.inference_mode()
+    def prefill(self, items: list[Item]) -> list[int]:
+        fbank = torch.from_numpy(np.stack([item.fbank for item in items]))
+        prefix = self.model.encode(fbank).prefix
+        return self.batch.prefill(
+            [
+                Prompted(prefix[row], item.prompt_ids or [], item.sampling)
+                for row, item in enumerate(items)
+            ]
+        )
+
+    @torch.inference_mode()
+    def step(self) -> list[int]:
+        return self.batch.step()
+
+    @torch.inference_mode()
+    def keep(self, indices: list[int]) -> None:
+        self.batch.keep(indices)
