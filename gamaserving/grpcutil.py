@@ -7,7 +7,7 @@ import asyncio
 import functools
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
@@ -47,6 +47,30 @@ def grpc_errors(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
             log.exception("unexpected error in %s", method.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
         raise AssertionError("unreachable: context.abort raises")
+
+    return wrapper
+
+
+StreamHandler = Callable[[Any, Req, grpc.aio.ServicerContext], AsyncIterator[Resp]]
+
+
+def stream_errors(method: StreamHandler[Req, Resp]) -> StreamHandler[Req, Resp]:
+    """`grpc_errors` for server-streaming methods: the stream ends with the error's status."""
+
+    @functools.wraps(method)
+    async def wrapper(
+        self: Any, request: Req, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Resp]:
+        try:
+            async for response in method(self, request, context):
+                yield response
+        except StatusError as exc:
+            await context.abort(exc.status, exc.message)
+        except (grpc.aio.AbortError, grpc.RpcError):
+            raise
+        except Exception:
+            log.exception("unexpected error in %s", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
 
     return wrapper
 

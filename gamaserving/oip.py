@@ -76,6 +76,11 @@ class ModelOutput:
     features: np.ndarray | None = None
     queue_ms: float = 0.0
     compute_ms: float = 0.0
+    finish_reason: str = ""
+    """Generated answers: `stop` or `length`."""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    first_token_ms: float = 0.0
 
 
 def audio_request(
@@ -132,6 +137,10 @@ def parse_response(resp: pb.ModelInferResponse) -> ModelOutput:
         features=features if isinstance(features, np.ndarray) else None,
         queue_ms=float(timing.get("queue_ms", 0.0)),
         compute_ms=float(timing.get("compute_ms", 0.0)),
+        finish_reason=str(params_dict(resp.parameters).get("finish_reason") or ""),
+        input_tokens=int(timing.get("input_tokens", 0)),
+        output_tokens=int(timing.get("output_tokens", 0)),
+        first_token_ms=float(timing.get("time_to_first_token_ms", 0.0)),
     )
 
 

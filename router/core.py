@@ -15,6 +15,7 @@ import grpc
 from gamaserving.oip import ModelOutput
 from gamaserving.telemetry.tracing import ChildSpan
 from router.backends.model import ModelBackend
+from router.backends.streaming import OnPiece
 from router.config import ExperimentSettings, RouterConfig, RouteSettings
 from router.errors import RouteError
 from router.experiments.assignment import Assignment, assign
@@ -191,7 +192,11 @@ class RouterCore:
 
     # -- requests ------------------------------------------------------------------------------
 
-    async def process(self, req: RouteRequest, deadline: float | None) -> RouteResult:
+    async def process(
+        self, req: RouteRequest, deadline: float | None, on_piece: OnPiece | None = None
+    ) -> RouteResult:
+        """Route one request. With `on_piece`, a generated answer streams to it as decoded
+        (ProcessStream); without, the answer comes whole (Process). Both take this path."""
         state = self.state
         if state is None:
             raise RouteError(grpc.StatusCode.UNAVAILABLE, "the router has no configuration yet")
@@ -217,7 +222,7 @@ class RouterCore:
 
         base = Routed(req.request_id, req.task, first, "", assignment, route.experiment, 0.0)
         try:
-            outcome = await self.dispatcher.run(route, req, backends, deadline)
+            outcome = await self.dispatcher.run(route, req, backends, deadline, on_piece)
         except RouteError as exc:
             self.recorder.routed(
                 replace(
@@ -238,6 +243,8 @@ class RouterCore:
                 latency_ms=(self.clock() - started) * 1000,
                 fallback_reason=reason,
                 quality_failed=bool(outcome.failed_checks),
+                input_tokens=outcome.output.input_tokens,
+                output_tokens=outcome.output.output_tokens,
             )
         )
         shadowed = self._maybe_shadow(state, route, req, outcome.model, outcome.output)

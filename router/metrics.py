@@ -6,8 +6,7 @@ from collections.abc import Callable
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from gamaserving.telemetry import RATIO_BUCKETS, SECONDS_BUCKETS, Telemetry
-from router.backends.oip import MODEL_INFER
+from gamaserving.telemetry import RATIO_BUCKETS, SECONDS_BUCKETS, TOKEN_BUCKETS, Telemetry
 from router.failover.circuit import State
 
 StateSource = Callable[[], list[tuple[str, str, State, bool]]]
@@ -76,6 +75,13 @@ class RouterMetrics:
             "Routing time by model, arm, task and outcome",
             ("model", "arm", "task", "outcome"),
             SECONDS_BUCKETS,
+        )
+        self._tokens = telemetry.histogram(
+            "gen_ai.client.token.usage",
+            "{token}",
+            "Tokens per generated answer, by gen_ai.token.type (input or output)",
+            ("gen_ai.operation.name", "gen_ai.request.model", "gen_ai.token.type"),
+            TOKEN_BUCKETS,
         )
         self._reloads = meter.create_counter(
             "gamaserving.router.config.reloads",
@@ -171,6 +177,10 @@ class RouterMetrics:
         if seconds is not None:
             self._duration.record(seconds, model, arm, task, outcome)
 
+    def tokens(self, model: str, input_tokens: int, output_tokens: int) -> None:
+        self._tokens.record(input_tokens, "text_completion", model, "input")
+        self._tokens.record(output_tokens, "text_completion", model, "output")
+
     def reload(self, ok: bool) -> None:
         self._reloads.add(1, {"outcome": "ok" if ok else "failed"})
 
@@ -195,5 +205,7 @@ class RouterMetrics:
     def agreement(self, primary: str, shadow: str, measure: str, value: float) -> None:
         self._agreement.record(value, primary, shadow, measure)
 
-    def client_call(self, model: str, endpoint: str, seconds: float, status: str) -> None:
-        self._client.record(seconds, "grpc", MODEL_INFER, status, endpoint, model)
+    def client_call(
+        self, model: str, endpoint: str, seconds: float, status: str, method: str
+    ) -> None:
+        self._client.record(seconds, "grpc", method, status, endpoint, model)

@@ -59,6 +59,9 @@ class Routed:
     """The gRPC status name (lower case) when the request failed."""
     callers_fault: bool = False
     """INVALID_ARGUMENT: it does not count against an arm."""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    """Of a generated answer."""
 
 
 class Recorder:
@@ -95,6 +98,8 @@ class Recorder:
                 self.metrics.exposure(r.assignment.experiment, r.assignment.arm)
             if r.served_by != r.first:
                 self._fallback(r)
+            if r.output_tokens and self.metrics is not None:
+                self.metrics.tokens(r.served_by, r.input_tokens, r.output_tokens)
         if r.assignment is not None and r.experiment is not None and not r.callers_fault:
             self.policy.record(
                 r.experiment,

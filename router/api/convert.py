@@ -88,4 +88,9 @@ def process_response(req: RouteRequest, result: RouteResult) -> rpb.ProcessRespo
     t = response.timings
     t.total_ms, t.model_ms = round(result.total_ms, 3), round(result.model_ms, 3)
     t.queue_ms, t.compute_ms = out.queue_ms, out.compute_ms
+    if out.finish_reason:
+        u = response.usage
+        u.finish_reason = out.finish_reason
+        u.input_tokens, u.output_tokens = out.input_tokens, out.output_tokens
+        u.time_to_first_token_ms = out.first_token_ms
     return response

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 
-from gamaserving.grpcutil import grpc_errors
+from gamaserving.grpcutil import grpc_errors, stream_errors
 from gamaserving.router.v1 import router_pb2 as rpb
 from gamaserving.router.v1 import router_pb2_grpc as rpb_grpc
 from router.alerts.engine import Alert
@@ -82,6 +82,35 @@ class AudioRouterServicer(rpb_grpc.AudioRouterServicer):
             deadline = None if remaining is None else self.core.clock() + remaining
             result = await self.core.process(plain, deadline)
             return process_response(plain, result)
+        finally:
+            self.admission.leave()
+
+    @stream_errors
+    async def ProcessStream(
+        self, request: rpb.ProcessRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[rpb.ProcessStreamResponse]:
+        self.admission.enter()
+        try:
+            plain = route_request(request, _metadata_user(context))
+            remaining = context.time_remaining()
+            deadline = None if remaining is None else self.core.clock() + remaining
+            pieces: asyncio.Queue[str | None] = asyncio.Queue()
+
+            async def piece(text: str) -> None:
+                pieces.put_nowait(text)
+
+            routing = asyncio.ensure_future(self.core.process(plain, deadline, piece))
+            routing.add_done_callback(lambda _: pieces.put_nowait(None))
+            try:
+                while (text := await pieces.get()) is not None:
+                    yield rpb.ProcessStreamResponse(request_id=plain.request_id, text=text)
+                result = routing.result()
+            finally:
+                # The caller went away: the model server's sequence goes with its stream.
+                routing.cancel()
+            yield rpb.ProcessStreamResponse(
+                request_id=plain.request_id, result=process_response(plain, result)
+            )
         finally:
             self.admission.leave()
 

@@ -21,6 +21,13 @@ from gamaserving.telemetry.tracing import ChildSpan, child_span, inject, record_
 from router.backends.endpoint import Endpoint
 from router.backends.model import ModelBackend
 from router.backends.oip import MODEL_INFER, infer_request
+from router.backends.streaming import (
+    MODEL_STREAM_INFER,
+    CallFailed,
+    OnPiece,
+    Progress,
+    stream_infer,
+)
 from router.config import RouteSettings
 from router.errors import RouteError
 from router.quality.validators import Check, validate
@@ -64,13 +71,18 @@ class Outcome:
         return [c for c in self.checks if not c.passed]
 
 
+def method(req: RouteRequest) -> str:
+    """Generated answers stream (Triton's ModelStreamInfer); the rest are unary."""
+    return MODEL_STREAM_INFER if req.task == "describe" else MODEL_INFER
+
+
 def attempt_attributes(
-    backend: ModelBackend, endpoint: Endpoint, timeout: float
+    backend: ModelBackend, endpoint: Endpoint, req: RouteRequest, timeout: float
 ) -> dict[str, str | float]:
     return {
         "model": backend.key,
         "server.address": endpoint.target,
-        "rpc.method": MODEL_INFER,
+        "rpc.method": method(req),
         "attempt.timeout_ms": round(timeout * 1000, 1),
     }
 
@@ -81,11 +93,26 @@ async def call(
     req: RouteRequest,
     seconds: float,
     span: trace.Span,
+    progress: Progress | None = None,
+    on_piece: OnPiece | None = None,
+    answer_seconds: float | None = None,
 ) -> pb.ModelInferResponse:
-    """One ModelInfer with a gRPC deadline `seconds` away, carrying the attempt span's trace
-    context to the model server."""
+    """One call carrying the attempt span's trace context to the model server: ModelInfer
+    with a deadline `seconds` away, or for a generated answer a stream whose first response
+    is due within `seconds` and whose end within `answer_seconds`."""
+    request = infer_request(backend.server_name, req)
+    if method(req) == MODEL_STREAM_INFER:
+        return await stream_infer(
+            endpoint.stub,
+            request,
+            first_timeout=seconds,
+            answer_seconds=max(seconds, answer_seconds or seconds),
+            metadata=inject(span),
+            progress=progress or Progress(),
+            on_piece=on_piece,
+        )
     return await endpoint.stub.ModelInfer(  # type: ignore[no-any-return]
-        infer_request(backend.server_name, req), timeout=seconds, metadata=inject(span)
+        request, timeout=seconds, metadata=inject(span)
     )
 
 
@@ -94,7 +121,7 @@ class Dispatcher:
         self,
         on_checks: Callable[[str, ModelOutput, list[Check], float], None],
         clock: Callable[[], float] = time.monotonic,
-        on_call: Callable[[str, str, float, str], None] | None = None,
+        on_call: Callable[[str, str, float, str, str], None] | None = None,
     ) -> None:
         self._on_checks = on_checks
         self.on_call = on_call
@@ -107,7 +134,10 @@ class Dispatcher:
         req: RouteRequest,
         chain: list[ModelBackend],
         deadline: float,
+        on_piece: OnPiece | None = None,
     ) -> Outcome:
+        """With `on_piece`, a generated answer's pieces go to the caller as they come, and
+        once one has gone, a failure ends the request instead of failing over."""
         reserve = max(RESERVE_MIN, RESERVE_SHARE * (deadline - self._clock()))
         attempts: list[Attempt] = []
         marked: Outcome | None = None  # an answer that failed quality, kept as a last resort
@@ -148,22 +178,42 @@ class Dispatcher:
                     self.tracer,
                     "attempt",
                     kind=SpanKind.CLIENT,
-                    attributes=attempt_attributes(backend, endpoint, timeout),
+                    attributes=attempt_attributes(backend, endpoint, req, timeout),
                 )
+                progress = Progress()
                 try:
-                    response = await call(backend, endpoint, req, timeout, span)
-                except grpc.aio.AioRpcError as exc:
+                    response = await call(
+                        backend,
+                        endpoint,
+                        req,
+                        timeout,
+                        span,
+                        progress,
+                        on_piece,
+                        deadline - self._clock() - reserve,
+                    )
+                except (grpc.aio.AioRpcError, CallFailed) as exc:
                     seconds = self._clock() - started
                     reason = REASONS.get(exc.code(), exc.code().name.lower())
                     record_status(span, exc.code())
                     span.set_attributes({"attempt.outcome": "failed", "attempt.reason": reason})
                     span.end()
                     if self.on_call is not None:
-                        self.on_call(backend.key, endpoint.target, seconds, exc.code().name)
+                        self.on_call(
+                            backend.key, endpoint.target, seconds, exc.code().name, method(req)
+                        )
                     if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                         endpoint.breaker.record(True, seconds)
                         raise RouteError(exc.code(), f"{backend.key}: {exc.details()}") from None
                     endpoint.breaker.record(False, seconds)
+                    if progress.pieces_sent:
+                        # The caller has part of the answer: another model's would not
+                        # continue it.
+                        raise RouteError(
+                            exc.code(),
+                            f"{backend.key}: {exc.details()} (after {progress.pieces_sent} "
+                            "pieces of the answer; not retried)",
+                        ) from None
                     attempts.append(
                         Attempt(backend.key, endpoint.target, "failed", reason, seconds * 1000)
                     )
@@ -178,7 +228,7 @@ class Dispatcher:
                     endpoint.in_flight -= 1
                 seconds = self._clock() - started
                 if self.on_call is not None:
-                    self.on_call(backend.key, endpoint.target, seconds, "OK")
+                    self.on_call(backend.key, endpoint.target, seconds, "OK", method(req))
                 record_status(span, None)
                 output = parse_response(response)
                 with ChildSpan(
@@ -191,8 +241,9 @@ class Dispatcher:
                         checking.set_attribute("quality.failed_checks", failed_names)
                 self._on_checks(backend.key, output, checks, seconds * 1000)
                 failed = [c for c in checks if not c.passed]
-                endpoint.breaker.record(not failed, seconds)
-                if failed and route.quality.on_failure == "fallback":
+                # A generated answer's responsiveness is its first response, not its length.
+                endpoint.breaker.record(not failed, progress.first_response_s or seconds)
+                if failed and route.quality.on_failure == "fallback" and not progress.pieces_sent:
                     reason = f"quality:{failed[0].name}"
                     span.set_attributes({"attempt.outcome": "failed", "attempt.reason": reason})
                     span.end()
@@ -245,14 +296,14 @@ class Dispatcher:
                 context=trace.set_span_in_context(outer),
                 kind=SpanKind.CLIENT,
                 attributes={
-                    **attempt_attributes(backend, endpoint, timeout),
+                    **attempt_attributes(backend, endpoint, req, timeout),
                     "attempt.role": "shadow",
                 },
             )
             try:
                 response = await call(backend, endpoint, req, timeout, span)
                 record_status(span, None)
-            except grpc.aio.AioRpcError as exc:
+            except (grpc.aio.AioRpcError, CallFailed) as exc:
                 record_status(span, exc.code())
                 raise RouteError(exc.code(), f"shadow {backend.key}: {exc.details()}") from None
             finally:

@@ -32,7 +32,9 @@ MODES = (
     "unavailable",
     "internal",
     "invalid",
+    "break",
 )
+"""`break`: a streamed answer sends its first piece, then the stream fails UNAVAILABLE."""
 
 
 class FaultyModel(pb_grpc.GRPCInferenceServiceServicer):
@@ -112,6 +114,51 @@ class FaultyModel(pb_grpc.GRPCInferenceServiceServicer):
         set_param(response.parameters, "compute_ms", 0.2)
         set_param(response.parameters, "batch_size", 1)
         return response
+
+    async def ModelStreamInfer(
+        self,
+        request_iterator: AsyncIterator[pb.ModelInferRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """As the model server streams: errors as `error_message` with `error_code`, the
+        answer word by word, then an empty final response."""
+        async for request in request_iterator:
+            self.received += 1
+            self.arrived.set()
+            self.tasks.append(str(param_value(request.parameters["task"])))
+            if self.mode == "slow" or self.delay:
+                await asyncio.sleep(self.delay or 5.0)
+            codes = {"unavailable": "UNAVAILABLE", "internal": "INTERNAL"}
+            codes["invalid"] = "INVALID_ARGUMENT"
+            if self.mode in codes:
+                failed = pb.ModelInferResponse(model_name=self.name, id=request.id)
+                set_param(failed.parameters, "error_code", codes[self.mode])
+                yield pb.ModelStreamInferResponse(
+                    error_message=f"injected: {self.mode}", infer_response=failed
+                )
+                continue
+            text = "" if self.mode == "empty_text" else f"{self.name} says hello"
+            words = text.split(" ") if text else []
+            for i, word in enumerate(words):
+                piece = pb.ModelInferResponse(
+                    model_name=self.name, model_version="fault-1", id=request.id
+                )
+                piece.outputs.add(name="TEXT", datatype="BYTES", shape=[1])
+                piece.raw_output_contents.append(
+                    join_bytes([(word if i == 0 else " " + word).encode()])
+                )
+                set_param(piece.parameters, "triton_final_response", False)
+                yield pb.ModelStreamInferResponse(infer_response=piece)
+                if self.mode == "break":
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "injected: broke mid-answer")
+            final = pb.ModelInferResponse(
+                model_name=self.name, model_version="fault-1", id=request.id
+            )
+            set_param(final.parameters, "triton_final_response", True)
+            set_param(final.parameters, "finish_reason", "stop")
+            set_param(final.parameters, "input_tokens", 100)
+            set_param(final.parameters, "output_tokens", len(words))
+            yield pb.ModelStreamInferResponse(infer_response=final)
 
 
 @contextlib.asynccontextmanager

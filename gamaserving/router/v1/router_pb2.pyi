@@ -307,6 +307,38 @@ class Timings(_message.Message):
 Global___Timings: _TypeAlias = Timings  # noqa: Y015
 
 @_typing.final
+class Usage(_message.Message):
+    """Tokens of a generated answer (TASK_DESCRIBE), as the model server counted them."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FINISH_REASON_FIELD_NUMBER: _builtins.int
+    INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    TIME_TO_FIRST_TOKEN_MS_FIELD_NUMBER: _builtins.int
+    finish_reason: _builtins.str
+    """stop (the model ended its answer) or length (it reached max_new_tokens)."""
+    input_tokens: _builtins.int
+    output_tokens: _builtins.int
+    time_to_first_token_ms: _builtins.float
+    """Arrival at the model server to its first token."""
+    def __init__(
+        self,
+        *,
+        finish_reason: _builtins.str = ...,
+        input_tokens: _builtins.int = ...,
+        output_tokens: _builtins.int = ...,
+        time_to_first_token_ms: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "input_tokens", b"input_tokens", "output_tokens", b"output_tokens", "time_to_first_token_ms", b"time_to_first_token_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Usage: _TypeAlias = Usage  # noqa: Y015
+
+@_typing.final
 class ProcessResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -317,6 +349,7 @@ class ProcessResponse(_message.Message):
     ROUTE_FIELD_NUMBER: _builtins.int
     QUALITY_FIELD_NUMBER: _builtins.int
     TIMINGS_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     text: _builtins.str
     """Transcript or answer."""
@@ -330,6 +363,10 @@ class ProcessResponse(_message.Message):
     def quality(self) -> Global___Quality: ...
     @_builtins.property
     def timings(self) -> Global___Timings: ...
+    @_builtins.property
+    def usage(self) -> Global___Usage:
+        """Set for generated answers."""
+
     def __init__(
         self,
         *,
@@ -340,14 +377,48 @@ class ProcessResponse(_message.Message):
         route: Global___Route | None = ...,
         quality: Global___Quality | None = ...,
         timings: Global___Timings | None = ...,
+        usage: Global___Usage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["quality", b"quality", "route", b"route", "timings", b"timings"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["quality", b"quality", "route", b"route", "timings", b"timings", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["features", b"features", "patterns", b"patterns", "quality", b"quality", "request_id", b"request_id", "route", b"route", "text", b"text", "timings", b"timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["features", b"features", "patterns", b"patterns", "quality", b"quality", "request_id", b"request_id", "route", b"route", "text", b"text", "timings", b"timings", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ProcessResponse: _TypeAlias = ProcessResponse  # noqa: Y015
+
+@_typing.final
+class ProcessStreamResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    text: _builtins.str
+    """The next piece of the answer: whole words and whole UTF-8 characters. The pieces joined
+    are the answer.
+    """
+    @_builtins.property
+    def result(self) -> Global___ProcessResponse:
+        """On the last message only: what Process returns (its text is the whole answer), with the
+        route and the quality checks run on the whole answer.
+        """
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        text: _builtins.str = ...,
+        result: Global___ProcessResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "result", b"result", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProcessStreamResponse: _TypeAlias = ProcessStreamResponse  # noqa: Y015
 
 @_typing.final
 class ListExperimentsRequest(_message.Message):

@@ -40,6 +40,11 @@ class AudioRouterStub:
                 request_serializer=gamaserving_dot_router_dot_v1_dot_router__pb2.ProcessRequest.SerializeToString,
                 response_deserializer=gamaserving_dot_router_dot_v1_dot_router__pb2.ProcessResponse.FromString,
                 _registered_method=True)
+        self.ProcessStream = channel.unary_stream(
+                '/gamaserving.router.v1.AudioRouter/ProcessStream',
+                request_serializer=gamaserving_dot_router_dot_v1_dot_router__pb2.ProcessRequest.SerializeToString,
+                response_deserializer=gamaserving_dot_router_dot_v1_dot_router__pb2.ProcessStreamResponse.FromString,
+                _registered_method=True)
 
 
 class AudioRouterServicer:
@@ -53,6 +58,15 @@ class AudioRouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ProcessStream(self, request, context):
+        """The same, streamed: a TASK_DESCRIBE answer arrives in pieces as the model decodes it;
+        other tasks get one message. The last message carries the whole response. Failover
+        happens only before the first piece; a failure after it ends the stream with its status.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AudioRouterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +74,11 @@ def add_AudioRouterServicer_to_server(servicer, server):
                     servicer.Process,
                     request_deserializer=gamaserving_dot_router_dot_v1_dot_router__pb2.ProcessRequest.FromString,
                     response_serializer=gamaserving_dot_router_dot_v1_dot_router__pb2.ProcessResponse.SerializeToString,
+            ),
+            'ProcessStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.ProcessStream,
+                    request_deserializer=gamaserving_dot_router_dot_v1_dot_router__pb2.ProcessRequest.FromString,
+                    response_serializer=gamaserving_dot_router_dot_v1_dot_router__pb2.ProcessStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +109,33 @@ class AudioRouter:
             '/gamaserving.router.v1.AudioRouter/Process',
             gamaserving_dot_router_dot_v1_dot_router__pb2.ProcessRequest.SerializeToString,
             gamaserving_dot_router_dot_v1_dot_router__pb2.ProcessResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProcessStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/gamaserving.router.v1.AudioRouter/ProcessStream',
+            gamaserving_dot_router_dot_v1_dot_router__pb2.ProcessRequest.SerializeToString,
+            gamaserving_dot_router_dot_v1_dot_router__pb2.ProcessStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,11 @@ class AudioRouterStub:
     def __new__(cls, channel: _aio.Channel) -> AudioRouterAsyncStub: ...
     Process: _grpc.UnaryUnaryMultiCallable[_router_pb2.ProcessRequest, _router_pb2.ProcessResponse]
     """Serve one request on the best available model."""
+    ProcessStream: _grpc.UnaryStreamMultiCallable[_router_pb2.ProcessRequest, _router_pb2.ProcessStreamResponse]
+    """The same, streamed: a TASK_DESCRIBE answer arrives in pieces as the model decodes it;
+    other tasks get one message. The last message carries the whole response. Failover
+    happens only before the first piece; a failure after it ends the stream with its status.
+    """
 
 @_typing.type_check_only
 class AudioRouterAsyncStub(AudioRouterStub):
@@ -45,6 +50,11 @@ class AudioRouterAsyncStub(AudioRouterStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Process: _aio.UnaryUnaryMultiCallable[_router_pb2.ProcessRequest, _router_pb2.ProcessResponse]  # type: ignore[assignment]
     """Serve one request on the best available model."""
+    ProcessStream: _aio.UnaryStreamMultiCallable[_router_pb2.ProcessRequest, _router_pb2.ProcessStreamResponse]  # type: ignore[assignment]
+    """The same, streamed: a TASK_DESCRIBE answer arrives in pieces as the model decodes it;
+    other tasks get one message. The last message carries the whole response. Failover
+    happens only before the first piece; a failure after it ends the stream with its status.
+    """
 
 class AudioRouterServicer(metaclass=_abc_1.ABCMeta):
     """The front door for audio requests."""
@@ -56,6 +66,17 @@ class AudioRouterServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_router_pb2.ProcessResponse, _abc.Awaitable[_router_pb2.ProcessResponse]]:
         """Serve one request on the best available model."""
+
+    @_abc_1.abstractmethod
+    def ProcessStream(
+        self,
+        request: _router_pb2.ProcessRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_router_pb2.ProcessStreamResponse], _abc.AsyncIterator[_router_pb2.ProcessStreamResponse]]:
+        """The same, streamed: a TASK_DESCRIBE answer arrives in pieces as the model decodes it;
+        other tasks get one message. The last message carries the whole response. Failover
+        happens only before the first piece; a failure after it ends the stream with its status.
+        """
 
 def add_AudioRouterServicer_to_server(servicer: AudioRouterServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
