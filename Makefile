@@ -10,7 +10,7 @@ MODELS ?= models
 DATASET ?= data/demo
 PYTEST_ARGS ?=
 
-.PHONY: install tools protos lint format test bench models dataset demo up down lock clean
+.PHONY: install tools node-client protos lint format test bench models dataset demo up down lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -87,7 +87,18 @@ down:
 	@if [ -f out/up/up.pid ]; then kill -TERM "$$(cat out/up/up.pid)" && echo "stopping the stack"; \
 	else echo "no stack running (out/up/up.pid is absent)"; fi
 
-test: install tools models
+# A client in another language (Node.js) for the router's streaming API; its test skips,
+# naming what is missing, without node and npm.
+NODE_CLIENT := tests/clients/node
+$(NODE_CLIENT)/node_modules/.package-lock.json: $(NODE_CLIENT)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix $(NODE_CLIENT) --no-audit --no-fund --silent \
+			|| echo "tools: npm ci failed; the Node.js client test will skip"; \
+	else echo "tools: no npm; the Node.js client test will skip"; fi
+
+node-client: $(NODE_CLIENT)/node_modules/.package-lock.json
+
+test: install tools node-client models
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install models
