@@ -26,6 +26,7 @@ from tests.support.processes import ServerProcess, modelserver
 ROOT = Path(__file__).resolve().parents[2]
 NODE_CLIENT = ROOT / "tests" / "clients" / "node"
 PROMPT = "What do you hear?"
+ARGS = (PROMPT, "node-1")
 
 
 def describe_route(primary: list[str], fallback: list[str] | None = None) -> dict[str, Any]:
@@ -107,8 +108,7 @@ async def test_a_node_client_reads_the_stream_from_the_proto_alone(
         port = router.server.port
         done = await asyncio.to_thread(
             subprocess.run,
-            [node, str(NODE_CLIENT / "process_stream.js"), f"127.0.0.1:{port}", str(clip)]
-            + [PROMPT, "node-1"],
+            [node, str(NODE_CLIENT / "process_stream.js"), f"127.0.0.1:{port}", str(clip), *ARGS],
             capture_output=True,
             text=True,
             timeout=60,
@@ -126,7 +126,7 @@ async def test_after_the_first_piece_a_failure_ends_the_stream_without_failover(
     tmp_path: Path,
 ) -> None:
     async with (
-        fault_server("gama", mode="break") as (primary, p_addr),
+        fault_server("gama", mode="break") as (_, p_addr),
         fault_server("gama") as (fallback, f_addr),
         live_router(describe_route([p_addr], [f_addr]), tmp_path) as router,
     ):

@@ -208,3 +208,58 @@ async def test_a_sampled_out_request_stays_out_downstream(
     )
     names = {(s["service"], s["name"]) for s in collector.spans}
     assert ("router", "attempt") in names and ("modelserver", "batch_inference") in names
+
+
+async def test_a_streamed_answer_is_one_trace_with_a_generation_span(
+    tiny_models: Path, tmp_path: Path, traced_model: tuple[Receiver, ServerProcess]
+) -> None:
+    collector, _ = traced_model
+    port, rport = free_port(), free_port()
+    gama = ServerProcess(
+        modelserver_args(tiny_models / "gama", port), tmp_path / "g.log", port
+    ).start()
+    config = {
+        "models": {"gama": {"endpoints": [gama.address]}},
+        "routes": {"describe": {"primary": "gama", "quality": {"slo_ms": 10_000}}},
+    }
+    (tmp_path / "router.yaml").write_text(yaml.safe_dump(config))
+    router = ServerProcess(
+        router_args(tmp_path / "router.yaml", rport), tmp_path / "r.log", rport
+    ).start()
+    trace_id = secrets.token_hex(16)
+    try:
+        await asyncio.to_thread(gama.wait_status)
+        await asyncio.to_thread(router.wait_status)
+        async with grpc.aio.insecure_channel(router.address) as channel:
+            stub = rpb_grpc.AudioRouterStub(channel)
+            messages = [
+                m
+                async for m in stub.ProcessStream(
+                    rpb.ProcessRequest(audio=wav(0.5), task=rpb.TASK_DESCRIBE, prompt="Hi"),
+                    metadata=(("traceparent", f"00-{trace_id}-{secrets.token_hex(8)}-01"),),
+                    timeout=20,
+                )
+            ]
+    finally:
+        await asyncio.to_thread(router.stop)
+        await asyncio.to_thread(gama.stop)
+    assert router.wait() == 0 and gama.wait() == 0
+    usage = messages[-1].result.usage
+
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for s in collector.spans:
+        if s["trace"] == trace_id:
+            by_name.setdefault(s["name"], []).append(s)
+    (process,) = by_name["gamaserving.router.v1.AudioRouter/ProcessStream"]
+    (attempt,) = by_name["attempt"]
+    assert attempt["parent"] == process["id"]
+    assert attempt["attributes"]["rpc.method"] == "inference.GRPCInferenceService/ModelStreamInfer"
+    (stream,) = by_name["inference.GRPCInferenceService/ModelStreamInfer"]
+    assert stream["service"] == "modelserver" and stream["parent"] == attempt["id"]
+    (generation,) = by_name["generation"]
+    assert generation["parent"] == stream["id"]
+    a = generation["attributes"]
+    assert a["gen_ai.usage.input_tokens"] == usage.input_tokens > 96
+    assert a["gen_ai.usage.output_tokens"] == usage.output_tokens > 0
+    assert a["gen_ai.response.finish_reasons"] == [usage.finish_reason]
+    assert a["gen_ai.request.model"] == "gama"
