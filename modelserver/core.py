@@ -250,6 +250,7 @@ class InferenceCore:
         self._idle.clear()
         metrics = None if warming else self.metrics
         outcome, queue_s = "ok", None
+        answered = False  # the last event is out: closing the stream after it is no cancel
         try:
             family = self._admissible(request, warming)
             with ChildSpan(self.tracer, "decode", attributes={"task": request.task.value}):
@@ -258,6 +259,7 @@ class InferenceCore:
             if generation is None:
                 result = await self._batch(request, item, deadline)
                 queue_s = result.queue_ms / 1000
+                answered = True
                 yield result
                 return
             assert self.scheduler is not None
@@ -266,6 +268,7 @@ class InferenceCore:
                     span.saw(event)
                     if isinstance(event, Finished):
                         queue_s = event.queue_ms / 1000
+                        answered = True
                         if metrics is not None:
                             metrics.generated(event)
                     yield event
@@ -273,7 +276,7 @@ class InferenceCore:
             outcome = exc.kind.value.lower()
             raise
         except (asyncio.CancelledError, GeneratorExit):
-            outcome = "cancelled"
+            outcome = "ok" if answered else "cancelled"
             raise
         finally:
             self.in_flight -= 1

@@ -31,6 +31,7 @@ class GenerationSpan:
         )
         self.output_tokens = 0
         self.first = False
+        self.finished = False
 
     def saw(self, event: Event) -> None:
         if self.span is None:
@@ -41,6 +42,7 @@ class GenerationSpan:
         if isinstance(event, Piece):
             self.output_tokens = event.output_tokens
         elif isinstance(event, Finished):
+            self.finished = True
             self.output_tokens = event.output_tokens
             self.span.set_attributes(
                 {
@@ -62,7 +64,7 @@ class GenerationSpan:
         if self.span is None:
             return
         self.span.set_attribute("gen_ai.usage.output_tokens", self.output_tokens)
-        if exc is not None:
+        if exc is not None and not (self.finished and isinstance(exc, GeneratorExit)):
             cancelled = isinstance(exc, GeneratorExit | asyncio.CancelledError)
             self.span.set_attribute("generation.outcome", "cancelled" if cancelled else "failed")
             if not cancelled:

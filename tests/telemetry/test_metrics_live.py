@@ -179,18 +179,64 @@ async def test_model_server_counts_errors_by_kind(tiny_models: Path) -> None:
     )
 
 
+async def test_generation_metrics_count_what_was_generated(tiny_models: Path) -> None:
+    from tests.support.oip import infer_request, params
+
+    async with live_server(tiny_models / "gama", settings={"metrics_port": 0}) as live:
+        made = []
+        for i, tokens in enumerate((3, 5, 7)):
+            response = await live.stub.ModelInfer(
+                infer_request(
+                    "gama",
+                    audio=wav(0.5),
+                    task="describe",
+                    prompt="What do you hear?",
+                    request_id=f"g{i}",
+                    max_new_tokens=tokens,
+                )
+            )
+            made.append(params(response))
+        assert live.server.telemetry is not None
+        m = await scrape(live.server.telemetry.port)
+    outputs = sum(int(p["output_tokens"]) for p in made)  # type: ignore[call-overload]
+    inputs = sum(int(p["input_tokens"]) for p in made)  # type: ignore[call-overload]
+    assert value(m, "gen_ai_server_time_to_first_token_seconds_count") == 3
+    assert value(m, "gen_ai_server_time_per_output_token_seconds_count") == 3
+    tokens = "gamaserving_modelserver_generation_tokens_sum"
+    assert value(m, tokens, gen_ai_token_type="output") == outputs
+    assert value(m, tokens, gen_ai_token_type="input") == inputs
+    assert value(m, "gamaserving_modelserver_generation_finished_total", reason="length") == 3
+    assert value(m, "gamaserving_modelserver_generation_batch_occupancy") == 0
+    assert value(m, "gamaserving_modelserver_generation_kv_budget") == 16384
+    # Warm-up decodes too: the counter is what the model spent.
+    assert value(m, "gamaserving_modelserver_generation_decoded_tokens_total") > outputs
+
+
 async def test_every_exposed_metric_is_documented(tiny_models: Path, tmp_path: Path) -> None:
     known = documented()
-    async with live_server(tiny_models / "wav2vec2", settings={"metrics_port": 0}) as w2v:
+    async with (
+        live_server(tiny_models / "wav2vec2", settings={"metrics_port": 0}) as w2v,
+        live_server(tiny_models / "gama", settings={"metrics_port": 0}) as gama,
+    ):
         cfg = base_config(
-            {"wav2vec2": [f"127.0.0.1:{w2v.server.port}"]}, transcribe={"primary": "wav2vec2"}
+            {
+                "wav2vec2": [f"127.0.0.1:{w2v.server.port}"],
+                "gama": [f"127.0.0.1:{gama.server.port}"],
+            },
+            transcribe={"primary": "wav2vec2"},
+            describe={"primary": "gama", "quality": {"slo_ms": 10_000}},
         )
         cfg["telemetry"] = {"prometheus_host": "127.0.0.1", "prometheus_port": 0}
         async with live_router(cfg, tmp_path) as router:
             await router.process(rpb.TASK_TRANSCRIBE, wav(0.5))
-            assert w2v.server.telemetry is not None
-            exposed = set(await scrape(router.server.metrics_port)) | set(
-                await scrape(w2v.server.telemetry.port)
+            await router.process(rpb.TASK_DESCRIBE, wav(0.5), prompt="Hi")
+            assert w2v.server.telemetry is not None and gama.server.telemetry is not None
+            exposed = (
+                set(await scrape(router.server.metrics_port))
+                | set(await scrape(w2v.server.telemetry.port))
+                | set(await scrape(gama.server.telemetry.port))
             )
+            usage = "gen_ai_client_token_usage_count"
+            assert "gen_ai_client_token_usage_count" in {n for n, _ in exposed}, usage
     families = {family(name) for name, _ in exposed} - {"target_info"}
     assert families and not families - known, f"undocumented: {sorted(families - known)}"
