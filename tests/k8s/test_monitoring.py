@@ -49,6 +49,7 @@ PROMQL_WORDS = {
     "process_memory_type",
     "rate_interval",
     "experiment",
+    "gen_ai_request_model",
 }
 
 
@@ -112,6 +113,8 @@ def test_dashboard_has_the_operators_panels() -> None:
         "queue depth",
         "batch size",
         "gpu",
+        "time to first token",
+        "kv budget",
     ):
         assert needle in titles, needle
     ids = [p["id"] for p in dashboard["panels"]]
