@@ -23,6 +23,7 @@ from modelserver.families.gama.generation import (
     RowSampler,
     Warpers,
     pack,
+    pick_rows,
 )
 
 
@@ -76,13 +77,13 @@ class DecodeBatch:
             use_cache=True,
             logits_to_keep=1,
         )
-        logits = out.logits[:, -1]
-        rows: list[_Row] = []
-        for i, prompted in enumerate(batch):
-            sampler = RowSampler(prompted.sampling, self.warpers, device)
-            ids = packed.ids[i : i + 1, packed.pads[i] :]
-            token = sampler.pick(ids, logits[i : i + 1])
-            rows.append(_Row(sampler, self._append(ids, token), int(packed.mask[i].sum()), token))
+        samplers = [RowSampler(p.sampling, self.warpers, device) for p in batch]
+        ids = [packed.ids[i : i + 1, packed.pads[i] :] for i in range(len(batch))]
+        tokens = pick_rows(samplers, ids, out.logits[:, -1])
+        rows = [
+            _Row(sampler, self._append(row_ids, token), int(packed.mask[i].sum()), token)
+            for i, (sampler, row_ids, token) in enumerate(zip(samplers, ids, tokens, strict=True))
+        ]
         self._join(out.past_key_values, packed.mask, rows)
         return [row.last for row in rows]
 
@@ -101,14 +102,13 @@ class DecodeBatch:
             use_cache=True,
         )
         self.cache = out.past_key_values
-        logits = out.logits[:, -1]
-        picked: list[int] = []
-        for i, row in enumerate(self.rows):
-            token = row.sampler.pick(row.ids, logits[i : i + 1])
+        picked = pick_rows(
+            [r.sampler for r in self.rows], [r.ids for r in self.rows], out.logits[:, -1]
+        )
+        for row, token in zip(self.rows, picked, strict=True):
             row.ids = self._append(row.ids, token)
             row.length += 1
             row.last = token
-            picked.append(token)
         return picked
 
     def keep(self, indices: list[int]) -> None:

@@ -103,6 +103,43 @@ class RowSampler:
         return int(torch.multinomial(probs[0], 1, generator=self.generator)[0])
 
 
+def pick_rows(
+    samplers: list[RowSampler], ids: list[torch.Tensor], logits: torch.Tensor
+) -> list[int]:
+    """`RowSampler.pick` for rows decoded together, the penalty and warpers applied to all
+    rows at once (one kernel each rather than one per row, which is what a GPU needs); only
+    the draw stays per row, from each row's own generator."""
+    w = samplers[0].warpers
+    logits = logits.float()
+    if w.penalty is not None:
+        # Rows' token lists padded with their own last token: a repeat is penalised once.
+        width = max(t.shape[1] for t in ids)
+        padded = torch.cat(
+            [torch.cat([t, t[:, -1:].expand(1, width - t.shape[1])], 1) for t in ids]
+        )
+        logits = w.penalty(padded, logits)
+    picked = [0] * len(samplers)
+    greedy = [i for i, s in enumerate(samplers) if s.generator is None]
+    drawn = [i for i, s in enumerate(samplers) if s.generator is not None]
+    if greedy:
+        for i, token in zip(greedy, logits[greedy].argmax(dim=-1).tolist(), strict=True):
+            picked[i] = int(token)
+    if drawn:
+        temperatures = torch.tensor(
+            [samplers[i].sampling.temperature for i in drawn], device=logits.device
+        )
+        warped = logits[drawn] / temperatures.unsqueeze(1)
+        if w.top_k is not None:
+            warped = w.top_k(None, warped)
+        if w.top_p is not None:
+            warped = w.top_p(None, warped)
+        probs = torch.softmax(warped, dim=-1)
+        for row, i in enumerate(drawn):
+            draw = torch.multinomial(probs[row], 1, generator=samplers[i].generator)
+            picked[i] = int(draw[0])
+    return picked
+
+
 class SeededSampler(LogitsProcessor):  # type: ignore[misc]
     def __init__(
         self,
