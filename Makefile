@@ -104,6 +104,7 @@ test: install tools node-client models
 bench: install models
 	$(BIN)/python -m benchmarks.modelserver --models $(MODELS) --out docs/benchmarks.md
 	$(BIN)/python -m benchmarks.gama --models $(MODELS) --out docs/benchmarks.md
+	$(BIN)/python -m benchmarks.generation --models $(MODELS) --out docs/benchmarks.md
 	$(BIN)/python -m benchmarks.router --models $(MODELS) --out docs/benchmarks.md
 	$(BIN)/python -m benchmarks.overload --models $(MODELS) --out docs/benchmarks.md
 

@@ -218,7 +218,7 @@ def main() -> None:
             f"Ratios: {ratios}.",
             "",
             "Short answers beside long ones: one client asks for short answers while the",
-            "others ask for long ones (few arrivals, so few prefills in the way).",
+            "others ask for long ones.",
             "",
             "| concurrency | batching | short answers | short p99 ms | short p99 unloaded ms "
             "| short p99 / unloaded |",
