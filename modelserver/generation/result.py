@@ -19,11 +19,15 @@ def usage(finished: Finished) -> dict[str, str | int | float]:
 
 
 def generated_result(request: InferRequest | None, text: str, finished: Finished) -> InferResult:
-    """The unary result; with no request, the final response of a stream (no outputs: the
-    text went out in pieces)."""
-    wanted = request is not None and TEXT in request.outputs
+    """The unary result; with no request, the final response of a stream (the text went out
+    in pieces; other outputs asked for, such as EMBEDDING, come with it)."""
+    outputs = dict(finished.outputs)
+    if request is not None:
+        outputs = {k: v for k, v in outputs.items() if k in request.outputs}
+        if TEXT in request.outputs:
+            outputs[TEXT] = np.array([text.encode()], dtype=object)
     return InferResult(
-        outputs={TEXT: np.array([text.encode()], dtype=object)} if wanted else {},
+        outputs=outputs,
         queue_ms=finished.queue_ms,
         compute_ms=finished.first_token_ms - finished.queue_ms + finished.decode_ms,
         batch_size=finished.batch_size,

@@ -25,6 +25,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
+
 from modelserver.config import ContinuousBatching
 from modelserver.errors import ErrorKind, InferenceError, exhausted, unavailable
 from modelserver.generation.pieces import TextPieces
@@ -37,8 +39,9 @@ class Engine(Protocol):
 
     eos_id: int
 
-    def prefill(self, items: list[Any]) -> list[int]:
-        """Appends rows for `items`; returns each one's first token."""
+    def prefill(self, requests: list[GenerationRequest]) -> list[int]:
+        """Appends rows for `requests`; returns each one's first token. It may attach
+        outputs computed on the way (`GenerationRequest.outputs`)."""
 
     def step(self) -> list[int]:
         """One token for every row, in row order."""
@@ -57,6 +60,8 @@ class GenerationRequest:
     """Prompt positions (for GAMA: the audio prefix and the prompt's tokens)."""
     max_new_tokens: int
     pieces: TextPieces
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    """Outputs besides the text that the engine computes at prefill (GAMA: EMBEDDING)."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,8 @@ class Finished:
     """First token to last."""
     batch_size: int
     """Most rows of a step it took part in."""
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    """What the engine attached at prefill."""
 
 
 Event = Piece | Finished
@@ -319,7 +326,7 @@ class GenerationScheduler:
         try:
             engine.keep(keep)
             nexts = engine.step() if running else []
-            firsts = engine.prefill([s.request.item for s in admitted]) if admitted else []
+            firsts = engine.prefill([s.request for s in admitted]) if admitted else []
         except Exception:
             engine.keep([])
             raise
@@ -364,6 +371,7 @@ class GenerationScheduler:
             first_token_ms=(seq.first_token - seq.enqueued) * 1000,
             decode_ms=(now - seq.first_token) * 1000,
             batch_size=seq.batch_size,
+            outputs=dict(request.outputs),
         )
         return [Piece(text, len(seq.tokens)), finished] if text else [finished]
 

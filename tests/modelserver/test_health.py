@@ -98,6 +98,8 @@ def _slow_gama(tiny_models: Path, tmp_path: Path, warmup_iterations: int) -> Pat
     config = yaml.safe_load((model_dir / "model.yaml").read_text())
     config["warmup"] = {"iterations": warmup_iterations, "seconds": 1.0}
     config["batching"] = {"max_batch_size": 1, "max_queue_delay_ms": 0, "max_queue_size": 64}
+    # One answer at a time, so that many are still waiting or decoding at SIGTERM.
+    config["continuous_batching"] = {"max_sequences": 1, "max_waiting": 64}
     (model_dir / "model.yaml").write_text(yaml.safe_dump(config))
     return model_dir
 

@@ -147,12 +147,12 @@ class GamaFamily(Family):
     def run_batch(self, items: list[Item]) -> list[dict[str, np.ndarray]]:
         fbank = torch.from_numpy(np.stack([item.fbank for item in items]))
         tokens = self.model.encode(fbank)
-        pooled = tokens.aggregated.mean(dim=1).float().cpu().numpy()
+        embeddings = pooled(tokens.aggregated)
         results: list[dict[str, np.ndarray]] = []
         for row, item in enumerate(items):
             result: dict[str, np.ndarray] = {}
             if EMBEDDING in item.wants:
-                result[EMBEDDING] = pooled[row : row + 1].astype(np.float32)
+                result[EMBEDDING] = embeddings[row : row + 1]
             results.append(result)
         talking = [row for row, item in enumerate(items) if item.prompt_ids is not None]
         if talking:
@@ -177,6 +177,11 @@ class GamaFamily(Family):
         }
 
 
+def pooled(aggregated: torch.Tensor) -> np.ndarray:
+    """`embed`: the mean over time of the aggregated audio tokens, [B, D]."""
+    return aggregated.mean(dim=1).float().cpu().numpy().astype(np.float32)
+
+
 class GamaEngine:
     """The audio path, then GAMA's running decode batch (`decode_batch.py`)."""
 
@@ -186,12 +191,16 @@ class GamaEngine:
         self.batch = DecodeBatch(model.lm, decode)
 
     @torch.inference_mode()
-    def prefill(self, items: list[Item]) -> list[int]:
+    def prefill(self, requests: list[GenerationRequest]) -> list[int]:
+        items: list[Item] = [r.item for r in requests]
         fbank = torch.from_numpy(np.stack([item.fbank for item in items]))
-        prefix = self.model.encode(fbank).prefix
+        tokens = self.model.encode(fbank)
+        for row, (request, item) in enumerate(zip(requests, items, strict=True)):
+            if EMBEDDING in item.wants:
+                request.outputs[EMBEDDING] = pooled(tokens.aggregated[row : row + 1])
         return self.batch.prefill(
             [
-                Prompted(prefix[row], item.prompt_ids or [], item.sampling)
+                Prompted(tokens.prefix[row], item.prompt_ids or [], item.sampling)
                 for row, item in enumerate(items)
             ]
         )
