@@ -39,16 +39,21 @@ def grpc_errors(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
         try:
             return await method(self, request, context)
-        except StatusError as exc:
-            await context.abort(exc.status, exc.message)
-        except (grpc.aio.AbortError, grpc.RpcError):
-            raise
-        except Exception:
-            log.exception("unexpected error in %s", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+        except Exception as exc:
+            await _abort(exc, context, method.__name__)
         raise AssertionError("unreachable: context.abort raises")
 
     return wrapper
+
+
+async def _abort(exc: Exception, context: grpc.aio.ServicerContext, name: str) -> None:
+    """The status a handler's exception becomes; never returns."""
+    if isinstance(exc, StatusError):
+        await context.abort(exc.status, exc.message)
+    if isinstance(exc, grpc.aio.AbortError | grpc.RpcError):
+        raise exc
+    log.error("unexpected error in %s", name, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
 
 
 StreamHandler = Callable[[Any, Req, grpc.aio.ServicerContext], AsyncIterator[Resp]]
@@ -64,13 +69,8 @@ def stream_errors(method: StreamHandler[Req, Resp]) -> StreamHandler[Req, Resp]:
         try:
             async for response in method(self, request, context):
                 yield response
-        except StatusError as exc:
-            await context.abort(exc.status, exc.message)
-        except (grpc.aio.AbortError, grpc.RpcError):
-            raise
-        except Exception:
-            log.exception("unexpected error in %s", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+        except Exception as exc:
+            await _abort(exc, context, method.__name__)
 
     return wrapper
 

@@ -10,7 +10,6 @@ and never computed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -21,6 +20,7 @@ from typing import Any, Generic, TypeVar
 
 from modelserver.config import Batching
 from modelserver.errors import ErrorKind, InferenceError, exhausted, unavailable
+from modelserver.worker import WorkLoop
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,9 @@ class _Entry(Generic[T, R]):
     tag: Any = None
 
 
-class DynamicBatcher(Generic[T, R]):
+class DynamicBatcher(WorkLoop, Generic[T, R]):
+    name = "batcher"
+
     def __init__(
         self,
         run_batch: Callable[[list[T]], list[R]],
@@ -88,35 +90,19 @@ class DynamicBatcher(Generic[T, R]):
         self._on_success = on_success
         self._arriving = arriving
         self._on_batch = on_batch
+        super().__init__()
         self._queue: deque[_Entry[T, R]] = deque()
         self._wakeup = asyncio.Event()
-        self._worker: asyncio.Task[None] | None = None
-        self._closed = False
         self.stats = BatcherStats()
-        self.busy_since: float | None = None
 
     @property
     def depth(self) -> int:
         return len(self._queue)
 
-    def start(self) -> None:
-        if self._worker is None:
-            self._worker = asyncio.get_running_loop().create_task(self._work(), name="batcher")
-
-    def close(self) -> None:
-        """Refuse new work; queued and running work still completes."""
-        self._closed = True
-
-    async def stop(self) -> None:
-        self._closed = True
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-            self._worker = None
+    def _fail_pending(self, error: InferenceError) -> None:
         for entry in self._queue:
             if not entry.future.done():
-                entry.future.set_exception(unavailable("the model server is shutting down"))
+                entry.future.set_exception(error)
         self._queue.clear()
 
     async def submit(

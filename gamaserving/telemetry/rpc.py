@@ -74,47 +74,21 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
         self._cache[method] = (inner, wrapped)
         return wrapped
 
-    def _start(
-        self, rpc_method: str, attributes: dict[str, str], context: grpc.aio.ServicerContext
-    ) -> tuple[Any, Any]:
-        if self.tracer is None:
-            return None, None
-        parent = extract(context.invocation_metadata())
-        span = self.tracer.start_span(
-            rpc_method, context=parent, kind=SpanKind.SERVER, attributes=attributes
-        )
-        return span, otel_context.attach(trace.set_span_in_context(span, parent))
-
     def _wrap_stream(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         streaming_requests = handler.stream_stream is not None
         inner = handler.stream_stream or handler.unary_stream
-        service, name = split_method(method)
-        rpc_method = f"{service}/{name}"
-        attributes = {"rpc.system.name": "grpc", "rpc.method": rpc_method}
-        histogram = self.duration
+        rpc_method = "/".join(split_method(method))
 
         async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            start = time.perf_counter()
-            code: grpc.StatusCode | None = None
-            span, token = self._start(rpc_method, attributes, context)
+            measured = _Call(self, rpc_method, context)
             try:
                 async for response in inner(request, context):
                     yield response
             except BaseException as exc:
-                code = _status(context)
-                if span is not None and isinstance(exc, Exception) and span.is_recording():
-                    span.record_exception(exc)
+                measured.failed(exc)
                 raise
             finally:
-                if span is not None:
-                    # A stream closed from elsewhere finishes in another context.
-                    with contextlib.suppress(ValueError):
-                        otel_context.detach(token)
-                    record_status(span, code)
-                    span.end()
-                if histogram is not None:
-                    status = code.name if code is not None else "OK"
-                    histogram.record(time.perf_counter() - start, "grpc", rpc_method, status)
+                measured.end()
 
         make = (
             grpc.stream_stream_rpc_method_handler
@@ -129,39 +103,62 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         inner = handler.unary_unary
-        service, name = split_method(method)
-        rpc_method = f"{service}/{name}"
-        attributes = {"rpc.system.name": "grpc", "rpc.method": rpc_method}
-        histogram, tracer = self.duration, self.tracer
+        rpc_method = "/".join(split_method(method))
 
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            start = time.perf_counter()
-            code: grpc.StatusCode | None = None
-            span = token = None
-            if tracer is not None:
-                parent = extract(context.invocation_metadata())
-                span = tracer.start_span(
-                    rpc_method, context=parent, kind=SpanKind.SERVER, attributes=attributes
-                )
-                token = otel_context.attach(trace.set_span_in_context(span, parent))
+            measured = _Call(self, rpc_method, context)
             try:
                 return await inner(request, context)
             except BaseException as exc:
-                code = _status(context)
-                if span is not None and isinstance(exc, Exception) and span.is_recording():
-                    span.record_exception(exc)
+                measured.failed(exc)
                 raise
             finally:
-                if span is not None:
-                    otel_context.detach(token)
-                    record_status(span, code)
-                    span.end()
-                if histogram is not None:
-                    status = code.name if code is not None else "OK"
-                    histogram.record(time.perf_counter() - start, "grpc", rpc_method, status)
+                measured.end()
 
         return grpc.unary_unary_rpc_method_handler(
             call,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+class _Call:
+    """One served call's span (made current) and duration; `end` records both."""
+
+    __slots__ = ("code", "context", "histogram", "method", "span", "start", "token")
+
+    def __init__(
+        self, owner: TelemetryInterceptor, method: str, context: grpc.aio.ServicerContext
+    ) -> None:
+        self.start = time.perf_counter()
+        self.method = method
+        self.context = context
+        self.histogram = owner.duration
+        self.code: grpc.StatusCode | None = None
+        self.span: Any = None
+        self.token: Any = None
+        if owner.tracer is not None:
+            parent = extract(context.invocation_metadata())
+            self.span = owner.tracer.start_span(
+                method,
+                context=parent,
+                kind=SpanKind.SERVER,
+                attributes={"rpc.system.name": "grpc", "rpc.method": method},
+            )
+            self.token = otel_context.attach(trace.set_span_in_context(self.span, parent))
+
+    def failed(self, exc: BaseException) -> None:
+        self.code = _status(self.context)
+        if self.span is not None and isinstance(exc, Exception) and self.span.is_recording():
+            self.span.record_exception(exc)
+
+    def end(self) -> None:
+        if self.span is not None:
+            # A stream closed from elsewhere finishes in another context.
+            with contextlib.suppress(ValueError):
+                otel_context.detach(self.token)
+            record_status(self.span, self.code)
+            self.span.end()
+        if self.histogram is not None:
+            status = self.code.name if self.code is not None else "OK"
+            self.histogram.record(time.perf_counter() - self.start, "grpc", self.method, status)

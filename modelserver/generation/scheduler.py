@@ -16,7 +16,6 @@ Beyond the budget sequences wait in arrival order (no overtaking, so none starve
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -30,6 +29,7 @@ import numpy as np
 from modelserver.config import ContinuousBatching
 from modelserver.errors import ErrorKind, InferenceError, exhausted, unavailable
 from modelserver.generation.pieces import TextPieces
+from modelserver.worker import WorkLoop
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,9 @@ class _Sequence:
         return self.request.input_tokens + self.request.max_new_tokens
 
 
-class GenerationScheduler:
+class GenerationScheduler(WorkLoop):
+    name = "generation"
+
     def __init__(
         self,
         engine: Engine,
@@ -144,13 +146,11 @@ class GenerationScheduler:
         self._on_fault = on_fault
         self._on_success = on_success
         self._on_step = on_step
+        super().__init__()
         self._waiting: deque[_Sequence] = deque()
         self._running: list[_Sequence] = []
         self._wakeup = asyncio.Event()
-        self._worker: asyncio.Task[None] | None = None
-        self._closed = False
         self.stats = GenerationStats()
-        self.busy_since: float | None = None
 
     # -- state (reads only) --------------------------------------------------------------------
 
@@ -169,24 +169,9 @@ class GenerationScheduler:
         """KV slots the running batch may reach: rows x the longest reservation."""
         return _footprint(len(self._running), max((s.reserve for s in self._running), default=0))
 
-    # -- lifecycle -----------------------------------------------------------------------------
+    # -- lifecycle (start, close, stop: WorkLoop) ------------------------------------------
 
-    def start(self) -> None:
-        if self._worker is None:
-            self._worker = asyncio.get_running_loop().create_task(self._work(), name="generation")
-
-    def close(self) -> None:
-        """Refuse new sequences; running and waiting ones still finish."""
-        self._closed = True
-
-    async def stop(self) -> None:
-        self._closed = True
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-            self._worker = None
-        error = unavailable("the model server is shutting down")
+    def _fail_pending(self, error: InferenceError) -> None:
         for seq in [*self._running, *self._waiting]:
             self._fail(seq, error)
         self._running, self._waiting = [], deque()
