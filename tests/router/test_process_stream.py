@@ -22,6 +22,7 @@ from tests.router.conftest import LiveRouter, base_config, live_router
 from tests.support.audio import wav
 from tests.support.fault_server import fault_server
 from tests.support.processes import ServerProcess, modelserver
+from tests.support.waiting import until
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE_CLIENT = ROOT / "tests" / "clients" / "node"
@@ -174,11 +175,7 @@ async def test_sigkill_of_the_primary_before_the_first_token_falls_back(
             os.kill(primary.proc.pid, signal.SIGSTOP)
             (endpoint,) = router.core.state.backends["primary"].endpoints  # type: ignore[union-attr]
             answer = asyncio.ensure_future(stream(router, "killed-1"))
-            for _ in range(500):
-                if endpoint.in_flight:
-                    break
-                await asyncio.sleep(0.01)
-            assert endpoint.in_flight == 1, "the attempt never reached the primary"
+            await until(lambda: endpoint.in_flight == 1, "the attempt reaching the primary")
             primary.proc.kill()
             pieces, result = await answer
             alone = await router.process(
@@ -207,10 +204,6 @@ async def test_cancelling_through_the_router_frees_the_slot_within_a_step(
             first = await call.read()
             assert first.text
             call.cancel()
-            for _ in range(500):
-                if s.occupancy == 0 and model.core.in_flight == 0:
-                    break
-                await asyncio.sleep(0.01)
-            assert s.occupancy == 0, "the sequence is still decoding"
+            await until(lambda: s.occupancy == 0 and model.core.in_flight == 0, "the slot freed")
             assert s.stats.cancelled == 1 and s.stats.decoded_after_cancel <= 1
             assert s.stats.decoded_tokens - before < 128

@@ -21,6 +21,7 @@ from modelserver.generation.scheduler import GenerationScheduler
 from tests.modelserver.conftest import Live, LiveFactory
 from tests.support.audio import wav
 from tests.support.oip import infer_request, outputs, params
+from tests.support.waiting import until
 
 PROBE = Path(__file__).parents[1] / "tritonclient_stream_probe.py"
 LONG, SHORT = 128, 8
@@ -52,15 +53,6 @@ async def requests(*items: pb.ModelInferRequest) -> AsyncIterator[pb.ModelInferR
 
 def text_of(response: pb.ModelInferResponse) -> str:
     return str(outputs(response)["TEXT"][0])
-
-
-async def until(condition: Any, what: str) -> None:
-    """Wait for a state the server reaches on its own (a step boundary), bounded."""
-    for _ in range(500):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"never: {what}")
 
 
 async def test_tritonclient_streams_the_unary_answer(
