@@ -19,7 +19,7 @@ from gamaserving.router.v1 import router_pb2_grpc as rpb_grpc
 from router.config import load_config
 
 EXPERIMENT = "embed-gama"
-STEPS = 6
+STEPS = 7
 
 
 def step(n: int, title: str) -> None:
@@ -56,6 +56,31 @@ async def _online(stack: Stack, clips: list[bytes], seconds: float) -> TrafficSt
     stop.set()
     await traffic
     return stats
+
+
+async def _streamed_answer(stack: Stack, clip: bytes) -> None:
+    """One describe answer through ProcessStream, printed piece by piece as GAMA decodes it."""
+    router = stack.processes["router"].address
+    started = time.monotonic()
+    first = None
+    async with grpc.aio.insecure_channel(router) as channel:
+        stub = rpb_grpc.AudioRouterStub(channel)
+        request = rpb.ProcessRequest(
+            audio=clip, task=rpb.TASK_DESCRIBE, prompt="What do you hear?", user_id="demo"
+        )
+        print("  answer: ", end="", flush=True)
+        async for message in stub.ProcessStream(request, timeout=30):
+            if message.HasField("result"):
+                r = message.result
+                print(
+                    f"\n  first piece after {(first or started) - started:.3f}s, whole answer "
+                    f"after {time.monotonic() - started:.3f}s; {r.usage.output_tokens} tokens "
+                    f"({r.usage.finish_reason}), served by {r.route.model}, quality "
+                    f"{'passed' if r.quality.passed else 'failed'}"
+                )
+            else:
+                first = first or time.monotonic()
+                print(message.text, end="", flush=True)
 
 
 def _rollout_history(stack: Stack) -> None:
@@ -163,7 +188,10 @@ async def run_story(stack: Stack, dataset: Path, seconds: float) -> int:
             print(f"    - {reason}")
     print("  (tiny models have random weights: the numbers show the machinery, not GAMA)")
 
-    step(4, f"Online A/B for {seconds:.0f}s: 300 simulated users, GAMA ramping 5% -> 100%")
+    step(4, "GAMA streams its answer (AudioRouter/ProcessStream, continuous batching)")
+    await _streamed_answer(stack, manifest.audio_path(manifest.clips[0]).read_bytes())
+
+    step(5, f"Online A/B for {seconds:.0f}s: 300 simulated users, GAMA ramping 5% -> 100%")
     clips = [manifest.audio_path(c).read_bytes() for c in manifest.clips]
     stats = await _online(stack, clips, seconds)
     print(
@@ -173,11 +201,11 @@ async def run_story(stack: Stack, dataset: Path, seconds: float) -> int:
     print(f"  served by: {dict(stats.models)}")
 
     await asyncio.sleep(1.5)  # one more alert evaluation after the traffic
-    step(5, "What the router and the rollout controller say")
+    step(6, "What the router and the rollout controller say")
     await _results(stack)
     _rollout_history(stack)
 
-    step(6, "Reports")
+    step(7, "Reports")
     print(f"  offline comparison: {stack.out / 'compare' / 'report.html'} (and .md, .json)")
     print(f"  logs: {stack.out / 'logs'}; alert history: {stack.out / 'alerts.sqlite'}")
     if stats.failures:

@@ -58,6 +58,7 @@ def test_demo_tells_the_whole_story_and_leaves_nothing(
     text = done.stdout
     for expected in (
         "recommendation for gama:",
+        "GAMA streams its answer",
         "killing the primary, wav2vec2",
         "experiment embed-gama:",
         "ModelUnhealthy",
@@ -67,6 +68,7 @@ def test_demo_tells_the_whole_story_and_leaves_nothing(
     ):
         assert expected in text, f"{expected!r} missing from:\n{text}"
     assert re.search(r"requests: (\d+) answered, 0 failed", text)
+    assert re.search(r"\d+ tokens \((stop|length)\), served by gama, quality passed", text), text
     assert "served by a fallback" in text and not re.search(r" 0 served by a fallback", text)
     assert re.search(r"start +coverage +5% -> +5%", text), text  # the controller adopted it
     assert (out / "compare" / "report.html").is_file()
@@ -86,7 +88,7 @@ def test_ctrl_c_stops_every_process(tiny_models: Path, manifest: Path, tmp_path:
     deadline = time.monotonic() + 180
     for line in proc.stdout:
         seen.append(line)
-        if "== 4/6" in line or time.monotonic() > deadline:
+        if "== 5/7" in line or time.monotonic() > deadline:
             break
     time.sleep(1)
     proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
