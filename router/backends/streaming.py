@@ -127,7 +127,8 @@ async def stream_infer(
                 # reading to its end lets the request finish as served, not cancelled.
                 await call.read()
                 finished = True
-                return _whole(response, "".join(texts))
+                # A server that batches statically sends the whole answer in the final one.
+                return _whole(response, "".join(texts) + _piece(response))
             piece = _piece(response)
             texts.append(piece)
             if on_piece is not None and piece:

@@ -207,3 +207,18 @@ async def test_cancelling_through_the_router_frees_the_slot_within_a_step(
             await until(lambda: s.occupancy == 0 and model.core.in_flight == 0, "the slot freed")
             assert s.stats.cancelled == 1 and s.stats.decoded_after_cancel <= 1
             assert s.stats.decoded_tokens - before < 128
+
+
+async def test_a_statically_batching_model_server_streams_one_whole_answer(
+    tiny_models: Path, tmp_path: Path
+) -> None:
+    async with live_server(tiny_models / "gama", continuous_batching={"enabled": False}) as model:
+        address = f"127.0.0.1:{model.server.port}"
+        async with live_router(describe_route([address]), tmp_path) as router:
+            pieces, result = await stream(router, "static-1")
+            unary = await router.process(
+                rpb.TASK_DESCRIBE, wav(1.0), prompt=PROMPT, request_id="static-1"
+            )
+    assert pieces == []
+    assert result.text == unary.text != ""
+    assert result.route.model == "primary" and result.quality.passed
