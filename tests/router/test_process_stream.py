@@ -222,3 +222,47 @@ async def test_a_statically_batching_model_server_streams_one_whole_answer(
     assert pieces == []
     assert result.text == unary.text != ""
     assert result.route.model == "primary" and result.quality.passed
+
+
+async def test_experiments_shadow_and_quality_work_on_the_stream(tmp_path: Path) -> None:
+    async with (
+        fault_server("gama") as (control, c_addr),
+        fault_server("gama") as (candidate, k_addr),
+        fault_server("gama") as (shadow, s_addr),
+        fault_server("gama") as (fallback, f_addr),
+    ):
+        cfg = describe_route([c_addr], [f_addr])
+        for name, addr in (("candidate", k_addr), ("shadow", s_addr)):
+            cfg["models"][name] = {"endpoints": [addr], "model_name": "gama", "timeout_ms": 5000}
+        cfg["routes"]["describe"]["experiment"] = {
+            "name": "describe-ab",
+            "seed": "s1",
+            "arms": [
+                {"name": "control", "model": "primary", "weight": 0.5},
+                {"name": "candidate", "model": "candidate", "weight": 0.5},
+            ],
+            "allowlist": {"qa": "candidate"},
+            "shadow": {"model": "shadow", "percent": 100},
+        }
+        # The answer ("gama says hello", 15 characters) is too long for this route.
+        cfg["routes"]["describe"]["quality"]["text_max_chars"] = 10
+        async with live_router(cfg, tmp_path) as router:
+            messages = [
+                m
+                async for m in router.stub.ProcessStream(
+                    rpb.ProcessRequest(
+                        audio=wav(0.5), task=rpb.TASK_DESCRIBE, prompt=PROMPT, user_id="qa"
+                    ),
+                    timeout=10,
+                )
+            ]
+            await until(lambda: shadow.received == 1, "the shadow copy")
+    *pieces, last = messages
+    assert [m.text for m in pieces] == ["gama", " says", " hello"]
+    result = last.result
+    assert (result.route.experiment, result.route.arm) == ("describe-ab", "candidate")
+    assert result.route.model == "candidate" and result.route.shadowed
+    # Checked on the whole answer; pieces had gone out, so it is reported, not replaced.
+    assert not result.quality.passed
+    assert [c.name for c in result.quality.failed_checks] == ["text.length"]
+    assert fallback.received == 0 and control.received == 0 and candidate.received == 1
