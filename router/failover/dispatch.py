@@ -102,15 +102,22 @@ async def call(
     is due within `seconds` and whose end within `answer_seconds`."""
     request = infer_request(backend.server_name, req)
     if method(req) == MODEL_STREAM_INFER:
-        return await stream_infer(
-            endpoint.stub,
-            request,
-            first_timeout=seconds,
-            answer_seconds=max(seconds, answer_seconds or seconds),
-            metadata=inject(span),
-            progress=progress or Progress(),
-            on_piece=on_piece,
-        )
+        progress = progress or Progress()
+        try:
+            return await stream_infer(
+                endpoint.stub,
+                request,
+                first_timeout=seconds,
+                answer_seconds=max(seconds, answer_seconds or seconds),
+                metadata=inject(span),
+                progress=progress,
+                on_piece=on_piece,
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNIMPLEMENTED or progress.first_response_s:
+                raise
+        # An OIP server without Triton's streaming RPC: the whole answer, unary.
+        span.set_attribute("rpc.method", MODEL_INFER)
     return await endpoint.stub.ModelInfer(  # type: ignore[no-any-return]
         request, timeout=seconds, metadata=inject(span)
     )

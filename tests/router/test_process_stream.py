@@ -266,3 +266,14 @@ async def test_experiments_shadow_and_quality_work_on_the_stream(tmp_path: Path)
     assert not result.quality.passed
     assert [c.name for c in result.quality.failed_checks] == ["text.length"]
     assert fallback.received == 0 and control.received == 0 and candidate.received == 1
+
+
+async def test_a_model_server_without_model_stream_infer_answers_whole(tmp_path: Path) -> None:
+    async with (
+        fault_server("gama", streams=False) as (plain, p_addr),
+        live_router(describe_route([p_addr]), tmp_path) as router,
+    ):
+        pieces, result = await stream(router, "plain-1")
+    assert pieces == [] and result.text == "gama says hello"
+    assert result.route.model == "primary" and not result.route.fallback_used
+    assert plain.received == 1  # ModelInfer, after the stream was refused

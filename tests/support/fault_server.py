@@ -38,8 +38,12 @@ MODES = (
 
 
 class FaultyModel(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, name: str, dim: int = 64, mode: str = "ok", delay: float = 0.0) -> None:
+    def __init__(
+        self, name: str, dim: int = 64, mode: str = "ok", delay: float = 0.0, streams: bool = True
+    ) -> None:
         self.name = name
+        self.streams = streams
+        """False: ModelStreamInfer is UNIMPLEMENTED, as on a plain OIP server."""
         self.dim = dim
         self.mode = mode
         self.delay = delay
@@ -122,6 +126,8 @@ class FaultyModel(pb_grpc.GRPCInferenceServiceServicer):
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """As the model server streams: errors as `error_message` with `error_code`, the
         answer word by word, then an empty final response."""
+        if not self.streams:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
         async for request in request_iterator:
             self.received += 1
             self.arrived.set()
