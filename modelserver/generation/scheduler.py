@@ -76,7 +76,6 @@ class Finished:
     """`stop` (end of sequence) or `length` (max_new_tokens)."""
     input_tokens: int
     output_tokens: int
-    token_ids: tuple[int, ...]
     queue_ms: float
     """Arrival to the start of its prefill."""
     first_token_ms: float
@@ -351,7 +350,6 @@ class GenerationScheduler(WorkLoop):
             reason=reason,
             input_tokens=request.input_tokens,
             output_tokens=len(seq.tokens),
-            token_ids=tuple(seq.tokens),
             queue_ms=(seq.started - seq.enqueued) * 1000,
             first_token_ms=(seq.first_token - seq.enqueued) * 1000,
             decode_ms=(now - seq.first_token) * 1000,

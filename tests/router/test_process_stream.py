@@ -277,3 +277,23 @@ async def test_a_model_server_without_model_stream_infer_answers_whole(tmp_path:
     assert pieces == [] and result.text == "gama says hello"
     assert result.route.model == "primary" and not result.route.fallback_used
     assert plain.received == 1  # ModelInfer, after the stream was refused
+
+
+async def test_bad_input_on_the_stream_gets_a_precise_status(tmp_path: Path) -> None:
+    async with (
+        fault_server("gama") as (model, addr),
+        live_router(describe_route([addr]), tmp_path) as router,
+    ):
+        for request, needle in (
+            (rpb.ProcessRequest(task=rpb.TASK_DESCRIBE, prompt=PROMPT), "no audio"),
+            (rpb.ProcessRequest(audio=wav(0.5), task=rpb.TASK_DESCRIBE), "prompt"),
+            (rpb.ProcessRequest(audio=wav(0.5)), "task must be one of"),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                async for _ in router.stub.ProcessStream(request, timeout=5):
+                    pass
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert needle in (err.value.details() or "")
+        assert model.received == 0
+        pieces, result = await stream(router, "after-bad")
+    assert "".join(pieces) == result.text == "gama says hello"
