@@ -136,7 +136,6 @@ class GenerationScheduler(WorkLoop):
         clock: Callable[[], float] = time.monotonic,
         on_fault: Callable[[BaseException], None] | None = None,
         on_success: Callable[[], None] | None = None,
-        on_step: Callable[[int, int], None] | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
@@ -144,7 +143,6 @@ class GenerationScheduler(WorkLoop):
         self._clock = clock
         self._on_fault = on_fault
         self._on_success = on_success
-        self._on_step = on_step
         super().__init__()
         self._waiting: deque[_Sequence] = deque()
         self._running: list[_Sequence] = []
@@ -230,7 +228,7 @@ class GenerationScheduler(WorkLoop):
         while True:
             now = self._clock()
             self._expire_waiting(now)
-            keep = [i for i, seq in enumerate(self._running) if self._still_running(seq, now)]
+            keep = [i for i, seq in enumerate(self._running) if self._keep_or_retire(seq, now)]
             running = [self._running[i] for i in keep]
             admitted = self._admit(running)
             if not running and not admitted and not self._running:
@@ -253,10 +251,10 @@ class GenerationScheduler(WorkLoop):
                 self._on_success()
             for seq, event in events:
                 seq.events.put_nowait(event)
-            if self._on_step is not None:
-                self._on_step(len(self._running), self.kv_reserved)
 
-    def _still_running(self, seq: _Sequence, now: float) -> bool:
+    def _keep_or_retire(self, seq: _Sequence, now: float) -> bool:
+        """Retires a sequence that finished, was cancelled or ran out of time (and fails the
+        last with DEADLINE_EXCEEDED); True when it stays in the batch."""
         if seq.done:
             return False
         if seq.cancelled:
