@@ -19,7 +19,7 @@ import grpc
 
 from gamaserving.inference import grpc_predict_v2_pb2 as pb
 from gamaserving.inference import grpc_predict_v2_pb2_grpc as pb_grpc
-from gamaserving.oip import param_value
+from gamaserving.oip import param_value, parse_response
 
 MODEL_STREAM_INFER = "inference.GRPCInferenceService/ModelStreamInfer"
 FINAL = "triton_final_response"
@@ -62,18 +62,8 @@ def _status(reply: pb.ModelStreamInferResponse) -> grpc.StatusCode:
     return grpc.StatusCode[name] if name in grpc.StatusCode.__members__ else grpc.StatusCode.UNKNOWN
 
 
-def _piece(response: pb.ModelInferResponse) -> str:
-    from gamaserving.oip import split_bytes
-
-    for i, out in enumerate(response.outputs):
-        if out.name == "TEXT":
-            items = (
-                split_bytes(response.raw_output_contents[i])
-                if response.raw_output_contents
-                else list(out.contents.bytes_contents)
-            )
-            return b"".join(items).decode("utf-8", errors="replace")
-    return ""
+def _text(response: pb.ModelInferResponse) -> str:
+    return parse_response(response).text or ""
 
 
 def _whole(final: pb.ModelInferResponse, text: str) -> pb.ModelInferResponse:
@@ -128,8 +118,8 @@ async def stream_infer(
                 await call.read()
                 finished = True
                 # A server that batches statically sends the whole answer in the final one.
-                return _whole(response, "".join(texts) + _piece(response))
-            piece = _piece(response)
+                return _whole(response, "".join(texts) + _text(response))
+            piece = _text(response)
             texts.append(piece)
             if on_piece is not None and piece:
                 progress.pieces_sent += 1
