@@ -79,13 +79,17 @@ dataset: install $(DATASET)/manifest.jsonl
 demo: install models dataset
 	$(BIN)/python -m demo --models $(MODELS) --dataset $(DATASET)/manifest.jsonl --out out/demo
 
-# The stack in the foreground (router on 127.0.0.1:50051) for your own client.
-up: install models
-	$(BIN)/python -m demo up --models $(MODELS) --out out/up
+# The stack in the foreground for your own client: config/router.yaml as it stands (router on
+# 127.0.0.1:50051, model servers on 50061 and 50062, the rollout controller), until Ctrl-C or
+# `make down`.
+UP_CONFIG ?= config/router.yaml
+UP_OUT ?= out/up
+up: install models dataset
+	$(BIN)/python -m demo up --config $(UP_CONFIG) --models $(MODELS) --out $(UP_OUT)
 
 down:
-	@if [ -f out/up/up.pid ]; then kill -TERM "$$(cat out/up/up.pid)" && echo "stopping the stack"; \
-	else echo "no stack running (out/up/up.pid is absent)"; fi
+	@if [ -f $(UP_OUT)/up.pid ]; then kill -TERM "$$(cat $(UP_OUT)/up.pid)" && echo "stopping the stack"; \
+	else echo "no stack running ($(UP_OUT)/up.pid is absent)"; fi
 
 # A client in another language (Node.js) for the router's streaming API; its test skips,
 # naming what is missing, without node and npm.

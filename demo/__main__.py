@@ -24,7 +24,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", type=Path, default=Path("data/demo/manifest.jsonl"))
     parser.add_argument("--out", type=Path, default=Path("out/demo"))
     parser.add_argument("--seconds", type=float, default=24.0, help="online traffic duration")
-    parser.add_argument("--port", type=int, default=50051, help="router port for `up`")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=Path("config/router.yaml"),
+        help="`up`: the router configuration to run (its ports say where each process listens)",
+    )
     return parser
 
 
@@ -33,8 +38,9 @@ def _up(stack: Stack) -> int:
     stack.start()
     pidfile.write_text(str(os.getpid()))
     print(f"router on {stack.processes['router'].address} (config {stack.config_path})")
-    for name in ("wav2vec2", "gama"):
-        print(f"{name} model server on {stack.processes[name].address}")
+    for p in stack.processes.values():
+        if p.name not in ("router", "rollout-controller"):
+            print(f"{p.name} model server on {p.address}")
     print(f"logs in {stack.out / 'logs'}; Ctrl-C or `make down` stops everything")
     stop = False
 
@@ -43,10 +49,18 @@ def _up(stack: Stack) -> int:
         stop = True
 
     signal.signal(signal.SIGTERM, _stop)
-    while not stop and len(stack.alive()) == 3:
+    # Every process started, whatever their number: one that dies takes the stack down,
+    # naming itself and showing why.
+    while not stop and not (exited := stack.exited()):
         time.sleep(0.5)
     if not stop:
-        print(f"a process exited unexpectedly; still running: {stack.alive()}", file=sys.stderr)
+        for p in exited:
+            code = p.proc.returncode if p.proc else None
+            print(
+                f"{p.name} exited unexpectedly (exit code {code}); the end of {p.log}:\n"
+                f"{p.log_tail()}",
+                file=sys.stderr,
+            )
     pidfile.unlink(missing_ok=True)
     return 0 if stop else 1
 
@@ -55,8 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.command == "up":
-        # The README's examples call these addresses.
-        stack = Stack(args.models, args.out, args.port, {"wav2vec2": 50061, "gama": 50062})
+        # The shipped configuration as it stands: the README's examples call its addresses.
+        try:
+            stack = Stack.from_config(args.config, args.models, args.out)
+        except (OSError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
+            print(f"demo up: {args.config}: cannot run it as a local stack: {exc}", file=sys.stderr)
+            return 2
     else:
         stack = Stack(args.models, args.out)
     code = 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -28,10 +29,33 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+# Its own generator: tests that seed the global one (hypothesis does) must not pick alike.
+_random = random.SystemRandom()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port for a server to bind later, taken below the kernel's ephemeral
+    range: a port from port 0 (in that range) can be handed to an outgoing connection, or to a
+    client reconnecting to a stopped server on that very port (a TCP self-connect), before the
+    server binds it or while it restarts."""
+    high = _ephemeral_low()
+    low = max(1024, high - 12000)
+    for _ in range(200):
+        port = _random.randrange(low, high)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {low}..{high - 1}")
 
 
 def modelserver_args(model_dir: Path, port: int, *extra: str) -> list[str]:
@@ -79,14 +103,18 @@ class Process:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def log_tail(self, chars: int = 2000) -> str:
+        return self.log.read_text(errors="replace")[-chars:]
+
     def wait_serving(self, deadline: float) -> None:
         with grpc.insecure_channel(self.address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             request = health_pb2.HealthCheckRequest(service=self.health_service)
             while time.monotonic() < deadline:
                 if not self.running():
-                    tail = self.log.read_text(errors="replace")[-2000:]
-                    raise RuntimeError(f"{self.name} exited during start-up; its log:\n{tail}")
+                    raise RuntimeError(
+                        f"{self.name} exited during start-up; its log:\n{self.log_tail()}"
+                    )
                 with contextlib.suppress(grpc.RpcError):
                     if (
                         stub.Check(request, timeout=1).status
@@ -116,6 +144,25 @@ class Stack:
     model_ports: dict[str, int] = field(default_factory=dict)
     """Fixed ports per model (`make up`); free ones when empty (the demo, tests)."""
     processes: dict[str, Process] = field(default_factory=dict)
+    shipped: Path | None = None
+    """A router configuration to run as it is (`make up`); None: the demo's own, written to
+    `out`."""
+
+    @classmethod
+    def from_config(cls, config: Path, models: Path, out: Path) -> Stack:
+        """The stack a router configuration describes: each model it names served from
+        `models/<name>` on the loopback port of its first endpoint, the router on server.port."""
+        raw = yaml.safe_load(config.read_text())
+        ports = {}
+        for name, model in raw["models"].items():
+            host, _, port = model["endpoints"][0].rpartition(":")
+            if host not in ("127.0.0.1", "localhost") or not port.isdigit():
+                raise RuntimeError(
+                    f"{config}: models.{name}.endpoints[0] is {model['endpoints'][0]!r}; "
+                    "a local stack serves each model on 127.0.0.1:PORT"
+                )
+            ports[name] = int(port)
+        return cls(models, out, int(raw["server"]["port"]), ports, shipped=config)
 
     def config(self, ports: dict[str, int]) -> dict[str, Any]:
         """The demo's router configuration: an embed experiment ramping GAMA in, quick alerts."""
@@ -215,13 +262,15 @@ class Stack:
     def start(self, timeout: float = 120.0) -> None:
         logs = self.out / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        ports = {m: self.model_ports.get(m) or free_port() for m in ("wav2vec2", "gama")}
+        names = list(self.model_ports) if self.shipped else ["wav2vec2", "gama"]
+        ports = {m: self.model_ports.get(m) or free_port() for m in names}
         for name, port in ports.items():
             args = modelserver_args(self.models / name, port)
             self.processes[name] = Process(name, args, port, logs / f"{name}.log", "readiness")
         self.router_port = self.router_port or free_port()
         config = self.config_path
-        config.write_text(yaml.safe_dump(self.config(ports), sort_keys=False))
+        if self.shipped is None:
+            config.write_text(yaml.safe_dump(self.config(ports), sort_keys=False))
         router = Process(
             "router",
             router_args(config, self.router_port),
@@ -251,7 +300,7 @@ class Stack:
 
     @property
     def config_path(self) -> Path:
-        return self.out / "router.yaml"
+        return self.shipped or self.out / "router.yaml"
 
     @property
     def rollout_state(self) -> Path:
@@ -260,8 +309,11 @@ class Stack:
     def stop(self, grace: float = 10.0) -> list[str]:
         """SIGTERM to all (the controller and the router first, so nothing decides or sends),
         then SIGKILL to stragglers. Returns the names that had to be killed."""
-        names = ("rollout-controller", "router", "gama", "wav2vec2")
-        order = [p for n in names if (p := self.processes.get(n))]
+        # The controller and the router first, so nothing decides or sends; then the models.
+        first = [self.processes.get(n) for n in ("rollout-controller", "router")]
+        order = [p for p in first if p] + [
+            p for p in reversed(self.processes.values()) if p not in first
+        ]
         for p in order:
             p.terminate()
         deadline = time.monotonic() + grace
@@ -278,3 +330,7 @@ class Stack:
 
     def alive(self) -> list[str]:
         return [p.name for p in self.processes.values() if p.running()]
+
+    def exited(self) -> list[Process]:
+        """Processes that were started and have stopped."""
+        return [p for p in self.processes.values() if p.proc is not None and not p.running()]

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
+
+from gamaserving.settings import StrictSettings
 
 
 class CriteriaError(ValueError):
     """An `offline` criterion of the router configuration is invalid; names the field."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 OfflineMetric = Literal[
@@ -30,7 +28,7 @@ OfflineMetric = Literal[
 ]
 
 
-class OfflineCriterion(_Strict):
+class OfflineCriterion(StrictSettings):
     """A bound on how much worse a model may be than the baseline in `router compare`, in the
     metric's bad direction (up for WER and latency, down for accuracy, F1 and mAP)."""
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -23,10 +24,16 @@ Resp = TypeVar("Resp")
 Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
 
 
+# `<_io.BytesIO object at 0x7f...>`: a Python object's repr, which a library's error text can
+# carry into a message; it means nothing to a caller and leaks addresses.
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
 class StatusError(Exception):
     """An error with the status a client should see and a message it can act on."""
 
     def __init__(self, status: grpc.StatusCode, message: str) -> None:
+        message = _OBJECT_REPR.sub("the input", message)
         super().__init__(message)
         self.status = status
         self.message = message

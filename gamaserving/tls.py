@@ -10,6 +10,8 @@ from pathlib import Path
 import grpc
 from pydantic import BaseModel, ConfigDict
 
+from gamaserving.settings import ConfigPath
+
 
 class TlsError(ValueError):
     """A certificate or key file cannot be read; raised at start, naming the setting. Files
@@ -30,9 +32,9 @@ class ServerTls(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    cert_file: Path
-    key_file: Path
-    client_ca_file: Path | None = None
+    cert_file: ConfigPath
+    key_file: ConfigPath
+    client_ca_file: ConfigPath | None = None
 
     def credentials(self) -> grpc.ServerCredentials:
         pair = (_read(self.key_file, "key_file"), _read(self.cert_file, "cert_file"))
@@ -48,9 +50,9 @@ class ClientTls(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
+    ca_file: ConfigPath | None = None
+    cert_file: ConfigPath | None = None
+    key_file: ConfigPath | None = None
     server_name: str | None = None
     """Expected name in the server's certificate when it differs from the target's host."""
 

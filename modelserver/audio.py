@@ -106,7 +106,11 @@ class AudioDecoder:
                 self._check_duration(f.frames, rate)
                 samples = f.read(dtype="float32", always_2d=True)
         except sf.LibsndfileError as exc:
-            raise invalid(f"AUDIO could not be decoded as WAV, FLAC or OGG: {exc}") from exc
+            # Its str() starts "Error opening <_io.BytesIO object at 0x...>": libsndfile's own
+            # words are what the caller can act on.
+            raise invalid(
+                f"AUDIO could not be decoded as WAV, FLAC or OGG: {exc.error_string}"
+            ) from exc
         except (RuntimeError, TypeError, ValueError) as exc:
             raise invalid(f"AUDIO is corrupt or truncated: {exc}") from exc
         if samples.shape[0] == 0:

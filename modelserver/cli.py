@@ -19,17 +19,48 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default=os.environ.get("MODELSERVER_LOG_LEVEL", "INFO"))
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="serve one model over OIP v2 gRPC")
-    serve.add_argument("--model-dir", required=True, type=Path)
-    serve.add_argument("--host", default="0.0.0.0")
-    serve.add_argument("--port", type=int, default=50061)
-    serve.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    serve.add_argument("--grace-seconds", type=float, default=20.0)
-    serve.add_argument("--drain-delay-seconds", type=float, default=0.0)
-    serve.add_argument("--stuck-after-seconds", type=float, default=60.0)
-    serve.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port")
+    serve = sub.add_parser(
+        "serve",
+        help="serve one model over OIP v2 gRPC",
+        description="Serve one model directory (model.yaml and its artifacts) over the Open "
+        "Inference Protocol v2 on gRPC, with grpc.health.v1 (liveness, readiness) and reflection.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    serve.add_argument("--model-dir", required=True, type=Path, help="directory holding model.yaml")
+    serve.add_argument("--host", default="0.0.0.0", help="interface to listen on")
+    serve.add_argument("--port", type=int, default=50061, help="gRPC port (0 picks a free one)")
     serve.add_argument(
-        "--health-port", type=int, default=None, help="plaintext port with health checks only"
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="auto takes the GPU only when a CUDA session really starts",
+    )
+    serve.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=20.0,
+        help="on SIGTERM, how long calls in flight get to finish",
+    )
+    serve.add_argument(
+        "--drain-delay-seconds",
+        type=float,
+        default=0.0,
+        help="on SIGTERM, keep accepting calls this long after readiness turns NOT_SERVING",
+    )
+    serve.add_argument(
+        "--stuck-after-seconds",
+        type=float,
+        default=60.0,
+        help="liveness turns NOT_SERVING when one model call runs longer than this",
+    )
+    serve.add_argument(
+        "--metrics-port", type=int, default=None, help="Prometheus /metrics port (off if unset)"
+    )
+    serve.add_argument(
+        "--health-port",
+        type=int,
+        default=None,
+        help="plaintext port with health checks only, for probes that cannot speak TLS",
     )
     serve.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate (PEM)")
     serve.add_argument("--tls-key", type=Path, help="its private key (PEM)")

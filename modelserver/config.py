@@ -7,8 +7,16 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from gamaserving.settings import (
+    SettingsError,
+    StrictSettings,
+    field_errors,
+    format_errors,
+    read_mapping,
+    validate_mapping,
+)
 from gamaserving.tls import ServerTls
 
 CONFIG_FILE = "model.yaml"
@@ -23,11 +31,7 @@ class Task(StrEnum):
     DESCRIBE = "describe"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
-
-
-class Limits(_Strict):
+class Limits(StrictSettings):
     """Input limits enforced before any decoding work is spent."""
 
     max_audio_seconds: float = Field(30.0, gt=0, le=3600)
@@ -40,7 +44,7 @@ class Limits(_Strict):
     """Longest accepted prompt."""
 
 
-class Batching(_Strict):
+class Batching(StrictSettings):
     """Dynamic batching: concurrent requests are grouped before the model runs."""
 
     max_batch_size: int = Field(16, ge=1, le=1024)
@@ -51,7 +55,7 @@ class Batching(_Strict):
     """Requests waiting beyond this are refused with RESOURCE_EXHAUSTED."""
 
 
-class ContinuousBatching(_Strict):
+class ContinuousBatching(StrictSettings):
     """Per-step scheduling of generation (GAMA's describe): sequences join the running decode
     batch after their prefill and leave it the step they finish."""
 
@@ -68,7 +72,7 @@ class ContinuousBatching(_Strict):
     """New sequences prefilled per step: bounds the pause a prefill puts into running answers."""
 
 
-class Warmup(_Strict):
+class Warmup(StrictSettings):
     """Requests run before the server reports ready, so first calls are not slow."""
 
     iterations: int = Field(2, ge=0, le=100)
@@ -77,7 +81,7 @@ class Warmup(_Strict):
     """Length of the synthetic warm-up clip."""
 
 
-class Wav2Vec2Settings(_Strict):
+class Wav2Vec2Settings(StrictSettings):
     """wav2vec2 family: CTC transcription, embeddings, optional classification head."""
 
     head: Literal["ctc", "classification"] = "ctc"
@@ -94,7 +98,7 @@ class Wav2Vec2Settings(_Strict):
     """Labels returned per clip by a classification head, highest score first."""
 
 
-class GamaGeneration(_Strict):
+class GamaGeneration(StrictSettings):
     """GAMA's decoding; the defaults are the release's (`gama_inf.py`)."""
 
     max_new_tokens: int = Field(400, ge=1, le=4096)
@@ -113,7 +117,7 @@ ALPACA_SHORT = "### Instruction:\n{instruction}\n\n### Response:\n"
 TAG_PROMPT = "What sound events can be heard in this audio? Answer with their names."
 
 
-class GamaSettings(_Strict):
+class GamaSettings(StrictSettings):
     """GAMA as released: the audio path, the LLM with LoRA merged, its tokenizer, its prompt."""
 
     audio: str = "audio.safetensors"
@@ -150,7 +154,7 @@ class GamaSettings(_Strict):
         return self
 
 
-class ModelConfig(_Strict):
+class ModelConfig(StrictSettings):
     """`model.yaml`: one served model and its exported artifacts."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -214,14 +218,6 @@ class ModelDirError(Exception):
     """The model directory cannot be served; the message names the problem."""
 
 
-def _format_validation(err: ValidationError, source: Path) -> str:
-    lines = [f"{source}: invalid model configuration"]
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"  {loc}: {e['msg']}")
-    return "\n".join(lines)
-
-
 def load_model_config(model_dir: Path) -> ModelConfig:
     """Read and validate `model.yaml`, and check that every artifact it names exists."""
     path = model_dir / CONFIG_FILE
@@ -230,15 +226,11 @@ def load_model_config(model_dir: Path) -> ModelConfig:
     if not path.is_file():
         raise ModelDirError(f"{path}: missing (every model directory needs a {CONFIG_FILE})")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ModelDirError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ModelDirError(f"{path}: expected a mapping of settings")
-    try:
-        config = ModelConfig.model_validate(raw)
+        config = validate_mapping(ModelConfig, read_mapping(path), path)
+    except SettingsError as exc:
+        raise ModelDirError(str(exc)) from exc
     except ValidationError as exc:
-        raise ModelDirError(_format_validation(exc, path)) from exc
+        raise ModelDirError(format_errors(path, "model configuration", field_errors(exc))) from exc
     required = [("artifact", config.artifact)]
     if config.gama is not None:
         g = config.gama
@@ -258,7 +250,7 @@ def write_model_config(model_dir: Path, config: ModelConfig) -> None:
     (model_dir / CONFIG_FILE).write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 
-class ServerSettings(_Strict):
+class ServerSettings(StrictSettings):
     """How `modelserver serve` runs (command line and MODELSERVER_* environment)."""
 
     model_dir: Path

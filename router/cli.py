@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from gamaserving.logs import setup_logging
+from router.admin import cli as admin_cli
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
         help="override the coverage in force (the phase is paused until --resume)",
     )
     rollout.add_argument("--reason", default="", help="recorded with a manual action")
+    admin_cli.add_parser(sub)
     for moved in MOVED:
         sub.add_parser(moved, help=f"moved: `evaluation {moved}`")
     return parser
@@ -93,8 +95,7 @@ def _moved(command: str) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    import json
-
+    from gamaserving.jsonout import dumps
     from router.config import ConfigError, load_config
     from router.experiments.results import report
     from router.fleet import FleetError, as_json, find_experiment, fleet_arms
@@ -113,7 +114,8 @@ def _report(args: argparse.Namespace) -> int:
     except FleetError as exc:
         print(f"router: {exc}", file=sys.stderr)
         return 3
-    print(json.dumps(as_json(report(settings, arms)), indent=2, default=float))
+    # Strict JSON: an undefined number (a relative change from a zero control mean) is null.
+    print(dumps(as_json(report(settings, arms))))
     return 0
 
 
@@ -144,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.log_level)
     commands = {
+        "admin": admin_cli.run,
         "report": _report,
         "rollout": _rollout,
         "serve": _serve,

@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from gamaserving.settings import (
+    ConfigPath,
+    SettingsError,
+    StrictSettings,
+    field_errors,
+    format_errors,
+    read_mapping,
+    validate_mapping,
+)
 from gamaserving.tls import ClientTls, ServerTls
 from router.alerts.settings import AlertingSettings
 
 TaskName = Literal["transcribe", "tag", "embed", "describe"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
-
-
-class CircuitBreakerSettings(_Strict):
+class CircuitBreakerSettings(StrictSettings):
     """Per endpoint, over the last `window` calls (resilience4j's count-based window)."""
 
     window: int = Field(20, ge=2)
@@ -42,7 +46,7 @@ class CircuitBreakerSettings(_Strict):
     caller vanished without an outcome cannot hold the endpoint out of service)."""
 
 
-class RetryBudgetSettings(_Strict):
+class RetryBudgetSettings(StrictSettings):
     """Retries to other endpoints of the same model, as a share of requests (one layer only)."""
 
     ratio: float = Field(0.2, ge=0, le=1)
@@ -51,7 +55,7 @@ class RetryBudgetSettings(_Strict):
     """Tokens kept at most (the burst of retries allowed)."""
 
 
-class ModelSettings(_Strict):
+class ModelSettings(StrictSettings):
     """One model behind the router: its endpoints and how to call them."""
 
     endpoints: list[str] = Field(min_length=1)
@@ -79,7 +83,7 @@ class ModelSettings(_Strict):
         return value
 
 
-class ArmSettings(_Strict):
+class ArmSettings(StrictSettings):
     name: str = Field(min_length=1)
     """Arm name, reported in responses."""
     model: str
@@ -88,7 +92,7 @@ class ArmSettings(_Strict):
     """Share of covered users; weights sum to 1."""
 
 
-class ShadowSettings(_Strict):
+class ShadowSettings(StrictSettings):
     model: str
     """Model that gets the copies."""
     percent: float = Field(ge=0, le=100)
@@ -99,7 +103,7 @@ class ShadowSettings(_Strict):
     """Deadline of one shadow call."""
 
 
-class Criterion(_Strict):
+class Criterion(StrictSettings):
     """A bound on how much worse an arm may be than the control arm, on one metric."""
 
     metric: Literal["latency_ms", "error_rate", "fallback_rate", "quality_failure_rate"]
@@ -115,7 +119,7 @@ class Criterion(_Strict):
         return self
 
 
-class ExperimentSettings(_Strict):
+class ExperimentSettings(StrictSettings):
     name: str = Field(min_length=1)
     seed: str = Field(min_length=1)
     """Hash seed; change it (a new phase) when weights change."""
@@ -169,7 +173,7 @@ class ExperimentSettings(_Strict):
         return self
 
 
-class QualitySettings(_Strict):
+class QualitySettings(StrictSettings):
     on_failure: Literal["fallback", "mark"] = "fallback"
     """fallback: try the next model; mark: return the output with the failure reported."""
     slo_ms: float | None = Field(None, gt=0)
@@ -184,7 +188,7 @@ class QualitySettings(_Strict):
     """Fail empty transcripts (off: silence has none)."""
 
 
-class RouteSettings(_Strict):
+class RouteSettings(StrictSettings):
     primary: str
     """Model for users outside any experiment."""
     fallbacks: list[str] = Field(default_factory=list)
@@ -195,7 +199,7 @@ class RouteSettings(_Strict):
     """Deadline for callers that send none."""
 
 
-class AnomalySettings(_Strict):
+class AnomalySettings(StrictSettings):
     alpha: float = Field(0.05, gt=0, lt=1)
     """EWMA smoothing of mean and variance."""
     threshold: float = Field(4.0, gt=0)
@@ -204,7 +208,7 @@ class AnomalySettings(_Strict):
     """Observations before z-scores are judged."""
 
 
-class TrendSettings(_Strict):
+class TrendSettings(StrictSettings):
     bucket_seconds: float = Field(60.0, gt=0)
     """Width of one trend bucket."""
     buckets: int = Field(60, ge=2, le=10_000)
@@ -213,7 +217,7 @@ class TrendSettings(_Strict):
     """A fitted relative change smaller than this is reported as flat."""
 
 
-class ServerSettings(_Strict):
+class ServerSettings(StrictSettings):
     host: str = "0.0.0.0"
     port: int = Field(50051, ge=0, le=65535)
     max_in_flight: int = Field(256, ge=1)
@@ -230,20 +234,20 @@ class ServerSettings(_Strict):
     drain_delay_seconds: float = Field(0.0, ge=0)
     """On SIGTERM, keep accepting requests this long after readiness turns NOT_SERVING, while
     load balancers and Kubernetes endpoints catch up."""
-    admin_token_file: Path | None = None
+    admin_token_file: ConfigPath | None = None
     """File holding the RouterAdmin bearer token (else ROUTER_ADMIN_TOKEN). Without a token
     the router refuses to listen beyond loopback."""
 
 
-class TelemetrySettings(_Strict):
+class TelemetrySettings(StrictSettings):
     prometheus_host: str = "0.0.0.0"
     """Interface of the Prometheus scrape endpoint."""
     prometheus_port: int | None = Field(None, ge=0, le=65535)
     """Port of /metrics (0 picks one); None turns it off. OTLP export follows OTEL_* variables."""
 
 
-class RolloutSettings(_Strict):
-    state_file: Path | None = None
+class RolloutSettings(StrictSettings):
+    state_file: ConfigPath | None = None
     """The rollout state (JSON) the rollout controller writes and every replica applies: the
     coverage in force per experiment phase. In Kubernetes, the mounted ConfigMap
     `router-rollout-state`. Required when an experiment has `ramp` or `auto_rollback`."""
@@ -251,7 +255,7 @@ class RolloutSettings(_Strict):
     """How often the state file is checked for changes."""
 
 
-class RouterConfig(_Strict):
+class RouterConfig(StrictSettings):
     server: ServerSettings = ServerSettings()
     rollout: RolloutSettings = RolloutSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
@@ -263,84 +267,99 @@ class RouterConfig(_Strict):
 
     @model_validator(mode="after")
     def _references(self) -> RouterConfig:
-        known = sorted(self.models)
-        errors = [
-            f"{path}: unknown model {model!r} (models: {', '.join(known)})"
-            for path, model in self.model_references()
-            if model not in self.models
-        ]
-        if self.rollout.state_file is None:
-            governed = [
-                f"routes.{task}.experiment ({r.experiment.name})"
-                for task, r in self.routes.items()
-                if r.experiment is not None and (r.experiment.ramp or r.experiment.auto_rollback)
-            ]
-            if governed:
-                errors.append(
-                    "rollout.state_file: required, since "
-                    + ", ".join(governed)
-                    + " has ramp or auto_rollback: the rollout controller (`router rollout`) "
-                    "decides coverage for the fleet and writes it there"
-                )
+        errors = reference_errors(self.model_dump())
         if errors:
             raise ValueError("; ".join(errors))
         return self
 
-    def model_references(self) -> Iterable[tuple[str, str]]:
-        """(field path, model key) for every model a route can send to."""
-        for task, route in self.routes.items():
-            yield f"routes.{task}.primary", route.primary
-            for i, name in enumerate(route.fallbacks):
+    def task_errors(self, tasks: Mapping[str, frozenset[str]]) -> list[str]:
+        """Routes sending a task to a model whose ModelMetadata says it cannot do it."""
+        return reference_errors(self.model_dump(), tasks)
+
+
+def _model_references(routes: object) -> Iterator[tuple[str, str]]:
+    """(field path, model key) for every model a route can send to. It reads the file's
+    mapping, not the validated model, so that a file with field errors elsewhere still gets its
+    references judged in the same report."""
+    for task, route in routes.items() if isinstance(routes, dict) else ():
+        if not isinstance(route, dict):
+            continue
+        if isinstance(primary := route.get("primary"), str):
+            yield f"routes.{task}.primary", primary
+        fallbacks = route.get("fallbacks")
+        for i, name in enumerate(fallbacks if isinstance(fallbacks, list) else ()):
+            if isinstance(name, str):
                 yield f"routes.{task}.fallbacks[{i}]", name
-            if route.experiment:
-                for i, arm in enumerate(route.experiment.arms):
-                    yield f"routes.{task}.experiment.arms[{i}].model", arm.model
-                if route.experiment.shadow:
-                    yield f"routes.{task}.experiment.shadow.model", route.experiment.shadow.model
+        experiment = route.get("experiment")
+        if not isinstance(experiment, dict):
+            continue
+        arms = experiment.get("arms")
+        for i, arm in enumerate(arms if isinstance(arms, list) else ()):
+            if isinstance(arm, dict) and isinstance(arm.get("model"), str):
+                yield f"routes.{task}.experiment.arms[{i}].model", arm["model"]
+        shadow = experiment.get("shadow")
+        if isinstance(shadow, dict) and isinstance(shadow.get("model"), str):
+            yield f"routes.{task}.experiment.shadow.model", shadow["model"]
 
-    def task_errors(self, tasks: dict[str, frozenset[str]]) -> list[str]:
-        """Routes sending a task to a model whose ModelMetadata says it cannot do it.
 
-        `tasks` holds what each reachable model declared; unknown models are not judged yet.
-        """
-        errors = []
-        for path, model in self.model_references():
-            task = path.split(".")[1]
-            if model in tasks and task not in tasks[model]:
-                can = ", ".join(sorted(tasks[model])) or "nothing"
-                errors.append(f"{path}: model {model!r} cannot {task} (it supports {can})")
-        return errors
+def reference_errors(
+    raw: Mapping[str, Any], tasks: Mapping[str, frozenset[str]] | None = None
+) -> list[str]:
+    """The configuration's semantic errors, from its mapping: references to unknown models, a
+    governed experiment without a rollout state file, and (given what each reachable model
+    declared in its ModelMetadata) tasks a model cannot do. Models not in `tasks` are not
+    judged on their tasks yet."""
+    models = raw.get("models")
+    known = sorted(models) if isinstance(models, dict) else None
+    errors = []
+    for path, model in _model_references(raw.get("routes")):
+        task = path.split(".")[1]
+        if known is not None and model not in known:
+            errors.append(f"{path}: unknown model {model!r} (models: {', '.join(known)})")
+        elif tasks and model in tasks and task not in tasks[model]:
+            can = ", ".join(sorted(tasks[model])) or "nothing"
+            errors.append(f"{path}: model {model!r} cannot {task} (it supports {can})")
+    rollout = raw.get("rollout")
+    if not (isinstance(rollout, dict) and rollout.get("state_file")):
+        routes = raw.get("routes")
+        governed = [
+            f"routes.{task}.experiment ({e.get('name')})"
+            for task, r in (routes.items() if isinstance(routes, dict) else ())
+            if isinstance(r, dict)
+            and isinstance(e := r.get("experiment"), dict)
+            and (e.get("ramp") or e.get("auto_rollback"))
+        ]
+        if governed:
+            errors.append(
+                "rollout.state_file: required, since "
+                + ", ".join(governed)
+                + " has ramp or auto_rollback: the rollout controller (`router rollout`) "
+                "decides coverage for the fleet and writes it there"
+            )
+    return errors
 
 
 class ConfigError(Exception):
     """The configuration file cannot be used; the message names each problem's field."""
 
-
-def field_errors(err: ValidationError) -> list[str]:
-    """One `field.path: message` per problem, for errors that name the field."""
-    out = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        msg = e["msg"].removeprefix("Value error, ")
-        out.append(f"{loc + ': ' if loc else ''}{msg}")
-    return out
+    def __init__(self, message: str, errors: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors if errors is not None else [message]
 
 
-def _format(err: ValidationError, source: Path) -> str:
-    lines = [f"{source}: invalid router configuration", *(f"  {x}" for x in field_errors(err))]
-    return "\n".join(lines)
-
-
-def load_config(path: Path) -> RouterConfig:
+def load_config(path: Path, tasks: Mapping[str, frozenset[str]] | None = None) -> RouterConfig:
+    """The validated configuration, or ConfigError listing every field error and every
+    semantic error of the file at once (tasks judged against `tasks`, what each model declared,
+    when the file's fields are invalid; `RouterServer` judges them against the model servers
+    once they are valid)."""
     try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings")
+        raw = read_mapping(path)
+    except SettingsError as exc:
+        raise ConfigError(str(exc)) from exc
     try:
-        return RouterConfig.model_validate(raw)
+        return validate_mapping(RouterConfig, raw, path)
     except ValidationError as exc:
-        raise ConfigError(_format(exc, path)) from exc
+        errors = field_errors(exc)
+    # The semantic check inside RouterConfig did not run: fields failed first.
+    errors += [e for e in reference_errors(raw, tasks) if e not in errors]
+    raise ConfigError(format_errors(path, "router configuration", errors), errors)

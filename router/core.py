@@ -135,11 +135,15 @@ class RouterCore:
     ) -> list[str]:
         """Task errors against the ModelMetadata of every model reachable within `wait` s."""
         await asyncio.gather(*(b.wait_info(wait) for b in backends.values()))
-        known = {key: b.info.tasks for key, b in backends.items() if b.info is not None}
         for key, b in backends.items():
             if b.info is None:
                 log.warning("model %s: no metadata yet; its tasks are checked when it answers", key)
-        return config.task_errors(known)
+        return config.task_errors(_declared_tasks(backends))
+
+    def declared_tasks(self) -> dict[str, frozenset[str]]:
+        """What each model now served declared in its ModelMetadata (models not heard yet
+        are left out)."""
+        return _declared_tasks(self.state.backends if self.state else {})
 
     def swap(self, config: RouterConfig, backends: dict[str, ModelBackend]) -> list[ModelBackend]:
         """Make (config, backends) current; returns the backends no longer used."""
@@ -289,3 +293,7 @@ class RouterCore:
         if self.state is not None:
             for backend in self.state.backends.values():
                 await backend.close()
+
+
+def _declared_tasks(backends: dict[str, ModelBackend]) -> dict[str, frozenset[str]]:
+    return {key: b.info.tasks for key, b in backends.items() if b.info is not None}

@@ -35,7 +35,7 @@ from router.config import ConfigError, RouterConfig, load_config
 from router.core import RouterCore
 from router.metrics import RouterMetrics
 from router.rollout.state import StateError, parse_state
-from router.rollout.store import FileStore, state_path
+from router.rollout.store import FileStore
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ class RouterServer:
     def _rollout_store(self) -> FileStore | None:
         state = self.core.state
         configured = state.config.rollout.state_file if state else None
-        return None if configured is None else FileStore(state_path(configured, self.config_path))
+        return None if configured is None else FileStore(configured)
 
     def apply_rollout(self) -> bool:
         """Read the rollout state file and apply it; a bad one keeps the last good state."""
@@ -274,16 +274,19 @@ class RouterServer:
         """Apply the file's configuration if valid; otherwise keep the current one and log why."""
         self._digest = self._file_digest()
         try:
-            config = load_config(self.config_path)
+            # A file with field errors gets its routes judged against the models served now,
+            # so every problem shows in this one reload.
+            config = load_config(self.config_path, self.core.declared_tasks())
             errors = await self._load(config)
         except ConfigError as exc:
-            errors = [str(exc)]
+            errors = exc.errors
         if self.core.metrics is not None:
             self.core.metrics.reload(not errors)
         if errors:
             self.reload_failures += 1
             log.error(
-                "configuration reload rejected; keeping the current one:\n  %s",
+                "configuration reload rejected; keeping the current one (%s is not applied):\n  %s",
+                self.config_path,
                 "\n  ".join(errors),
                 extra={"event": "reload_failed"},
             )

@@ -21,7 +21,7 @@ CREATE TABLE IF NOT EXISTS alerts (
 class AlertHistory:
     """The latest state of each alert (by fingerprint and start), newest last, bounded."""
 
-    def __init__(self, size: int, path: str | None = None) -> None:
+    def __init__(self, size: int, path: Path | str | None = None) -> None:
         self.size = size
         self.items: OrderedDict[str, Alert] = OrderedDict()
         self._db: sqlite3.Connection | None = None

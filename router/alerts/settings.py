@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from gamaserving.settings import ConfigPath, StrictSettings
 from gamaserving.tls import ClientTls
 
 Signal = Literal[
@@ -24,11 +25,7 @@ Signal = Literal[
 ]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
-
-
-class AlertRule(_Strict):
+class AlertRule(StrictSettings):
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
     """Alert name (Alertmanager's alertname)."""
     signal: Signal
@@ -45,7 +42,7 @@ class AlertRule(_Strict):
     """Longer text (Alertmanager's description annotation); empty: the rule written out."""
 
 
-class Inhibition(_Strict):
+class Inhibition(StrictSettings):
     source: str
     """While an alert of this name fires ..."""
     target: str
@@ -53,7 +50,7 @@ class Inhibition(_Strict):
     equal: list[str] = Field(default_factory=list)
 
 
-class WebhookSettings(_Strict):
+class WebhookSettings(StrictSettings):
     url: str = Field(pattern=r"^https?://")
     """Receives Alertmanager's webhook JSON (version 4) by POST."""
     timeout_seconds: float = Field(5.0, gt=0)
@@ -61,7 +58,7 @@ class WebhookSettings(_Strict):
     """Tries per notification, with exponential backoff between them."""
 
 
-class AlertmanagerSettings(_Strict):
+class AlertmanagerSettings(StrictSettings):
     """How alerts are pushed to Alertmanager (`alerting.alertmanagers`), as Prometheus does."""
 
     timeout_seconds: float = Field(5.0, gt=0)
@@ -166,7 +163,7 @@ BUILT_IN_RULES = [
 ]
 
 
-class AlertingSettings(_Strict):
+class AlertingSettings(StrictSettings):
     enabled: bool = True
     evaluation_seconds: float = Field(5.0, gt=0)
     """How often rules are evaluated."""
@@ -177,7 +174,7 @@ class AlertingSettings(_Strict):
     max_notifications_per_minute: int = Field(60, ge=1)
     """Notifications beyond this are dropped (and counted); history keeps every transition."""
     history_size: int = Field(1000, ge=1)
-    history_path: str | None = None
+    history_path: ConfigPath | None = None
     """SQLite file that keeps the history across restarts."""
     webhook: WebhookSettings | None = None
     alertmanagers: list[Annotated[str, Field(pattern=r"^https?://")]] = Field(default_factory=list)

@@ -130,6 +130,7 @@ def _alert_message(a: Alert) -> rpb.Alert:
         started_at_unix=a.started_at,
         resolved_at_unix=a.resolved_at,
         acknowledged=bool(a.acknowledged_by),
+        acknowledged_by=a.acknowledged_by,
     )
 
 

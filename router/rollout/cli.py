@@ -19,7 +19,7 @@ from router.fleet import find_experiment
 from router.rollout.controller import ControllerMetrics, RolloutController, Round, manual
 from router.rollout.sources import PrometheusSource, RoutersSource, StatsSource
 from router.rollout.state import StateError
-from router.rollout.store import ConfigMapStore, FileStore, StateStore, state_path
+from router.rollout.store import ConfigMapStore, FileStore, StateStore
 
 log = logging.getLogger(__name__)
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -36,7 +36,7 @@ def _store(args: argparse.Namespace, config: RouterConfig) -> StateStore:
         return ConfigMapStore(name, namespace or "default")
     if config.rollout.state_file is None:
         raise ConfigError(f"{args.config}: rollout.state_file is not set (or pass --configmap)")
-    return FileStore(state_path(config.rollout.state_file, args.config))
+    return FileStore(config.rollout.state_file)
 
 
 def _by_hand(args: argparse.Namespace, config: RouterConfig, store: StateStore) -> int:

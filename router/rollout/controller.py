@@ -19,7 +19,7 @@ from gamaserving.telemetry import Telemetry
 from router.config import ConfigError, ExperimentSettings, load_config
 from router.experiments.results import report
 from router.fleet import FleetError
-from router.rollout.decide import decide, governed, start
+from router.rollout.decide import governed, judge, start
 from router.rollout.sources import StatsSource
 from router.rollout.state import Decision, RolloutState, StateError
 from router.rollout.store import StateStore
@@ -128,10 +128,19 @@ class RolloutController:
                 )
                 continue
             result = report(e, arms)
-            phase, decision = decide(e, phase, result, now)
+            phase, decision, why = judge(e, phase, result, now)
             if decision is not None:
                 decisions.append(decision)
                 state = state.with_phase(phase, decision)
+            else:
+                log.info(
+                    "experiment %s (seed %s): no decision, coverage stays %g: %s",
+                    e.name,
+                    e.seed,
+                    phase.coverage,
+                    why,
+                    extra={"event": "rollout_hold", "experiment": e.name, "seed": e.seed},
+                )
         if state != self.state:
             try:
                 self.store.write(state)

@@ -43,8 +43,18 @@ def decide(
     e: ExperimentSettings, phase: PhaseState, result: Report, now: float
 ) -> tuple[PhaseState, Decision | None]:
     """The phase after this evaluation, and the decision taken (None: nothing changes)."""
-    if phase.paused or phase.status == "rolled_back":
-        return phase, None
+    after, decision, _ = judge(e, phase, result, now)
+    return after, decision
+
+
+def judge(
+    e: ExperimentSettings, phase: PhaseState, result: Report, now: float
+) -> tuple[PhaseState, Decision | None, str]:
+    """`decide`, with why nothing changes when no decision is taken (empty otherwise)."""
+    if phase.paused:
+        return phase, None, "paused by hand (`router rollout --resume` lets the controller decide)"
+    if phase.status == "rolled_back":
+        return phase, None, "rolled back; a new seed starts a new phase"
 
     def decision(action: str, to: float, reasons: list[str]) -> Decision:
         return Decision.model_validate(
@@ -71,15 +81,32 @@ def decide(
                 "updated_at": now,
             }
         )
-        return rolled, decision("rollback", 0.0, list(result.reasons))
+        return rolled, decision("rollback", 0.0, list(result.reasons)), ""
     nxt = next((step for step in e.ramp if step > phase.coverage), None)
     if nxt is None:
-        return phase, None
+        return phase, None, f"no ramp step above coverage {phase.coverage:g}"
     fresh = {a: n - phase.marks.get(a, 0) for a, n in result.counts.items()}
-    if result.verdict == "ROLL_BACK" or result.srm_p_value < SRM_ALPHA:
-        return phase, None
+    if result.verdict == "ROLL_BACK":
+        why = "; ".join(result.reasons)
+        return phase, None, f"verdict ROLL_BACK without auto_rollback, holding: {why}"
+    if result.srm_p_value < SRM_ALPHA:
+        return (
+            phase,
+            None,
+            (
+                f"sample-ratio mismatch (p = {result.srm_p_value:.3g} < {SRM_ALPHA:g}): the split "
+                "is broken, holding until it is explained"
+            ),
+        )
     if any(n < e.min_samples for n in fresh.values()):
-        return phase, None
+        return (
+            phase,
+            None,
+            (
+                f"waiting for {e.min_samples} fresh requests per arm since the last step "
+                f"(have {fresh})"
+            ),
+        )
     ramped = phase.model_copy(
         update={
             "coverage": nxt,
@@ -92,4 +119,4 @@ def decide(
         f"healthy: verdict {result.verdict}, sample-ratio p = {result.srm_p_value:.3g}, "
         f"fresh requests per arm {fresh} >= {e.min_samples}"
     ]
-    return ramped, decision("ramp", nxt, reasons)
+    return ramped, decision("ramp", nxt, reasons), ""

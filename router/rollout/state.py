@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
-from router.config import field_errors
+from gamaserving.settings import StrictSettings, field_errors
 
 HISTORY_LIMIT = 200
 Status = Literal["ramping", "steady", "rolled_back"]
@@ -17,11 +17,7 @@ Status = Literal["ramping", "steady", "rolled_back"]
 Action = Literal["start", "ramp", "rollback", "pause", "resume", "override"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
-
-
-class PhaseState(_Strict):
+class PhaseState(StrictSettings):
     """One experiment phase: an experiment under one seed."""
 
     experiment: str
@@ -37,7 +33,7 @@ class PhaseState(_Strict):
     """Unix time of the last change."""
 
 
-class Decision(_Strict):
+class Decision(StrictSettings):
     at: float
     """Unix time."""
     experiment: str
@@ -53,7 +49,7 @@ class Decision(_Strict):
     reasons: list[str] = Field(default_factory=list)
 
 
-class RolloutState(_Strict):
+class RolloutState(StrictSettings):
     version: int = 1
     phases: list[PhaseState] = Field(default_factory=list)
     history: list[Decision] = Field(default_factory=list)

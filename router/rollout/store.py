@@ -95,8 +95,3 @@ class ConfigMapStore:
             self._core().patch_namespaced_config_map(self.name, self.namespace, body)
         except ApiException as exc:
             raise StateError(f"{self.describe()}: cannot patch: {exc.status} {exc.reason}") from exc
-
-
-def state_path(configured: Path, config_path: Path) -> Path:
-    """A relative `rollout.state_file` is relative to the configuration file."""
-    return configured if configured.is_absolute() else config_path.parent / configured

@@ -203,6 +203,7 @@ async def test_wav2vec2_bad_input(
         await w2v.stub.ModelInfer(request)
     assert info.value.code() == code, info.value.details()
     assert needle in (info.value.details() or ""), info.value.details()
+    assert "object at 0x" not in (info.value.details() or ""), info.value.details()
     # Still serving, and nothing leaked into the queue.
     ok = await w2v.stub.ModelInfer(infer_request("wav2vec2", audio=wav(0.5)))
     assert "TEXT" in outputs(ok)
@@ -266,6 +267,7 @@ async def test_gama_bad_input(
         await gama.stub.ModelInfer(build())
     assert info.value.code() == code, info.value.details()
     assert needle in (info.value.details() or ""), info.value.details()
+    assert "object at 0x" not in (info.value.details() or ""), info.value.details()
     ok = await gama.stub.ModelInfer(infer_request("gama", audio=wav(0.5), task="tag"))
     assert "LABELS" in outputs(ok)
 

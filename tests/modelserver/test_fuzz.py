@@ -52,6 +52,8 @@ async def _call(stub, request) -> grpc.StatusCode:  # type: ignore[no-untyped-de
     try:
         await stub.ModelInfer(request, timeout=30)
     except grpc.aio.AioRpcError as exc:
+        # A message says what to send instead; a Python object's repr says nothing.
+        assert "object at 0x" not in (exc.details() or ""), exc.details()
         return exc.code()
     return grpc.StatusCode.OK
 

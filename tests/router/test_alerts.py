@@ -267,3 +267,20 @@ async def test_admin_lists_and_acknowledges_alerts_of_a_live_router(tmp_path: Pa
                 break
             await asyncio.sleep(0.1)
         assert names == {"ModelUnhealthy", "ConfigReloadFailed"}
+
+
+def test_a_change_before_the_first_evaluation_counts() -> None:
+    from collections import Counter
+
+    from router.alerts.signals import Windowed
+
+    now = [0.0]
+    failures = [0]
+    reloads = Windowed(lambda: Counter({"failed": failures[0]}), 60.0, lambda: now[0])
+    failures[0] = 1  # a reload fails a second after start, before any evaluation
+    now[0] = 5.0
+    assert reloads.delta() == Counter({"failed": 1})
+    now[0] = 70.0  # out of the window: the change is old news
+    reloads.delta()
+    now[0] = 75.0
+    assert reloads.delta() == Counter()

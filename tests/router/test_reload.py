@@ -101,6 +101,25 @@ async def test_invalid_reload_keeps_the_old_configuration(tmp_path: Path, caplog
     assert "routes.tag.primary: unknown model 'c'" in rejected[2].getMessage()
 
 
+async def test_one_reload_reports_field_and_semantic_errors_together(
+    tmp_path: Path, caplog: Any
+) -> None:
+    async with (
+        fault_server("a", declares="embed") as (_, a),
+        fault_server("b") as (_, b),
+    ):
+        cfg = base_config({"a": [a], "b": [b]}, tag={"primary": "b"}, embed={"primary": "a"})
+        async with live_router(cfg, tmp_path) as router:
+            cfg["server"]["max_in_flight"] = -1  # a field error
+            cfg["routes"]["tag"]["primary"] = "a"  # a semantic one: a declared embed only
+            router.path.write_text(yaml.safe_dump(cfg))
+            assert not await router.server.reload()
+    (record,) = [r for r in caplog.records if "reload rejected" in r.getMessage()]
+    message = record.getMessage()
+    assert "server.max_in_flight: Input should be greater than" in message, message
+    assert "routes.tag.primary: model 'a' cannot tag (it supports embed)" in message, message
+
+
 def test_sighup_reloads_a_router_process(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with fault_server("a") as (_, a), fault_server("b") as (_, b):

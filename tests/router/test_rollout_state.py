@@ -17,7 +17,7 @@ from gamaserving.router.v1 import router_pb2 as rpb
 from router.config import ExperimentSettings
 from router.experiments.results import ArmResults, report
 from router.rollout.controller import RolloutController, manual
-from router.rollout.decide import decide, start
+from router.rollout.decide import decide, judge, start
 from router.rollout.state import HISTORY_LIMIT, Decision, RolloutState, StateError, parse_state
 from router.rollout.store import CONFIGMAP_KEY, ConfigMapStore, FileStore
 from router.server import StartupError
@@ -80,6 +80,25 @@ def test_a_paused_phase_gets_no_decision() -> None:
     paused = phase.model_copy(update={"paused": True})
     failing = {"control": arm(2000, 100), "candidate": arm(2000, 100, error_rate=0.2, seed=2)}
     assert decide(e, paused, report(e, failing), 1.0) == (paused, None)
+
+
+def test_every_hold_says_why() -> None:
+    e = experiment()
+    phase, _ = start(e, 0.0)
+    _, nothing, why = judge(e, phase, report(e, healthy(40)), 1.0)
+    assert nothing is None
+    assert why == (
+        "waiting for 50 fresh requests per arm since the last step "
+        "(have {'control': 40, 'candidate': 40})"
+    )
+    paused = phase.model_copy(update={"paused": True})
+    assert "paused by hand" in judge(e, paused, report(e, healthy(60)), 1.0)[2]
+    lopsided = {"control": arm(1000, 100), "candidate": arm(700, 100, seed=1)}
+    assert "sample-ratio mismatch" in judge(e, phase, report(e, lopsided), 1.0)[2]
+    top = phase.model_copy(update={"coverage": 1.0})
+    assert judge(e, top, report(e, healthy(60)), 1.0)[2] == "no ramp step above coverage 1"
+    _, ramp, why = judge(e, phase, report(e, healthy(60)), 2.0)
+    assert ramp is not None and why == ""
 
 
 def test_writes_are_atomic_and_the_history_is_bounded(tmp_path: Path) -> None:

@@ -39,9 +39,17 @@ MODES = (
 
 class FaultyModel(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(
-        self, name: str, dim: int = 64, mode: str = "ok", delay: float = 0.0, streams: bool = True
+        self,
+        name: str,
+        dim: int = 64,
+        mode: str = "ok",
+        delay: float = 0.0,
+        streams: bool = True,
+        declares: str = "transcribe,tag,embed,describe",
     ) -> None:
         self.name = name
+        self.declares = declares
+        """The tasks its ModelMetadata declares."""
         self.streams = streams
         """False: ModelStreamInfer is UNIMPLEMENTED, as on a plain OIP server."""
         self.dim = dim
@@ -66,7 +74,7 @@ class FaultyModel(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelMetadataRequest, context: object
     ) -> pb.ModelMetadataResponse:
         meta = pb.ModelMetadataResponse(name=self.name, versions=["fault-1"], platform="test")
-        set_param(meta.parameters, "tasks", "transcribe,tag,embed,describe")
+        set_param(meta.parameters, "tasks", self.declares)
         set_param(meta.parameters, "embedding_size", 64)
         set_param(meta.parameters, "labels", ",".join(LABELS))
         return meta

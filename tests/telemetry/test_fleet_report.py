@@ -45,6 +45,10 @@ def _config(a: str, b: str) -> dict[str, Any]:
     return cfg
 
 
+def _not_json(constant: str) -> None:
+    raise ValueError(f"{constant} is not JSON")
+
+
 @needs_prometheus
 async def test_fleet_report_sums_both_replicas(tmp_path: Path) -> None:
     assert PROMETHEUS is not None
@@ -92,8 +96,11 @@ async def test_fleet_report_sums_both_replicas(tmp_path: Path) -> None:
                 with contextlib.redirect_stdout(out):
                     code = await asyncio.to_thread(router_main, args)
     assert code == 0
-    fleet = json.loads(out.getvalue())
+    fleet = json.loads(out.getvalue(), parse_constant=_not_json)  # strict: no NaN
     assert fleet["counts"] == expected
+    # Both arms have no errors: the relative change is undefined, and says so with null.
+    (errors,) = [c for c in fleet["comparisons"] if c["metric"] == "error_rate"]
+    assert errors["control_mean"] == 0 and errors["relative"] is None
     assert fleet["verdict"] in ("KEEP_RUNNING", "PROMOTE") and fleet["reasons"]
     assert {c["metric"] for c in fleet["comparisons"]} == {
         "latency_ms",

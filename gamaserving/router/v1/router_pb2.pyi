@@ -1106,6 +1106,7 @@ class Alert(_message.Message):
     STARTED_AT_UNIX_FIELD_NUMBER: _builtins.int
     RESOLVED_AT_UNIX_FIELD_NUMBER: _builtins.int
     ACKNOWLEDGED_FIELD_NUMBER: _builtins.int
+    ACKNOWLEDGED_BY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     state: _builtins.str
@@ -1115,6 +1116,8 @@ class Alert(_message.Message):
     started_at_unix: _builtins.float
     resolved_at_unix: _builtins.float
     acknowledged: _builtins.bool
+    acknowledged_by: _builtins.str
+    """Who acknowledged it (AcknowledgeAlertRequest.by); empty while unacknowledged."""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
@@ -1129,10 +1132,11 @@ class Alert(_message.Message):
         started_at_unix: _builtins.float = ...,
         resolved_at_unix: _builtins.float = ...,
         acknowledged: _builtins.bool = ...,
+        acknowledged_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged", b"acknowledged", "id", b"id", "labels", b"labels", "name", b"name", "resolved_at_unix", b"resolved_at_unix", "severity", b"severity", "started_at_unix", b"started_at_unix", "state", b"state", "summary", b"summary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged", b"acknowledged", "acknowledged_by", b"acknowledged_by", "id", b"id", "labels", b"labels", "name", b"name", "resolved_at_unix", b"resolved_at_unix", "severity", b"severity", "started_at_unix", b"started_at_unix", "state", b"state", "summary", b"summary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,1 @@
+"""`router admin`: the RouterAdmin API from the command line."""

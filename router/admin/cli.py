@@ -1,0 +1,178 @@
+"""`router admin`: every RouterAdmin RPC and the health checks from the command line, as
+tables for people or `--json` for programs, so nobody needs grpcurl or stubs of their own."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gamaserving.jsonout import dumps, message_to_plain
+from gamaserving.router.v1 import router_pb2 as rpb
+from gamaserving.router.v1 import router_pb2_grpc as rpb_grpc
+from gamaserving.tls import ClientTls, TlsError
+from router.admin import render
+from router.api.auth import AdminTokenError, load_token
+
+HEALTH_SERVICES = ("liveness", "readiness")
+TARGET_ENV = "ROUTER_ADMIN_TARGET"
+
+
+def add_parser(sub: Any) -> None:
+    admin = sub.add_parser(
+        "admin",
+        help="ask a running router: experiments, reports, assignments, quality, alerts, health",
+        description="Call a router's RouterAdmin API (and its health checks). Tables by "
+        "default; --json prints strict JSON (undefined numbers as null).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    admin.add_argument(
+        "--target",
+        default=os.environ.get(TARGET_ENV, "127.0.0.1:50051"),
+        help=f"the router, HOST:PORT (or ${TARGET_ENV})",
+    )
+    admin.add_argument(
+        "--token-file",
+        type=Path,
+        help="file holding the RouterAdmin bearer token (default: $ROUTER_ADMIN_TOKEN, if set)",
+    )
+    admin.add_argument("--tls-ca", type=Path, help="TLS: CA that signed the router's certificate")
+    admin.add_argument("--tls-cert", type=Path, help="mutual TLS: this client's certificate")
+    admin.add_argument("--tls-key", type=Path, help="mutual TLS: its private key")
+    admin.add_argument("--tls-server-name", help="TLS: the name in the router's certificate")
+    admin.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
+    admin.add_argument("--json", action="store_true", help="print strict JSON instead of tables")
+    what = admin.add_subparsers(dest="admin_command", required=True, metavar="COMMAND")
+    what.add_parser("experiments", help="experiments, their coverage in force and arms")
+    report = what.add_parser("report", help="an experiment's verdict and comparisons")
+    report.add_argument("experiment")
+    report.add_argument("--seed", default="", help="an earlier phase (default: the current one)")
+    assignment = what.add_parser("assignment", help="which arm users get now (records nothing)")
+    assignment.add_argument("experiment")
+    assignment.add_argument("users", nargs="+", metavar="USER")
+    quality = what.add_parser("quality", help="quality checks, anomalies, shadow agreement, trends")
+    quality.add_argument("--model", default="", help="one model (default: every model)")
+    alerts = what.add_parser("alerts", help="the alert history, newest first")
+    alerts.add_argument("--all", action="store_true", help="resolved alerts too")
+    alerts.add_argument("--limit", type=int, default=0, help="at most this many (0: all)")
+    ack = what.add_parser("ack", help="acknowledge an alert")
+    ack.add_argument("id", help="the alert's id (from `router admin alerts`)")
+    ack.add_argument("--by", default=getpass.getuser(), help="who acknowledges it")
+    health = what.add_parser("health", help="liveness and readiness (exit 1 unless SERVING)")
+    health.add_argument(
+        "--service",
+        action="append",
+        help=f"a health service name (repeatable; default: {', '.join(HEALTH_SERVICES)})",
+    )
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"router admin: {message}", file=sys.stderr)
+    return code
+
+
+def _channel(args: argparse.Namespace) -> grpc.Channel:
+    if args.tls_ca is None and args.tls_cert is None and args.tls_server_name is None:
+        if args.tls_key is not None:
+            raise TlsError("--tls-key goes with --tls-cert")
+        return grpc.insecure_channel(args.target)
+    tls = ClientTls(
+        ca_file=args.tls_ca,
+        cert_file=args.tls_cert,
+        key_file=args.tls_key,
+        server_name=args.tls_server_name,
+    )
+    options = [("grpc.ssl_target_name_override", tls.server_name)] if tls.server_name else []
+    return grpc.secure_channel(args.target, tls.credentials(), options=options)
+
+
+class _Admin:
+    """One call at a time over one channel, with the token and the deadline on each."""
+
+    def __init__(self, channel: grpc.Channel, token: str | None, timeout: float) -> None:
+        self.stub = rpb_grpc.RouterAdminStub(channel)
+        self.health = health_pb2_grpc.HealthStub(channel)
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.timeout = timeout
+
+    def call(self, method: str, request: Message) -> Any:
+        rpc: Callable[..., Any] = getattr(self.stub, method)
+        return rpc(request, timeout=self.timeout, metadata=self.metadata)
+
+    def status(self, service: str) -> str:
+        request = health_pb2.HealthCheckRequest(service=service)
+        try:
+            answer = self.health.Check(request, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return "UNKNOWN_SERVICE"
+            raise
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
+
+
+def _experiment_task(admin: _Admin, name: str) -> rpb.Task.ValueType:
+    listed: rpb.ListExperimentsResponse = admin.call(
+        "ListExperiments", rpb.ListExperimentsRequest()
+    )
+    for e in listed.experiments:
+        if e.name == name:
+            return e.task
+    known = ", ".join(e.name for e in listed.experiments) or "none"
+    raise LookupError(f"no experiment {name!r} on this router (experiments: {known})")
+
+
+def _run(admin: _Admin, args: argparse.Namespace) -> tuple[Any, str]:
+    """(what --json prints, what a person reads) for the command."""
+    command = args.admin_command
+    if command == "experiments":
+        r = admin.call("ListExperiments", rpb.ListExperimentsRequest())
+        return message_to_plain(r), render.experiments(r)
+    if command == "report":
+        request = rpb.GetExperimentReportRequest(experiment=args.experiment, seed=args.seed)
+        r = admin.call("GetExperimentReport", request)
+        return message_to_plain(r), render.report(r)
+    if command == "assignment":
+        task = _experiment_task(admin, args.experiment)
+        r = admin.call("GetAssignment", rpb.GetAssignmentRequest(task=task, user_ids=args.users))
+        return message_to_plain(r), render.assignments(r)
+    if command == "quality":
+        r = admin.call("GetQualityReport", rpb.GetQualityReportRequest(model=args.model))
+        return message_to_plain(r), render.quality(r)
+    if command == "alerts":
+        listing = rpb.ListAlertsRequest(include_resolved=args.all, limit=args.limit)
+        r = admin.call("ListAlerts", listing)
+        return message_to_plain(r), render.alerts(r.alerts)
+    if command == "ack":
+        r = admin.call("AcknowledgeAlert", rpb.AcknowledgeAlertRequest(id=args.id, by=args.by))
+        return message_to_plain(r), render.alerts([r.alert])
+    statuses = {s: admin.status(s) for s in args.service or HEALTH_SERVICES}
+    return statuses, render.health(statuses)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        token = load_token(args.token_file)
+        channel = _channel(args)
+    except AdminTokenError as exc:
+        return _fail(str(exc).replace("server.admin_token_file", "--token-file"))
+    except (TlsError, ValueError) as exc:
+        return _fail(f"TLS: {exc}")
+    with channel:
+        try:
+            plain, text = _run(_Admin(channel, token, args.timeout), args)
+        except LookupError as exc:
+            return _fail(str(exc), 1)
+        except grpc.RpcError as exc:
+            return _fail(f"{args.target}: {exc.code().name}: {exc.details()}", 1)
+    print(dumps(plain) if args.json else text)
+    if args.admin_command == "health" and any(s != "SERVING" for s in plain.values()):
+        return 1
+    return 0
