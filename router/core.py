@@ -20,15 +20,14 @@ from router.config import ExperimentSettings, RouterConfig, RouteSettings
 from router.errors import RouteError
 from router.experiments.assignment import Assignment, assign
 from router.experiments.policy import ExperimentPolicy
-from router.experiments.results import Report
 from router.experiments.shadow import ShadowRunner, sampled
 from router.failover.circuit import State
-from router.failover.dispatch import Attempt, Dispatcher
+from router.failover.dispatch import Dispatcher
 from router.metrics import RouterMetrics
 from router.quality.tracker import AnomalyMonitor, QualityTracker
 from router.quality.trends import TrendTracker
-from router.quality.validators import Check
-from router.recorder import Recorder, Routed, RouterStats
+from router.record import RouteResult
+from router.recorder import Recorder, RouterStats
 from router.requests import RouteRequest
 
 log = logging.getLogger(__name__)
@@ -38,23 +37,6 @@ log = logging.getLogger(__name__)
 class RouterState:
     config: RouterConfig
     backends: dict[str, ModelBackend]
-
-
-@dataclass
-class RouteResult:
-    output: ModelOutput
-    model: str
-    assignment: Assignment | None
-    fallback_reason: str
-    shadowed: bool
-    attempts: list[Attempt]
-    checks: list[Check]
-    model_ms: float
-    total_ms: float
-
-    @property
-    def failed_checks(self) -> list[Check]:
-        return [c for c in self.checks if not c.passed]
 
 
 def chain(route: RouteSettings, first: str) -> list[str]:
@@ -182,10 +164,6 @@ class RouterCore:
     def experiment(self, name: str) -> ExperimentSettings | None:
         return next((e for _, e in self.experiments() if e.name == name), None)
 
-    def experiment_report(self, name: str, seed: str = "") -> Report | None:
-        settings = self.experiment(name)
-        return None if settings is None else self.policy.report(settings, seed or None)
-
     def experiment_for(self, task: str) -> ExperimentSettings | None:
         return next((e for t, e in self.experiments() if t == task), None)
 
@@ -223,46 +201,24 @@ class RouterCore:
                     span.set_attribute("arm", assignment.arm)
         first = assignment.model if assignment else route.primary
         backends = [state.backends[key] for key in chain(route, first)]
-
-        base = Routed(req.request_id, req.task, first, "", assignment, route.experiment, 0.0)
-        try:
-            outcome = await self.dispatcher.run(route, req, backends, deadline, on_piece)
-        except RouteError as exc:
-            self.recorder.routed(
-                replace(
-                    base,
-                    latency_ms=(self.clock() - started) * 1000,
-                    error=exc.code.name.lower(),
-                    callers_fault=exc.code is grpc.StatusCode.INVALID_ARGUMENT,
-                )
-            )
-            raise
-        first_failure = next((a.reason for a in outcome.attempts if a.outcome != "ok"), "")
-        fallback = outcome.model != first or outcome.attempts[0].outcome != "ok"
-        reason = first_failure if fallback else ""
-        self.recorder.routed(
-            replace(
-                base,
-                served_by=outcome.model,
-                latency_ms=(self.clock() - started) * 1000,
-                fallback_reason=reason,
-                quality_failed=bool(outcome.failed_checks),
-                input_tokens=outcome.output.input_tokens,
-                output_tokens=outcome.output.output_tokens,
-            )
+        base = RouteResult(
+            req.request_id, req.task, first, assignment, route.experiment, total_ms=0.0
         )
-        shadowed = self._maybe_shadow(state, route, req, outcome.model, outcome.output)
-        return RouteResult(
-            output=outcome.output,
-            model=outcome.model,
-            assignment=assignment,
-            fallback_reason=reason,
-            shadowed=shadowed,
-            attempts=outcome.attempts,
-            checks=outcome.checks,
-            model_ms=outcome.model_ms,
+        try:
+            dispatched = await self.dispatcher.run(route, req, backends, deadline, on_piece)
+        except RouteError as exc:
+            self.recorder.routed(replace(base, total_ms=(self.clock() - started) * 1000, error=exc))
+            raise
+        served = dispatched.answer
+        result = replace(
+            base,
+            attempts=dispatched.attempts,
+            answer=served,
+            shadowed=self._maybe_shadow(state, route, req, served.model, dispatched.output),
             total_ms=(self.clock() - started) * 1000,
         )
+        self.recorder.routed(result)
+        return result
 
     def _maybe_shadow(
         self,

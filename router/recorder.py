@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gamaserving.oip import ModelOutput
-from router.config import AnomalySettings, ExperimentSettings, TrendSettings
-from router.experiments.assignment import Assignment
+from router.config import AnomalySettings, TrendSettings
 from router.experiments.policy import ExperimentPolicy
 from router.failover.circuit import State
 from router.metrics import RouterMetrics
 from router.quality.tracker import AnomalyMonitor, QualityTracker
 from router.quality.trends import TrendTracker
 from router.quality.validators import Check
+from router.record import RouteResult
 
 log = logging.getLogger(__name__)
 
@@ -38,30 +38,6 @@ class RouterStats:
     latencies: deque[tuple[float, str, float]] = field(default_factory=lambda: deque(maxlen=20_000))
     """(time, model, ms) of recent requests, for latency percentiles over a window."""
     circuit_changes: Counter[tuple[str, str, str]] = field(default_factory=Counter)
-
-
-@dataclass(frozen=True)
-class Routed:
-    """What one request came to, as the recorder needs it."""
-
-    request_id: str
-    task: str
-    first: str
-    """The model assignment chose (or the route's primary)."""
-    served_by: str
-    """The model that answered; empty when none did."""
-    assignment: Assignment | None
-    experiment: ExperimentSettings | None
-    latency_ms: float
-    fallback_reason: str = ""
-    quality_failed: bool = False
-    error: str = ""
-    """The gRPC status name (lower case) when the request failed."""
-    callers_fault: bool = False
-    """INVALID_ARGUMENT: it does not count against an arm."""
-    input_tokens: int = 0
-    output_tokens: int = 0
-    """Of a generated answer."""
 
 
 class Recorder:
@@ -85,48 +61,51 @@ class Recorder:
         if trends != self.trends.settings:
             self.trends.reconfigure(trends)
 
-    def routed(self, r: Routed) -> None:
+    def routed(self, r: RouteResult) -> None:
         arm = r.assignment.arm if r.assignment else ""
-        if r.error:
-            self._count(r.first, arm, r.task, r.error, r.latency_ms)
+        if r.error is not None:
+            self._count(r.first_model, arm, r.task, r.status.name.lower(), r.total_ms)
         else:
-            outcome = "quality_failed" if r.quality_failed else "ok"
-            self._count(r.served_by, arm, r.task, outcome, r.latency_ms)
-            self.stats.latencies.append((self.clock(), r.served_by, r.latency_ms))
-            self.trends.record(r.first, r.served_by, r.latency_ms, not r.quality_failed)
+            served, quality_failed = r.served_model, bool(r.failed_checks)
+            outcome = "quality_failed" if quality_failed else "ok"
+            self._count(served, arm, r.task, outcome, r.total_ms)
+            self.stats.latencies.append((self.clock(), served, r.total_ms))
+            self.trends.record(r.first_model, served, r.total_ms, not quality_failed)
             if r.assignment is not None and self.metrics is not None:
                 self.metrics.exposure(r.assignment.experiment, r.assignment.arm)
-            if r.served_by != r.first:
+            if r.fallback_used:
                 self._fallback(r)
-            if r.output_tokens and self.metrics is not None:
-                self.metrics.tokens(r.served_by, r.input_tokens, r.output_tokens)
+            output = r.output
+            if output.output_tokens and self.metrics is not None:
+                self.metrics.tokens(served, output.input_tokens, output.output_tokens)
         if r.assignment is not None and r.experiment is not None and not r.callers_fault:
             self.policy.record(
                 r.experiment,
                 r.assignment.arm,
-                r.latency_ms,
-                bool(r.error),
-                bool(r.served_by) and r.served_by != r.first,
-                r.quality_failed,
+                r.total_ms,
+                r.error is not None,
+                r.fallback_used,
+                bool(r.failed_checks),
             )
 
-    def _fallback(self, r: Routed) -> None:
-        self.stats.fallbacks[r.fallback_reason] += 1
-        self.stats.fallbacks_from[(r.first, r.fallback_reason)] += 1
+    def _fallback(self, r: RouteResult) -> None:
+        reason = r.fallback_reason
+        self.stats.fallbacks[reason] += 1
+        self.stats.fallbacks_from[(r.first_model, reason)] += 1
         if self.metrics is not None:
-            self.metrics.fallback(r.fallback_reason, r.first, r.served_by)
+            self.metrics.fallback(reason, r.first_model, r.served_model)
         log.warning(
             "fallback %s -> %s (%s)",
-            r.first,
-            r.served_by,
-            r.fallback_reason,
+            r.first_model,
+            r.served_model,
+            reason,
             extra={
                 "event": "fallback",
                 "request_id": r.request_id,
                 "task": r.task,
-                "from_model": r.first,
-                "to_model": r.served_by,
-                "reason": r.fallback_reason,
+                "from_model": r.first_model,
+                "to_model": r.served_model,
+                "reason": reason,
             },
         )
 

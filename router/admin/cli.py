@@ -129,32 +129,54 @@ def _experiment_task(admin: _Admin, name: str) -> rpb.Task.ValueType:
     raise LookupError(f"no experiment {name!r} on this router (experiments: {known})")
 
 
-def _run(admin: _Admin, args: argparse.Namespace) -> tuple[Any, str]:
-    """(what --json prints, what a person reads) for the command."""
-    command = args.admin_command
-    if command == "experiments":
-        r = admin.call("ListExperiments", rpb.ListExperimentsRequest())
-        return message_to_plain(r), render.experiments(r)
-    if command == "report":
-        request = rpb.GetExperimentReportRequest(experiment=args.experiment, seed=args.seed)
-        r = admin.call("GetExperimentReport", request)
-        return message_to_plain(r), render.report(r)
-    if command == "assignment":
-        task = _experiment_task(admin, args.experiment)
-        r = admin.call("GetAssignment", rpb.GetAssignmentRequest(task=task, user_ids=args.users))
-        return message_to_plain(r), render.assignments(r)
-    if command == "quality":
-        r = admin.call("GetQualityReport", rpb.GetQualityReportRequest(model=args.model))
-        return message_to_plain(r), render.quality(r)
-    if command == "alerts":
-        listing = rpb.ListAlertsRequest(include_resolved=args.all, limit=args.limit)
-        r = admin.call("ListAlerts", listing)
-        return message_to_plain(r), render.alerts(r.alerts)
-    if command == "ack":
-        r = admin.call("AcknowledgeAlert", rpb.AcknowledgeAlertRequest(id=args.id, by=args.by))
-        return message_to_plain(r), render.alerts([r.alert])
+def _experiments(admin: _Admin, args: argparse.Namespace) -> tuple[Any, str]:
+    r = admin.call("ListExperiments", rpb.ListExperimentsRequest())
+    return message_to_plain(r), render.experiments(r)
+
+
+def _report(admin: _Admin, args: argparse.Namespace) -> tuple[Any, str]:
+    request = rpb.GetExperimentReportRequest(experiment=args.experiment, seed=args.seed)
+    r = admin.call("GetExperimentReport", request)
+    return message_to_plain(r), render.report(r)
+
+
+def _assignment(admin: _Admin, args: argparse.Namespace) -> tuple[Any, str]:
+    task = _experiment_task(admin, args.experiment)
+    r = admin.call("GetAssignment", rpb.GetAssignmentRequest(task=task, user_ids=args.users))
+    return message_to_plain(r), render.assignments(r)
+
+
+def _quality(admin: _Admin, args: argparse.Namespace) -> tuple[Any, str]:
+    r = admin.call("GetQualityReport", rpb.GetQualityReportRequest(model=args.model))
+    return message_to_plain(r), render.quality(r)
+
+
+def _alerts(admin: _Admin, args: argparse.Namespace) -> tuple[Any, str]:
+    listing = rpb.ListAlertsRequest(include_resolved=args.all, limit=args.limit)
+    r = admin.call("ListAlerts", listing)
+    return message_to_plain(r), render.alerts(r.alerts)
+
+
+def _ack(admin: _Admin, args: argparse.Namespace) -> tuple[Any, str]:
+    r = admin.call("AcknowledgeAlert", rpb.AcknowledgeAlertRequest(id=args.id, by=args.by))
+    return message_to_plain(r), render.alerts([r.alert])
+
+
+def _health(admin: _Admin, args: argparse.Namespace) -> tuple[Any, str]:
     statuses = {s: admin.status(s) for s in args.service or HEALTH_SERVICES}
     return statuses, render.health(statuses)
+
+
+# Each command: (what --json prints, what a person reads).
+COMMANDS: dict[str, Callable[[_Admin, argparse.Namespace], tuple[Any, str]]] = {
+    "experiments": _experiments,
+    "report": _report,
+    "assignment": _assignment,
+    "quality": _quality,
+    "alerts": _alerts,
+    "ack": _ack,
+    "health": _health,
+}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -167,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"TLS: {exc}")
     with channel:
         try:
-            plain, text = _run(_Admin(channel, token, args.timeout), args)
+            plain, text = COMMANDS[args.admin_command](_Admin(channel, token, args.timeout), args)
         except LookupError as exc:
             return _fail(str(exc), 1)
         except grpc.RpcError as exc:

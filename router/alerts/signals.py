@@ -29,9 +29,7 @@ class Windowed:
         self.clock = clock
         # The counter as it stands now is the first base: what happens before the first
         # evaluation (a reload failing a second after start) is a change, not the baseline.
-        self.snapshots: deque[tuple[float, Counter[Hashable]]] = deque(
-            [(clock(), Counter(read()))]
-        )
+        self.snapshots: deque[tuple[float, Counter[Hashable]]] = deque([(clock(), Counter(read()))])
 
     def delta(self) -> Counter[Hashable]:
         now = self.clock()

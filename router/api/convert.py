@@ -7,8 +7,8 @@ import os
 import grpc
 
 from gamaserving.router.v1 import router_pb2 as rpb
-from router.core import RouteResult
 from router.errors import RouteError
+from router.record import RouteResult
 from router.requests import RouteRequest
 
 TASKS = {
@@ -66,11 +66,11 @@ def process_response(req: RouteRequest, result: RouteResult) -> rpb.ProcessRespo
         response.features.extend(out.features.reshape(-1).tolist())
     a = result.assignment
     route = response.route
-    route.model = result.model
+    route.model = result.served_model
     route.model_version = out.model_version
     route.experiment = a.experiment if a else ""
     route.arm = a.arm if a else ""
-    route.fallback_used = bool(result.fallback_reason)
+    route.fallback_used = result.fallback_used
     route.fallback_reason = result.fallback_reason
     route.shadowed = result.shadowed
     for attempt in result.attempts:

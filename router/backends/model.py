@@ -100,7 +100,7 @@ class ModelBackend:
 
     @property
     def serving(self) -> bool:
-        return any(e.serving and e.breaker.available() for e in self.endpoints)
+        return any(e.serving and e.breaker.in_service() for e in self.endpoints)
 
     def can(self, task: str) -> bool | None:
         """Whether the model declared `task` (None while its metadata is unknown)."""

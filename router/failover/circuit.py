@@ -1,14 +1,18 @@
 """A count-based circuit breaker per endpoint (resilience4j's model), with an injected clock.
 
 CLOSED judges the last `window` calls: a failure rate or slow-call rate at or over its
-threshold opens it. OPEN refuses calls for `open_seconds`; the first `allow()` after that
-half-opens it. HALF_OPEN lets `half_open_probes` calls through: all succeed -> CLOSED, any
-fails -> OPEN again. A probe permit taken and not used is given back with `release()`, and
-HALF_OPEN that has not decided within `half_open_max_seconds` opens again
-(resilience4j's `releasePermission` and `maxWaitDurationInHalfOpenState`), so a permit lost
-to a cancelled caller can never keep the endpoint out of service for good.
+threshold opens it. OPEN refuses calls for `open_seconds`; the first
+`try_acquire_permission()` after that half-opens it. HALF_OPEN lets `half_open_probes` calls
+through: all succeed -> CLOSED, any fails -> OPEN again. A probe permit taken and not used is
+given back with `release()`, and HALF_OPEN that has not decided within `half_open_max_seconds`
+opens again (resilience4j's `releasePermission` and `maxWaitDurationInHalfOpenState`), so a
+permit lost to a cancelled caller can never keep the endpoint out of service for good.
 
-Reading `state` never changes it: transitions happen only in `allow()` and `record()`.
+The three questions, each its own method: `try_acquire_permission()` (may a call go now? takes
+a probe permit when half-open), `in_service()` (is the endpoint in service or about to be
+probed? readiness asks this) and `is_closed()` (for shadow copies, which never take a probe).
+Reading `state` never changes it: transitions happen only in `try_acquire_permission()` and
+`record()`.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ class CircuitBreaker:
         """Half-open permits taken and not yet recorded or released."""
         return self._probes_out
 
-    def allow(self) -> bool:
+    def try_acquire_permission(self) -> bool:
         """Whether a call may go now; in HALF_OPEN this takes one probe permit, which the
         caller must settle with `record()` or give back with `release()`."""
         now = self._clock()
@@ -70,20 +74,21 @@ class CircuitBreaker:
             return True
         return False
 
-    def available(self) -> bool:
+    def in_service(self) -> bool:
         """Whether the endpoint is in service or about to be probed, without taking a permit
         or moving (readiness asks this): only an OPEN circuit still waiting is out."""
         if self._state is State.OPEN:
             return self._clock() >= self._since + self.settings.open_seconds
         return True
 
-    def admits(self) -> bool:
+    def is_closed(self) -> bool:
         """Whether the circuit is CLOSED, without taking anything (for shadow copies, which
         must never use a probe meant for real traffic)."""
         return self._state is State.CLOSED
 
     def release(self) -> None:
-        """Give back a permit from `allow()` whose call never produced an outcome."""
+        """Give back a permit from `try_acquire_permission()` whose call never produced an
+        outcome."""
         if self._state is State.HALF_OPEN and self._probes_out > self._probes_ok:
             self._probes_out -= 1
 

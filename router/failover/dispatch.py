@@ -8,26 +8,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from enum import StrEnum
 
 import grpc
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Tracer
 
-from gamaserving.inference import grpc_predict_v2_pb2 as pb
 from gamaserving.oip import ModelOutput, parse_response
-from gamaserving.telemetry.tracing import ChildSpan, child_span, inject, record_status
+from gamaserving.telemetry.tracing import ChildSpan, child_span, record_status
+from router.backends.calls import attempt_attributes, call, method
 from router.backends.endpoint import Endpoint
 from router.backends.model import ModelBackend
-from router.backends.oip import MODEL_INFER, infer_request
-from router.backends.streaming import (
-    MODEL_STREAM_INFER,
-    CallFailed,
-    OnPiece,
-    Progress,
-    stream_infer,
-)
+from router.backends.streaming import CallFailed, OnPiece, Progress
 from router.config import RouteSettings
 from router.errors import RouteError
 from router.quality.validators import Check, validate
@@ -49,78 +43,46 @@ REASONS = {
 }
 
 
+class Outcome(StrEnum):
+    """How one attempt ended (the wire's `RouteAttempt.outcome`)."""
+
+    OK = "ok"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
 @dataclass(frozen=True)
 class Attempt:
+    """One try at one endpoint of one model (or a skip, with why): the single record every
+    reader of a dispatch uses, so the response, the recorder and the spans agree."""
+
     model: str
     endpoint: str
-    outcome: str  # ok, skipped, failed
+    outcome: Outcome
     reason: str = ""
     duration_ms: float = 0.0
-
-
-@dataclass
-class Outcome:
-    output: ModelOutput
-    model: str
-    checks: list[Check]
-    model_ms: float
-    attempts: list[Attempt] = field(default_factory=list)
+    output: ModelOutput | None = None
+    """The answer, when the model answered (ok, or failed a quality check)."""
+    checks: tuple[Check, ...] = ()
+    error: RouteError | None = None
+    """The model server's status, when the call failed."""
 
     @property
-    def failed_checks(self) -> list[Check]:
-        return [c for c in self.checks if not c.passed]
+    def failed_quality(self) -> bool:
+        return self.reason.startswith("quality:")
 
 
-def method(req: RouteRequest) -> str:
-    """Generated answers stream (Triton's ModelStreamInfer); the rest are unary."""
-    return MODEL_STREAM_INFER if req.task == "describe" else MODEL_INFER
+@dataclass(frozen=True)
+class Dispatched:
+    """What a dispatch came to: the attempt whose answer goes back, and every attempt."""
 
+    answer: Attempt
+    attempts: tuple[Attempt, ...]
 
-def attempt_attributes(
-    backend: ModelBackend, endpoint: Endpoint, req: RouteRequest, timeout: float
-) -> dict[str, str | float]:
-    return {
-        "model": backend.key,
-        "server.address": endpoint.target,
-        "rpc.method": method(req),
-        "attempt.timeout_ms": round(timeout * 1000, 1),
-    }
-
-
-async def call(
-    backend: ModelBackend,
-    endpoint: Endpoint,
-    req: RouteRequest,
-    seconds: float,
-    span: trace.Span,
-    progress: Progress | None = None,
-    on_piece: OnPiece | None = None,
-    answer_seconds: float | None = None,
-) -> pb.ModelInferResponse:
-    """One call carrying the attempt span's trace context to the model server: ModelInfer
-    with a deadline `seconds` away, or for a generated answer a stream whose first response
-    is due within `seconds` and whose end within `answer_seconds`."""
-    request = infer_request(backend.server_name, req)
-    if method(req) == MODEL_STREAM_INFER:
-        progress = progress or Progress()
-        try:
-            return await stream_infer(
-                endpoint.stub,
-                request,
-                first_timeout=seconds,
-                answer_seconds=max(seconds, answer_seconds or seconds),
-                metadata=inject(span),
-                progress=progress,
-                on_piece=on_piece,
-            )
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.UNIMPLEMENTED or progress.first_response_s:
-                raise
-        # An OIP server without Triton's streaming RPC: the whole answer, unary.
-        span.set_attribute("rpc.method", MODEL_INFER)
-    return await endpoint.stub.ModelInfer(  # type: ignore[no-any-return]
-        request, timeout=seconds, metadata=inject(span)
-    )
+    @property
+    def output(self) -> ModelOutput:
+        assert self.answer.output is not None
+        return self.answer.output
 
 
 class Dispatcher:
@@ -142,129 +104,161 @@ class Dispatcher:
         chain: list[ModelBackend],
         deadline: float,
         on_piece: OnPiece | None = None,
-    ) -> Outcome:
-        """With `on_piece`, a generated answer's pieces go to the caller as they come, and
-        once one has gone, a failure ends the request instead of failing over."""
-        reserve = max(RESERVE_MIN, RESERVE_SHARE * (deadline - self._clock()))
+    ) -> Dispatched:
+        """Walk the chain until an attempt answers; else the best marked answer, or give up.
+        With `on_piece`, a generated answer's pieces go to the caller as they come, and once
+        one has gone, a failure ends the request instead of failing over."""
+        # Kept back from the caller's deadline, so its answer arrives in time.
+        budget_end = deadline - max(RESERVE_MIN, RESERVE_SHARE * (deadline - self._clock()))
         attempts: list[Attempt] = []
-        marked: Outcome | None = None  # an answer that failed quality, kept as a last resort
-        last_error: RouteError | None = None
         for index, backend in enumerate(chain):
-            if backend.can(req.task) is False:
-                attempts.append(Attempt(backend.key, "", "skipped", "unsupported_task"))
+            models_left = len(chain) - index
+            async for attempt in self._try_model(
+                route, req, backend, models_left, budget_end, on_piece
+            ):
+                attempts.append(attempt)
+                if attempt.outcome is Outcome.OK:
+                    return Dispatched(attempt, tuple(attempts))
+                if attempt.outcome is Outcome.SKIPPED and attempt.reason == "deadline":
+                    return _give_up(req, attempts)  # no time left for anyone
+        return _give_up(req, attempts)
+
+    async def _try_model(
+        self,
+        route: RouteSettings,
+        req: RouteRequest,
+        backend: ModelBackend,
+        models_left: int,
+        budget_end: float,
+        on_piece: OnPiece | None,
+    ) -> AsyncIterator[Attempt]:
+        """One model's endpoints in order, until one answers or the model is out of tries."""
+        if backend.can(req.task) is False:
+            yield Attempt(backend.key, "", Outcome.SKIPPED, "unsupported_task")
+            return
+        backend.budget.on_request()
+        tried = False
+        for endpoint in backend.ordered():
+            skipped = self._admit(backend, endpoint, tried, budget_end)
+            if skipped:
+                yield Attempt(backend.key, endpoint.target, Outcome.SKIPPED, skipped)
+                if skipped in ("retry_budget", "deadline"):
+                    return
                 continue
-            backend.budget.on_request()
-            tried = False
-            for endpoint in backend.ordered():
-                if not endpoint.serving:
-                    attempts.append(Attempt(backend.key, endpoint.target, "skipped", "unhealthy"))
-                    continue
-                if not endpoint.breaker.allow():
-                    attempts.append(
-                        Attempt(backend.key, endpoint.target, "skipped", "circuit_open")
-                    )
-                    continue
-                # From here the permit is settled on every path: recorded with an outcome,
-                # or released when the call never happened or never finished.
-                if tried and not backend.budget.try_spend():
-                    endpoint.breaker.release()
-                    attempts.append(
-                        Attempt(backend.key, endpoint.target, "skipped", "retry_budget")
-                    )
-                    break
-                remaining = deadline - self._clock() - reserve
-                if remaining <= 0.001:
-                    endpoint.breaker.release()
-                    attempts.append(Attempt(backend.key, endpoint.target, "skipped", "deadline"))
-                    return self._give_up(req, attempts, marked, last_error)
-                timeout = min(backend.settings.timeout_ms / 1000, remaining / (len(chain) - index))
-                tried = True
-                started = self._clock()
-                endpoint.in_flight += 1
-                span = child_span(
-                    self.tracer,
-                    "attempt",
-                    kind=SpanKind.CLIENT,
-                    attributes=attempt_attributes(backend, endpoint, req, timeout),
-                )
-                progress = Progress()
-                try:
-                    response = await call(
-                        backend,
-                        endpoint,
-                        req,
-                        timeout,
-                        span,
-                        progress,
-                        on_piece,
-                        deadline - self._clock() - reserve,
-                    )
-                except (grpc.aio.AioRpcError, CallFailed) as exc:
-                    seconds = self._clock() - started
-                    reason = REASONS.get(exc.code(), exc.code().name.lower())
-                    record_status(span, exc.code())
-                    span.set_attributes({"attempt.outcome": "failed", "attempt.reason": reason})
-                    span.end()
-                    if self.on_call is not None:
-                        self.on_call(
-                            backend.key, endpoint.target, seconds, exc.code().name, method(req)
-                        )
-                    if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                        endpoint.breaker.record(True, seconds)
-                        raise RouteError(exc.code(), f"{backend.key}: {exc.details()}") from None
-                    endpoint.breaker.record(False, seconds)
-                    if progress.pieces_sent:
-                        # The caller has part of the answer: another model's would not
-                        # continue it.
-                        raise RouteError(
-                            exc.code(),
-                            f"{backend.key}: {exc.details()} (after {progress.pieces_sent} "
-                            "pieces of the answer; not retried)",
-                        ) from None
-                    attempts.append(
-                        Attempt(backend.key, endpoint.target, "failed", reason, seconds * 1000)
-                    )
-                    last_error = RouteError(exc.code(), f"{backend.key}: {exc.details()}")
-                    continue
-                except BaseException:
-                    # Cancelled by the caller: no outcome to judge, so the permit goes back.
-                    endpoint.breaker.release()
-                    span.end()
-                    raise
-                finally:
-                    endpoint.in_flight -= 1
-                seconds = self._clock() - started
-                if self.on_call is not None:
-                    self.on_call(backend.key, endpoint.target, seconds, "OK", method(req))
-                record_status(span, None)
-                output = parse_response(response)
-                with ChildSpan(
-                    self.tracer, "validate", attributes={"model": backend.key}
-                ) as checking:
-                    checks = validate(req.task, output, backend.info, route.quality, seconds * 1000)
-                    failed_names = [c.name for c in checks if not c.passed]
-                    checking.set_attribute("quality.passed", not failed_names)
-                    if failed_names:
-                        checking.set_attribute("quality.failed_checks", failed_names)
-                self._on_checks(backend.key, output, checks, seconds * 1000)
-                failed = [c for c in checks if not c.passed]
-                # A generated answer's responsiveness is its first response, not its length.
-                endpoint.breaker.record(not failed, progress.first_response_s or seconds)
-                if failed and route.quality.on_failure == "fallback" and not progress.pieces_sent:
-                    reason = f"quality:{failed[0].name}"
-                    span.set_attributes({"attempt.outcome": "failed", "attempt.reason": reason})
-                    span.end()
-                    attempts.append(
-                        Attempt(backend.key, endpoint.target, "failed", reason, seconds * 1000)
-                    )
-                    if marked is None:
-                        marked = Outcome(output, backend.key, checks, seconds * 1000)
-                    break  # another endpoint of the same model would answer alike
-                span.set_attribute("attempt.outcome", "ok")
-                span.end()
-                attempts.append(Attempt(backend.key, endpoint.target, "ok", "", seconds * 1000))
-                return Outcome(output, backend.key, checks, seconds * 1000, attempts)
-        return self._give_up(req, attempts, marked, last_error)
+            tried = True
+            share = (budget_end - self._clock()) / models_left
+            share_s = min(backend.settings.timeout_ms / 1000, share)
+            attempt = await self.try_endpoint(
+                route, req, backend, endpoint, share_s, budget_end, on_piece
+            )
+            yield attempt
+            # After a failed check another endpoint of the same model would answer alike.
+            if attempt.outcome is Outcome.OK or attempt.failed_quality:
+                return
+
+    def _admit(
+        self, backend: ModelBackend, endpoint: Endpoint, tried: bool, budget_end: float
+    ) -> str:
+        """Empty when `endpoint` may be called now (its breaker permit is then held), else
+        why not; a permit taken here and not used is given back here."""
+        if not endpoint.serving:
+            return "unhealthy"
+        if not endpoint.breaker.try_acquire_permission():
+            return "circuit_open"
+        if tried and not backend.budget.try_spend():
+            endpoint.breaker.release()
+            return "retry_budget"
+        if budget_end - self._clock() <= 0.001:
+            endpoint.breaker.release()
+            return "deadline"
+        return ""
+
+    async def try_endpoint(
+        self,
+        route: RouteSettings,
+        req: RouteRequest,
+        backend: ModelBackend,
+        endpoint: Endpoint,
+        share_s: float,
+        budget_end: float,
+        on_piece: OnPiece | None = None,
+    ) -> Attempt:
+        """One call with a held breaker permit, its first response due within `share_s`.
+        The permit, the span and the metric callback
+        are settled here on every path: recorded with the attempt's outcome, or the permit
+        given back when the caller went away before there was one."""
+        started = self._clock()
+        span = child_span(
+            self.tracer,
+            "attempt",
+            kind=SpanKind.CLIENT,
+            attributes=attempt_attributes(backend, endpoint, req, share_s),
+        )
+        progress = Progress()
+        endpoint.in_flight += 1
+        try:
+            response = await call(
+                backend, endpoint, req, share_s, span, progress, on_piece, budget_end - started
+            )
+        except (grpc.aio.AioRpcError, CallFailed) as exc:
+            seconds = self._clock() - started
+            self._called(backend, endpoint, req, seconds, exc.code())
+            # The caller's fault is no failure of the endpoint's.
+            endpoint.breaker.record(exc.code() == grpc.StatusCode.INVALID_ARGUMENT, seconds)
+            return _fail_over(_ended(span, _failed_call(backend, endpoint, exc, seconds)), progress)
+        except BaseException:
+            endpoint.breaker.release()  # cancelled by the caller: no outcome to judge
+            span.end()
+            raise
+        finally:
+            endpoint.in_flight -= 1
+        seconds = self._clock() - started
+        self._called(backend, endpoint, req, seconds, None)
+        output = parse_response(response)
+        checks = self._validate(route, req, backend, output, seconds)
+        failed = [c for c in checks if not c.passed]
+        # A generated answer's responsiveness is its first response, not its length.
+        endpoint.breaker.record(not failed, progress.first_response_s or seconds)
+        moves_on = failed and route.quality.on_failure == "fallback" and not progress.pieces_sent
+        attempt = Attempt(
+            backend.key,
+            endpoint.target,
+            Outcome.FAILED if moves_on else Outcome.OK,
+            f"quality:{failed[0].name}" if moves_on else "",
+            seconds * 1000,
+            output,
+            tuple(checks),
+        )
+        return _ended(span, attempt)
+
+    def _called(
+        self,
+        backend: ModelBackend,
+        endpoint: Endpoint,
+        req: RouteRequest,
+        seconds: float,
+        status: grpc.StatusCode | None,
+    ) -> None:
+        if self.on_call is not None:
+            name = status.name if status is not None else "OK"
+            self.on_call(backend.key, endpoint.target, seconds, name, method(req))
+
+    def _validate(
+        self,
+        route: RouteSettings,
+        req: RouteRequest,
+        backend: ModelBackend,
+        output: ModelOutput,
+        seconds: float,
+    ) -> list[Check]:
+        with ChildSpan(self.tracer, "validate", attributes={"model": backend.key}) as checking:
+            checks = validate(req.task, output, backend.info, route.quality, seconds * 1000)
+            failed_names = [c.name for c in checks if not c.passed]
+            checking.set_attribute("quality.passed", not failed_names)
+            if failed_names:
+                checking.set_attribute("quality.failed_checks", failed_names)
+        self._on_checks(backend.key, output, checks, seconds * 1000)
+        return checks
 
     async def shadow(
         self, backend: ModelBackend, req: RouteRequest, deadline: float, primary: str
@@ -293,7 +287,7 @@ class Dispatcher:
         self, backend: ModelBackend, req: RouteRequest, deadline: float, outer: trace.Span
     ) -> ModelOutput:
         for endpoint in backend.ordered():
-            if not endpoint.serving or not endpoint.breaker.admits():
+            if not endpoint.serving or not endpoint.breaker.is_closed():
                 continue
             timeout = deadline - self._clock()
             if timeout <= 0.001:
@@ -321,34 +315,62 @@ class Dispatcher:
             f"shadow {backend.key} has no serving endpoint with a closed circuit",
         )
 
-    @staticmethod
-    def _skip(model: str, target: str, reason: str) -> Attempt:
-        trace.get_current_span().add_event(
-            "skipped", {"model": model, "server.address": target, "reason": reason}
-        )
-        return Attempt(model, target, "skipped", reason)
 
-    def _give_up(
-        self,
-        req: RouteRequest,
-        attempts: list[Attempt],
-        marked: Outcome | None,
-        last: RouteError | None,
-    ) -> Outcome:
-        if marked is not None:
-            # Every model failed; the first answer that merely failed a check beats no answer.
-            marked.attempts = attempts
-            return marked
-        tried = "; ".join(
-            f"{a.model}@{a.endpoint or '-'}: {a.outcome} ({a.reason})" for a in attempts
-        )
-        if (
-            last is not None
-            and last.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-            and all(a.reason in ("overloaded", "unsupported_task") for a in attempts)
-        ):
-            raise RouteError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"every model refused: {tried}")
+def _failed_call(
+    backend: ModelBackend,
+    endpoint: Endpoint,
+    exc: grpc.aio.AioRpcError | CallFailed,
+    seconds: float,
+) -> Attempt:
+    code = exc.code()
+    error = RouteError(code, f"{backend.key}: {exc.details()}")
+    reason = REASONS.get(code, code.name.lower())
+    return Attempt(
+        backend.key, endpoint.target, Outcome.FAILED, reason, seconds * 1000, error=error
+    )
+
+
+def _fail_over(attempt: Attempt, progress: Progress) -> Attempt:
+    """A failed call's attempt, for the next endpoint or model to take over; or the error
+    for the caller when failing over is wrong: INVALID_ARGUMENT is the caller's fault, and
+    once pieces of an answer have gone to the caller another answer would not continue it."""
+    assert attempt.error is not None
+    if attempt.error.code == grpc.StatusCode.INVALID_ARGUMENT:
+        raise attempt.error
+    if progress.pieces_sent:
         raise RouteError(
-            grpc.StatusCode.UNAVAILABLE,
-            f"no model could serve {req.task}: tried {tried or 'nothing'}",
+            attempt.error.code,
+            f"{attempt.error.message} (after {progress.pieces_sent} pieces of the answer; "
+            "not retried)",
         )
+    return attempt
+
+
+def _ended(span: trace.Span, attempt: Attempt) -> Attempt:
+    """The attempt's span, closed with its outcome."""
+    record_status(span, attempt.error.code if attempt.error else None)
+    span.set_attribute("attempt.outcome", attempt.outcome.value)
+    if attempt.reason:
+        span.set_attribute("attempt.reason", attempt.reason)
+    span.end()
+    return attempt
+
+
+def _give_up(req: RouteRequest, attempts: list[Attempt]) -> Dispatched:
+    """No attempt answered well: the first answer that merely failed a check beats no
+    answer; else RESOURCE_EXHAUSTED when every model refused for load, UNAVAILABLE otherwise,
+    listing every attempt."""
+    marked = next((a for a in attempts if a.failed_quality), None)
+    if marked is not None:
+        return Dispatched(marked, tuple(attempts))
+    tried = "; ".join(f"{a.model}@{a.endpoint or '-'}: {a.outcome} ({a.reason})" for a in attempts)
+    errors = [a.error for a in attempts if a.error is not None]
+    if (
+        errors
+        and errors[-1].code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        and all(a.reason in ("overloaded", "unsupported_task") for a in attempts)
+    ):
+        raise RouteError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"every model refused: {tried}")
+    raise RouteError(
+        grpc.StatusCode.UNAVAILABLE, f"no model could serve {req.task}: tried {tried or 'nothing'}"
+    )

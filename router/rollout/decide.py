@@ -51,10 +51,6 @@ def judge(
     e: ExperimentSettings, phase: PhaseState, result: Report, now: float
 ) -> tuple[PhaseState, Decision | None, str]:
     """`decide`, with why nothing changes when no decision is taken (empty otherwise)."""
-    if phase.paused:
-        return phase, None, "paused by hand (`router rollout --resume` lets the controller decide)"
-    if phase.status == "rolled_back":
-        return phase, None, "rolled back; a new seed starts a new phase"
 
     def decision(action: str, to: float, reasons: list[str]) -> Decision:
         return Decision.model_validate(
@@ -72,7 +68,8 @@ def judge(
             }
         )
 
-    if e.auto_rollback and result.verdict == "ROLL_BACK":
+    decided = not phase.paused and phase.status != "rolled_back"
+    if decided and e.auto_rollback and result.verdict == "ROLL_BACK":
         rolled = phase.model_copy(
             update={
                 "coverage": 0.0,
@@ -83,30 +80,10 @@ def judge(
         )
         return rolled, decision("rollback", 0.0, list(result.reasons)), ""
     nxt = next((step for step in e.ramp if step > phase.coverage), None)
-    if nxt is None:
-        return phase, None, f"no ramp step above coverage {phase.coverage:g}"
     fresh = {a: n - phase.marks.get(a, 0) for a, n in result.counts.items()}
-    if result.verdict == "ROLL_BACK":
-        why = "; ".join(result.reasons)
-        return phase, None, f"verdict ROLL_BACK without auto_rollback, holding: {why}"
-    if result.srm_p_value < SRM_ALPHA:
-        return (
-            phase,
-            None,
-            (
-                f"sample-ratio mismatch (p = {result.srm_p_value:.3g} < {SRM_ALPHA:g}): the split "
-                "is broken, holding until it is explained"
-            ),
-        )
-    if any(n < e.min_samples for n in fresh.values()):
-        return (
-            phase,
-            None,
-            (
-                f"waiting for {e.min_samples} fresh requests per arm since the last step "
-                f"(have {fresh})"
-            ),
-        )
+    why = _held(e, phase, result, nxt, fresh)
+    if why or nxt is None:
+        return phase, None, why
     ramped = phase.model_copy(
         update={
             "coverage": nxt,
@@ -120,3 +97,33 @@ def judge(
         f"fresh requests per arm {fresh} >= {e.min_samples}"
     ]
     return ramped, decision("ramp", nxt, reasons), ""
+
+
+def _held(
+    e: ExperimentSettings,
+    phase: PhaseState,
+    result: Report,
+    nxt: float | None,
+    fresh: dict[str, int],
+) -> str:
+    """Why the phase does not ramp now, in the order the rule asks; empty when it may."""
+    rules = [
+        (phase.paused, "paused by hand (`router rollout --resume` lets the controller decide)"),
+        (phase.status == "rolled_back", "rolled back; a new seed starts a new phase"),
+        (nxt is None, f"no ramp step above coverage {phase.coverage:g}"),
+        (
+            result.verdict == "ROLL_BACK",
+            "verdict ROLL_BACK without auto_rollback, holding: " + "; ".join(result.reasons),
+        ),
+        (
+            result.srm_p_value < SRM_ALPHA,
+            f"sample-ratio mismatch (p = {result.srm_p_value:.3g} < {SRM_ALPHA:g}): the split is "
+            "broken, holding until it is explained",
+        ),
+        (
+            any(n < e.min_samples for n in fresh.values()),
+            f"waiting for {e.min_samples} fresh requests per arm since the last step "
+            f"(have {fresh})",
+        ),
+    ]
+    return next((why for held, why in rules if held), "")

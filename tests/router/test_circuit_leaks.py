@@ -66,7 +66,9 @@ async def test_a_permit_refused_by_the_retry_budget_is_given_back() -> None:
                 await dispatcher(clock).run(ROUTE, REQUEST, [b], clock.now + 10)
             second = b.endpoints[1].breaker
             assert second.state is State.HALF_OPEN and second.probes_out == 0
-            assert second.allow(), "the probe permit leaked on the retry-budget path"
+            assert second.try_acquire_permission(), (
+                "the probe permit leaked on the retry-budget path"
+            )
         finally:
             await b.close()
 
@@ -80,7 +82,9 @@ async def test_a_permit_taken_after_the_deadline_passed_is_given_back() -> None:
             with pytest.raises(RouteError, match="deadline"):
                 await dispatcher(clock).run(ROUTE, REQUEST, [b], clock.now)
             assert b.endpoints[0].breaker.probes_out == 0
-            assert b.endpoints[0].breaker.allow(), "the probe permit leaked on the deadline path"
+            assert b.endpoints[0].breaker.try_acquire_permission(), (
+                "the probe permit leaked on the deadline path"
+            )
         finally:
             await b.close()
 
@@ -98,7 +102,9 @@ async def test_a_permit_of_a_cancelled_call_is_given_back() -> None:
             with pytest.raises(asyncio.CancelledError):
                 await task
             assert b.endpoints[0].breaker.probes_out == 0
-            assert b.endpoints[0].breaker.allow(), "the probe permit leaked on cancellation"
+            assert b.endpoints[0].breaker.try_acquire_permission(), (
+                "the probe permit leaked on cancellation"
+            )
         finally:
             await b.close()
 
@@ -110,13 +116,19 @@ def test_half_open_opens_again_after_its_maximum_wait() -> None:
     cb.record(False, 0.01)
     cb.record(False, 0.01)
     clock.now = 5.0
-    assert cb.allow() and cb.allow() and not cb.allow()  # both permits out, never settled
+    assert (
+        cb.try_acquire_permission()
+        and cb.try_acquire_permission()
+        and not cb.try_acquire_permission()
+    )  # both permits out, never settled
     clock.now = 14.9
-    assert not cb.allow() and cb.state is State.HALF_OPEN
+    assert not cb.try_acquire_permission() and cb.state is State.HALF_OPEN
     clock.now = 15.0
-    assert not cb.allow() and cb.state is State.OPEN  # stuck probes give up the half-open
+    assert (
+        not cb.try_acquire_permission() and cb.state is State.OPEN
+    )  # stuck probes give up the half-open
     clock.now = 20.0
-    assert cb.allow() and cb.state is State.HALF_OPEN  # a fresh set of permits
+    assert cb.try_acquire_permission() and cb.state is State.HALF_OPEN  # a fresh set of permits
     assert changes[-3:] == [
         (State.OPEN, State.HALF_OPEN),
         (State.HALF_OPEN, State.OPEN),
@@ -129,10 +141,10 @@ def test_reading_the_state_never_moves_it() -> None:
     for _ in range(4):
         cb.record(False, 0.01)
     clock.now = 100.0
-    seen = {cb.state for _ in range(50)} | {cb.available() for _ in range(50)}
+    seen = {cb.state for _ in range(50)} | {cb.in_service() for _ in range(50)}
     assert seen == {State.OPEN, True}  # available: the wait is over, a probe would go
     assert changes == [(State.CLOSED, State.OPEN)]  # no transition from reading
-    assert cb.allow() and cb.state is State.HALF_OPEN
+    assert cb.try_acquire_permission() and cb.state is State.HALF_OPEN
     assert changes[-1] == (State.OPEN, State.HALF_OPEN)
 
 
@@ -141,10 +153,10 @@ def test_release_never_frees_more_than_was_taken() -> None:
     for _ in range(4):
         cb.record(False, 0.01)
     clock.now = 5.0
-    assert cb.allow()
+    assert cb.try_acquire_permission()
     cb.record(True, 0.01)  # one probe settled by its outcome
     cb.release()  # a stray release must not hand out a third permit
-    assert cb.allow() and not cb.allow()
+    assert cb.try_acquire_permission() and not cb.try_acquire_permission()
 
 
 async def test_cancelled_probes_leave_the_endpoint_able_to_recover(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ def test_opens_on_failure_rate_only_after_min_calls() -> None:
     assert cb.state is State.CLOSED  # 3 calls < min_calls
     cb.record(True, 0.01)
     assert cb.state is State.OPEN  # 3 of 4 failed
-    assert not cb.allow()
+    assert not cb.try_acquire_permission()
     assert changes == [(State.CLOSED, State.OPEN)]
 
 
@@ -48,13 +48,17 @@ def test_half_open_probes_close_it() -> None:
     for _ in range(4):
         cb.record(False, 0.01)
     clock.now = 4.9
-    assert not cb.allow()
+    assert not cb.try_acquire_permission()
     clock.now = 5.0
-    assert cb.allow() and cb.allow() and not cb.allow()  # two probe permits
+    assert (
+        cb.try_acquire_permission()
+        and cb.try_acquire_permission()
+        and not cb.try_acquire_permission()
+    )  # two probe permits
     assert cb.state is State.HALF_OPEN
     cb.record(True, 0.01)
     cb.record(True, 0.01)
-    assert cb.state is State.CLOSED and cb.allow()
+    assert cb.state is State.CLOSED and cb.try_acquire_permission()
     assert changes[-2:] == [(State.OPEN, State.HALF_OPEN), (State.HALF_OPEN, State.CLOSED)]
 
 
@@ -63,14 +67,14 @@ def test_failed_probe_reopens_for_a_full_period() -> None:
     for _ in range(4):
         cb.record(False, 0.01)
     clock.now = 6.0
-    assert cb.allow()
+    assert cb.try_acquire_permission()
     cb.record(False, 0.01)
     assert cb.state is State.OPEN
     clock.now = 10.9
-    assert not cb.allow()
+    assert not cb.try_acquire_permission()
     clock.now = 11.0
     assert cb.state is State.OPEN  # reading does not move it
-    assert cb.allow() and cb.state is State.HALF_OPEN
+    assert cb.try_acquire_permission() and cb.state is State.HALF_OPEN
 
 
 def test_retry_budget_limits_retries_to_the_ratio() -> None:
