@@ -24,11 +24,12 @@ install: $(STAMP)
 # System tools some tests use (each test skips, naming the tool, when it is missing). As root
 # with apt-get, the missing ones are installed; otherwise this only says what is missing.
 # TOOLS= (empty) skips it, e.g. to run the suite as a machine without them would.
-TOOLS ?= espeak-ng prometheus prometheus-alertmanager kubectl
+TOOLS ?= espeak-ng prometheus prometheus-alertmanager kubectl postgresql
 tools:
 	@missing=(); for pkg in $(TOOLS); do \
-		case $$pkg in prometheus-alertmanager) bin=alertmanager;; *) bin=$$pkg;; esac; \
-		command -v $$bin >/dev/null 2>&1 || command -v prometheus-$$bin >/dev/null 2>&1 || missing+=($$pkg); \
+		case $$pkg in prometheus-alertmanager) bin=alertmanager;; postgresql) bin=initdb;; *) bin=$$pkg;; esac; \
+		command -v $$bin >/dev/null 2>&1 || command -v prometheus-$$bin >/dev/null 2>&1 \
+			|| ls /usr/lib/postgresql/*/bin/$$bin >/dev/null 2>&1 || missing+=($$pkg); \
 	done; \
 	if [ $${#missing[@]} -eq 0 ]; then exit 0; fi; \
 	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \

@@ -149,6 +149,47 @@ class Moments:
 
 
 @dataclass(frozen=True)
+class RatioMoments:
+    """A per-request metric when users are what is randomised: per unit (user) the sum of the
+    metric over its requests (x) and their count (y); per arm the sums of x, y, their squares
+    and cross-product (GrowthBook's `RatioStatistic`). The mean is sum(x) / sum(y); `variance`
+    is the delta method's unit-level variance, so that variance / n is the variance of the
+    mean with n the number of units, as for `Moments`: the effects below take either."""
+
+    n: int
+    """Units (users) in the arm."""
+    x: float
+    xx: float
+    y: float
+    yy: float
+    xy: float
+
+    @property
+    def requests(self) -> int:
+        """The observations behind the mean (sum of y)."""
+        return round(self.y)
+
+    @property
+    def mean(self) -> float:
+        return self.x / self.y if self.y else math.nan
+
+    @property
+    def variance(self) -> float:
+        n = self.n
+        if n < 2 or not self.y:
+            return math.nan
+        mx, my = self.x / n, self.y / n
+        vx = (self.xx - self.x * self.x / n) / (n - 1)
+        vy = (self.yy - self.y * self.y / n) / (n - 1)
+        cxy = (self.xy - self.x * self.y / n) / (n - 1)
+        v = vx / my**2 - 2 * cxy * mx / my**3 + mx**2 * vy / my**4
+        return max(v, 0.0)
+
+
+Statistic = Moments | RatioMoments
+
+
+@dataclass(frozen=True)
 class Effect:
     """Treatment minus control, absolute and relative, with two-sided intervals."""
 
@@ -159,7 +200,7 @@ class Effect:
     p_value: float
 
 
-def welch(treatment: Moments, control: Moments, alpha: float = 0.05) -> Effect:
+def welch(treatment: Statistic, control: Statistic, alpha: float = 0.05) -> Effect:
     """Welch's t for the difference of means; the delta method for the relative effect."""
     vt, vc = treatment.variance / treatment.n, control.variance / control.n
     se = math.sqrt(vt + vc)
@@ -193,7 +234,7 @@ def srm_p_value(counts: list[int], weights: list[float]) -> float:
 
 
 def confidence_sequence(
-    treatment: Moments, control: Moments, alpha: float = 0.05, tuned_for: int = 10_000
+    treatment: Statistic, control: Statistic, alpha: float = 0.05, tuned_for: int = 10_000
 ) -> tuple[float, float]:
     """Always-valid interval for the difference of means (asymptotic confidence sequence,
     Waudby-Smith et al. 2023): it may be checked after every observation and still covers the

@@ -1,0 +1,181 @@
+"""The results store: exposure and outcome rows in SQLite or PostgreSQL through one SQLAlchemy
+Core layer. Writes are batches in one transaction each, deduplicated by id (retries and
+restarts re-send); reads aggregate per unit, then per arm (router/results/query.py)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, Table, create_engine, delete, event, func, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from router.results.schema import SCHEMA_VERSION, exposures, metadata, outcomes, schema_info
+
+log = logging.getLogger(__name__)
+
+# The two engines' INSERT constructs share one API for ON CONFLICT (DO NOTHING / DO UPDATE):
+# choosing the construct is the only place the engine matters.
+_UPSERT: dict[str, Callable[[Table], sqlite.Insert | postgresql.Insert]] = {
+    "sqlite": sqlite.insert,
+    "postgresql": postgresql.insert,
+}
+
+
+class StoreError(Exception):
+    """The store cannot be used; the message says why (never the URL's password)."""
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """One routed request of an experiment's phase, and what came of it."""
+
+    request_id: str
+    experiment: str
+    seed: str
+    arm: str
+    model: str
+    unit: str
+    at: float
+    latency_ms: float
+    error: bool
+    fallback: bool
+    quality_failed: bool
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a caller reported about one answer: a metric's value for a request id."""
+
+    request_id: str
+    metric: str
+    value: float
+    at: float
+
+
+def engine_url(url: str, base_dir: Path | None = None) -> str:
+    """The SQLAlchemy URL for `sqlite:///PATH` (a relative PATH is relative to `base_dir`) or
+    `postgresql://USER@HOST:PORT/DB` (driven by psycopg 3)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise StoreError(f"not a database URL: {exc}") from exc
+    if parsed.get_backend_name() == "sqlite":
+        path = Path(parsed.database or "")
+        if not parsed.database or parsed.database == ":memory:":
+            raise StoreError("sqlite:///PATH needs a file (results must survive restarts)")
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        return parsed.set(drivername="sqlite", database=str(path)).render_as_string(False)
+    if parsed.get_backend_name() == "postgresql":
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(False)
+    raise StoreError(
+        f"unsupported database {parsed.get_backend_name()!r}: use sqlite or postgresql"
+    )
+
+
+def _sqlite_pragmas(connection: Any, _: object) -> None:
+    # WAL: readers (reports) never block the one writer; a busy writer waits instead of failing.
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+class ResultsStore:
+    def __init__(self, url: str, base_dir: Path | None = None) -> None:
+        self.url = engine_url(url, base_dir)
+        parsed = make_url(self.url)
+        if parsed.get_backend_name() == "sqlite":
+            Path(parsed.database or "").parent.mkdir(parents=True, exist_ok=True)
+        # A database that is down must fail a flush within seconds, not hang it on TCP.
+        connect = {"connect_timeout": 5} if parsed.get_backend_name() == "postgresql" else {}
+        self.engine: Engine = create_engine(self.url, pool_pre_ping=True, connect_args=connect)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._upsert = _UPSERT[self.engine.dialect.name]
+        self.ready = False
+
+    def describe(self) -> str:
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    def create(self) -> None:
+        """Create the tables on first use; refuse a store written by a newer schema."""
+        try:
+            with self.engine.begin() as conn:
+                metadata.create_all(conn)
+                versions = conn.execute(select(schema_info.c.version)).scalars().all()
+                if not versions:
+                    conn.execute(insert(schema_info).values(version=SCHEMA_VERSION))
+                elif max(versions) > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"{self.describe()} holds results schema {max(versions)}, newer than this "
+                        f"router's {SCHEMA_VERSION}: upgrade the router (it would misread the rows)"
+                    )
+        except SQLAlchemyError as exc:
+            raise StoreError(f"{self.describe()}: {_reason(exc)}") from exc
+        self.ready = True
+
+    def write(self, rows: Sequence[Exposure], reports: Sequence[Outcome]) -> None:
+        """One transaction: new exposures (a re-sent one is ignored), outcomes (a repeat
+        replaces the earlier value)."""
+        if not self.ready:
+            self.create()
+        exposure_rows = list({e.request_id: asdict(e) for e in reversed(rows)}.values())
+        # The last report per (request, metric) wins, inside a batch as across batches.
+        outcome_rows = list({(o.request_id, o.metric): asdict(o) for o in reports}.values())
+        try:
+            with self.engine.begin() as conn:
+                if exposure_rows:
+                    stmt = self._upsert(exposures).on_conflict_do_nothing(
+                        index_elements=["request_id"]
+                    )
+                    conn.execute(stmt, exposure_rows)
+                if outcome_rows:
+                    up = self._upsert(outcomes)
+                    stmt = up.on_conflict_do_update(
+                        index_elements=["request_id", "metric"],
+                        set_={"value": up.excluded.value, "at": up.excluded.at},
+                    )
+                    conn.execute(stmt, outcome_rows)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"{self.describe()}: {_reason(exc)}") from exc
+
+    def prune(self, experiment: str, seed: str | None = None) -> int:
+        """Delete a finished phase's exposures (every phase of `experiment` without `seed`), and
+        the outcomes of those requests. Returns the exposures deleted."""
+        where = [exposures.c.experiment == experiment]
+        if seed is not None:
+            where.append(exposures.c.seed == seed)
+        ids = select(exposures.c.request_id).where(*where)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(delete(outcomes).where(outcomes.c.request_id.in_(ids)))
+                return conn.execute(delete(exposures).where(*where)).rowcount
+        except SQLAlchemyError as exc:
+            raise StoreError(f"{self.describe()}: {_reason(exc)}") from exc
+
+    def count(self, experiment: str, seed: str) -> int:
+        q = select(func.count()).where(
+            exposures.c.experiment == experiment, exposures.c.seed == seed
+        )
+        with self.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    """The driver's own words, without SQL or parameters (which may hold user ids)."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

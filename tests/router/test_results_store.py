@@ -1,0 +1,191 @@
+"""The results store on real databases (SQLite from the standard library, PostgreSQL started on
+loopback): deduplicated writes, outcomes joined whenever they arrive, statistics per user, a
+writer that survives an outage, and a schema that refuses to be misread."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import statsmodels.api as sm
+from sqlalchemy import update
+
+from router.experiments.stats import welch
+from router.results.query import phase_statistics
+from router.results.schema import SCHEMA_VERSION, schema_info
+from router.results.store import Exposure, Outcome, ResultsStore, StoreError
+from router.results.writer import ResultsWriter
+from tests.support.postgres import Postgres
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Postgres]:
+    server = Postgres()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+_fresh = iter(range(1_000_000))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ResultsStore]:
+    if request.param == "sqlite":
+        s = ResultsStore(f"sqlite:///{tmp_path / 'results.sqlite'}")
+    else:
+        server: Postgres = request.getfixturevalue("postgres")
+        s = ResultsStore(server.url)
+    s.create()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def exposure(request_id: str, arm: str, unit: str, latency: float = 10.0, **kw: object) -> Exposure:
+    fields: dict[str, object] = {
+        "experiment": "e",
+        "seed": f"s{next(_fresh)}" if kw.pop("fresh_seed", False) else "s1",
+        "model": "a" if arm == "control" else "b",
+        "at": 1.0,
+        "error": False,
+        "fallback": False,
+        "quality_failed": False,
+        **kw,
+    }
+    return Exposure(request_id=request_id, arm=arm, unit=unit, latency_ms=latency, **fields)  # type: ignore[arg-type]
+
+
+def test_rows_count_once_and_outcomes_join_whenever_they_come(store: ResultsStore) -> None:
+    seed = f"phase-{next(_fresh)}"
+    rows = [exposure(f"{seed}-r{i}", "control" if i % 2 else "candidate", f"u{i}", seed=seed)
+            for i in range(10)]  # fmt: skip
+    early = Outcome(f"{seed}-r1", "accepted", 0.0, 1.0)  # before its exposure is written
+    store.write([], [early])
+    store.write(rows, [])
+    store.write(rows[:4], [])  # a retry re-sends: ignored
+    store.write([], [Outcome(f"{seed}-r1", "accepted", 1.0, 2.0)])  # a repeat replaces
+    store.write([], [Outcome(f"{seed}-r3", "accepted", 0.0, 2.0),
+                     Outcome(f"{seed}-r3", "accepted", 1.0, 3.0)])  # fmt: skip
+    arms = phase_statistics(store, "e", seed, ["accepted"])
+    assert {a: s.requests for a, s in arms.items()} == {"control": 5, "candidate": 5}
+    accepted = arms["control"].metrics["accepted"]
+    assert (accepted.y, accepted.x, accepted.mean) == (2.0, 2.0, 1.0)  # r1 and r3, once each
+    assert arms["candidate"].metrics["accepted"].y == 0
+    assert arms["control"].metrics["latency_ms"].mean == 10.0
+    assert store.prune("e", seed) == 10
+    assert phase_statistics(store, "e", seed, ["accepted"]) == {}
+
+
+def test_a_newer_schema_refuses(store: ResultsStore) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(update(schema_info).values(version=SCHEMA_VERSION + 1))
+    try:
+        again = ResultsStore.__new__(ResultsStore)
+        again.__dict__.update(store.__dict__)
+        again.ready = False
+        with pytest.raises(StoreError, match="newer than this router's"):
+            again.create()
+    finally:
+        with store.engine.begin() as conn:
+            conn.execute(update(schema_info).values(version=SCHEMA_VERSION))
+
+
+def test_bad_urls_are_named() -> None:
+    for url, needle in [
+        ("mysql://x@y/z", "unsupported database 'mysql'"),
+        ("sqlite://", "needs a file"),
+        ("not a url", "not a database URL"),
+    ]:
+        with pytest.raises(StoreError, match=needle):
+            ResultsStore(url)
+
+
+def _cluster_variance(values: np.ndarray, groups: np.ndarray) -> float:
+    """statsmodels' cluster-robust variance of a mean (intercept-only OLS, no small-sample
+    correction): an independent reading of the delta method over units."""
+    fit = sm.OLS(values, np.ones_like(values)).fit(
+        cov_type="cluster", cov_kwds={"groups": groups, "use_correction": False}
+    )
+    return float(fit.bse[0] ** 2)
+
+
+def test_one_heavy_user_counts_as_one_unit_and_intervals_agree_with_statsmodels(
+    store: ResultsStore,
+) -> None:
+    rng = random.Random(7)
+    seed = f"heavy-{next(_fresh)}"
+    rows, values = [], {"control": [], "candidate": []}  # type: ignore[var-annotated]
+    for arm, shift in (("control", 0.0), ("candidate", 5.0)):
+        for user in range(40):
+            # User 0 of each arm sends 100 times more requests, all slow together.
+            n, base = (200, 80.0) if user == 0 else (2, 20.0)
+            for k in range(n):
+                latency = base + shift + rng.gauss(0, 3)
+                rows.append(exposure(f"{seed}-{arm}-{user}-{k}", arm, f"{arm}-u{user}",
+                                     latency, seed=seed))  # fmt: skip
+                values[arm].append((latency, f"{arm}-u{user}"))
+    store.write(rows, [])
+    arms = phase_statistics(store, "e", seed)
+    for arm in ("control", "candidate"):
+        got = arms[arm].metrics["latency_ms"]
+        y = np.array([v for v, _ in values[arm]])
+        g = np.array([u for _, u in values[arm]])
+        assert (arms[arm].units, arms[arm].requests) == (40, 278)
+        assert got.mean == pytest.approx(y.mean(), rel=1e-12)
+        # Ours (sample variances over units, as gbstats) = CR0 * n / (n - 1).
+        assert got.variance / got.n == pytest.approx(
+            _cluster_variance(y, g) * got.n / (got.n - 1), rel=1e-9
+        )
+        naive = y.var(ddof=1) / y.size  # requests as if independent
+        assert got.variance / got.n > 5 * naive  # the heavy user's requests move together
+    effect = welch(arms["candidate"].metrics["latency_ms"], arms["control"].metrics["latency_ms"])
+    half_width = (effect.ci[1] - effect.ci[0]) / 2
+    se = math.sqrt(sum(arms[a].metrics["latency_ms"].variance / 40 for a in arms))
+    assert half_width == pytest.approx(se * 1.99, rel=0.02)  # t with ~ 2 x 39 units of df
+
+
+async def test_the_writer_waits_out_an_outage_and_counts_drops(postgres: Postgres) -> None:
+    store = ResultsStore(postgres.url)
+    store.create()
+    dropped: list[str] = []
+    writer = ResultsWriter(
+        store, 3600, max_buffer=50, on_dropped=lambda kind, n: dropped.append(kind)
+    )
+    seed = f"outage-{next(_fresh)}"
+    try:
+        postgres.stop()
+        for i in range(40):
+            writer.add_exposure(exposure(f"{seed}-{i}", "control", f"u{i}", seed=seed))
+        assert not await writer.flush()  # down: kept
+        assert writer.pending == 40 and writer.stats.failed_flushes == 1
+        for i in range(40, 60):
+            writer.add_exposure(exposure(f"{seed}-{i}", "control", f"u{i}", seed=seed))
+        writer.add_outcome(Outcome(f"{seed}-0", "accepted", 1.0, 2.0))
+        assert writer.pending == 50 and writer.stats.dropped == 11
+        assert dropped == ["exposure"] * 10 + ["outcome"]
+        postgres.start()
+        await writer.close()
+        assert writer.pending == 0 and writer.stats.written == 50
+        assert store.count("e", seed) == 50
+    finally:
+        store.close()
+
+
+async def test_close_writes_everything_buffered(tmp_path: Path) -> None:
+    store = ResultsStore(f"sqlite:///{tmp_path / 'r.sqlite'}")
+    writer = ResultsWriter(store, 3600, max_buffer=10_000)
+    writer.start()
+    for i in range(300):
+        writer.add_exposure(exposure(f"c{i}", "control", f"u{i % 7}"))
+    await asyncio.sleep(0)
+    await writer.close()
+    assert store.count("e", "s1") == 300
+    store.close()
