@@ -70,10 +70,10 @@ def router_args(config: Path, port: int) -> list[str]:
             "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
 
 
-def controller_args(config: Path, router: str, health_port: int) -> list[str]:
-    """`router rollout` against the router's admin API (no Prometheus in the local stack)."""
+def controller_args(config: Path, health_port: int) -> list[str]:
+    """`router rollout` on the configuration's results store."""
     return [sys.executable, "-m", "router.cli", "rollout", "--config", str(config),
-            "--router", router, "--health-port", str(health_port)]  # fmt: skip
+            "--health-port", str(health_port)]  # fmt: skip
 
 
 @dataclass
@@ -170,6 +170,8 @@ class Stack:
             "server": {"port": self.router_port, "grace_seconds": 5},
             # The rollout controller (a process of its own) writes it; the router follows it.
             "rollout": {"state_file": str(self.rollout_state), "poll_seconds": 0.5},
+            "results": {"url": f"sqlite:///{(self.out / 'results.sqlite').resolve()}"},
+            "outcomes": {"accepted": {"kind": "binary"}},
             "models": {
                 name: {"endpoints": [f"127.0.0.1:{port}"], "timeout_ms": 5000}
                 for name, port in ports.items()
@@ -289,7 +291,7 @@ class Stack:
         health = free_port()
         controller = Process(
             "rollout-controller",
-            controller_args(config, router.address, health),
+            controller_args(config, health),
             health,
             logs / "rollout-controller.log",
             "liveness",

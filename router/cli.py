@@ -26,14 +26,29 @@ def _parser() -> argparse.ArgumentParser:
         default=5.0,
         help="seconds to wait for each model's metadata at start and reload",
     )
-    fleet = sub.add_parser("report", help="experiment report for a fleet, from Prometheus")
+    fleet = sub.add_parser(
+        "report",
+        help="an experiment's report for the fleet, from the results store",
+        description="The phase's report computed from the results store (every replica's "
+        "exposures and the outcomes callers reported): verdict, comparisons, requests per arm "
+        "and each metric's mean. Strict JSON (undefined numbers are null).",
+    )
     fleet.add_argument(
-        "--prometheus", required=True, help="Prometheus base URL, e.g. http://prometheus:9090"
+        "--results",
+        help="the results store URL (default: the configuration's results.url)",
     )
     fleet.add_argument("--experiment", required=True)
+    fleet.add_argument("--seed", default=None, help="an earlier phase (default: the current one)")
     fleet.add_argument(
         "--config", type=Path, required=True, help="the routers' configuration (arms, criteria)"
     )
+    fleet.add_argument("--json", action="store_true", help="JSON (the only format; accepted)")
+    results = sub.add_parser("results", help="manage the results store")
+    results_sub = results.add_subparsers(dest="results_command", required=True)
+    prune = results_sub.add_parser("prune", help="delete a finished phase's events")
+    prune.add_argument("--results", required=True, help="the results store URL")
+    prune.add_argument("--experiment", required=True)
+    prune.add_argument("--seed", default=None, help="one phase (default: every phase)")
     rollout = sub.add_parser(
         "rollout",
         help="the rollout controller: decide ramps and rollbacks once, for the fleet",
@@ -42,15 +57,9 @@ def _parser() -> argparse.ArgumentParser:
         "--resume or --set, change one phase by hand and exit.",
     )
     rollout.add_argument("--config", type=Path, required=True, help="the routers' configuration")
-    source = rollout.add_mutually_exclusive_group()
-    source.add_argument("--prometheus", help="Prometheus base URL with every replica's metrics")
-    source.add_argument(
-        "--router",
-        action="append",
-        metavar="HOST:PORT",
-        help="a router replica's RouterAdmin (repeat for each replica); used without Prometheus",
+    rollout.add_argument(
+        "--results", help="the results store URL (default: the configuration's results.url)"
     )
-    rollout.add_argument("--admin-token-file", type=Path, help="RouterAdmin bearer token")
     rollout.add_argument("--once", action="store_true", help="one evaluation round, then exit")
     rollout.add_argument(
         "--configmap",
@@ -95,28 +104,15 @@ def _moved(command: str) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from gamaserving.jsonout import dumps
-    from router.config import ConfigError, load_config
-    from router.experiments.results import report
-    from router.fleet import FleetError, as_json, find_experiment, fleet_arms
+    from router.results.cli import report_command
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"router: {exc}", file=sys.stderr)
-        return 2
-    settings = find_experiment(config.routes, args.experiment)
-    if settings is None:
-        print(f"router: no experiment {args.experiment!r} in {args.config}", file=sys.stderr)
-        return 2
-    try:
-        arms = fleet_arms(args.prometheus, args.experiment, settings.seed)
-    except FleetError as exc:
-        print(f"router: {exc}", file=sys.stderr)
-        return 3
-    # Strict JSON: an undefined number (a relative change from a zero control mean) is null.
-    print(dumps(as_json(report(settings, arms))))
-    return 0
+    return report_command(args)
+
+
+def _results(args: argparse.Namespace) -> int:
+    from router.results.cli import prune_command
+
+    return prune_command(args)
 
 
 def _rollout(args: argparse.Namespace) -> int:
@@ -148,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {
         "admin": admin_cli.run,
         "report": _report,
+        "results": _results,
         "rollout": _rollout,
         "serve": _serve,
     }

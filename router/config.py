@@ -5,11 +5,19 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from gamaserving.settings import (
+    BASE_DIR,
     ConfigPath,
     SettingsError,
     StrictSettings,
@@ -103,14 +111,21 @@ class ShadowSettings(StrictSettings):
     """Deadline of one shadow call."""
 
 
+REQUEST_METRICS = ("latency_ms", "error_rate", "fallback_rate", "quality_failure_rate")
+"""Metrics every routed request of an experiment carries (lower is better for each)."""
+
+
 class Criterion(StrictSettings):
     """A bound on how much worse an arm may be than the control arm, on one metric."""
 
-    metric: Literal["latency_ms", "error_rate", "fallback_rate", "quality_failure_rate"]
+    metric: str = Field(min_length=1)
+    """One of latency_ms, error_rate, fallback_rate, quality_failure_rate, or a declared
+    outcome (`outcomes.<name>`)."""
     max_absolute_increase: float | None = Field(None, ge=0)
-    """Arm mean minus control mean at most this (e.g. 0.01 = one percentage point)."""
+    """How much worse the arm's mean may be, absolutely (e.g. 0.01 = one percentage point).
+    Worse is higher, except for an outcome declared `better: higher`, where it is lower."""
     max_relative_increase: float | None = Field(None, ge=0)
-    """Arm mean at most (1 + this) times the control mean (e.g. 0.5 = 1.5 times)."""
+    """How much worse, relative to the control mean (e.g. 0.5 = half as bad again)."""
 
     @model_validator(mode="after")
     def _bound(self) -> Criterion:
@@ -255,6 +270,79 @@ class RolloutSettings(StrictSettings):
     """How often the state file is checked for changes."""
 
 
+def _sqlite_relative_to_file(url: str, info: ValidationInfo) -> str:
+    """`sqlite:///results.sqlite` is relative to the configuration file, like every path."""
+    prefix = "sqlite:///"
+    base = (info.context or {}).get(BASE_DIR)
+    if base is None or not url.startswith(prefix) or url[len(prefix) :].startswith("/"):
+        return url
+    return prefix + str(Path(base) / url[len(prefix) :])
+
+
+class ResultsSettings(StrictSettings):
+    """The experiment results store: every routed request of an experiment (an exposure) and
+    every outcome callers report, as rows in a database that outlives the replicas."""
+
+    url: Annotated[str, AfterValidator(_sqlite_relative_to_file)] | None = Field(
+        None, pattern=r"^(sqlite:///.+|postgresql://.+)$"
+    )
+    """sqlite:///PATH (one router; relative to this file) or postgresql://USER@HOST:PORT/DB
+    (a fleet)."""
+    url_file: ConfigPath | None = None
+    """A file holding the URL instead (a mounted Secret, since it may carry a password)."""
+    flush_ms: float = Field(500, gt=0, le=60_000)
+    """Events are written in a batch this often (and all of them at drain)."""
+    max_buffer: int = Field(100_000, ge=1)
+    """Events kept while the store is down; beyond, new ones are dropped and counted."""
+
+    @model_validator(mode="after")
+    def _one_url(self) -> ResultsSettings:
+        if (self.url is None) == (self.url_file is None):
+            raise ValueError("set url or url_file (one of them)")
+        return self
+
+    def resolved_url(self) -> str:
+        """The URL, read from `url_file` when that is how it is given."""
+        if self.url is not None:
+            return self.url
+        assert self.url_file is not None
+        try:
+            return self.url_file.read_text().strip()
+        except OSError as exc:
+            msg = f"results.url_file: cannot read {self.url_file}: {exc.strerror}"
+            raise ValueError(msg) from exc
+
+
+class OutcomeSettings(StrictSettings):
+    """An outcome metric callers report with RecordOutcome (was the answer accepted, how was
+    it rated): its kind, bounds and which way is better."""
+
+    kind: Literal["binary", "numeric"]
+    """binary: 0 or 1; numeric: any value within [min, max]."""
+    min: float | None = None
+    max: float | None = None
+    better: Literal["higher", "lower"] = "higher"
+    """Which way is better, for the criteria that name it."""
+
+    @model_validator(mode="after")
+    def _bounds(self) -> OutcomeSettings:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min:g} is above max {self.max:g}")
+        return self
+
+    def problem(self, value: float) -> str:
+        """Why `value` is not a valid report of this metric; empty when it is."""
+        if not math.isfinite(value):
+            return f"{value} is not a number"
+        if self.kind == "binary" and value not in (0.0, 1.0):
+            return f"{value:g} is not 0 or 1 (a binary outcome)"
+        if self.min is not None and value < self.min:
+            return f"{value:g} is below min {self.min:g}"
+        if self.max is not None and value > self.max:
+            return f"{value:g} is above max {self.max:g}"
+        return ""
+
+
 class RouterConfig(StrictSettings):
     server: ServerSettings = ServerSettings()
     rollout: RolloutSettings = RolloutSettings()
@@ -264,6 +352,10 @@ class RouterConfig(StrictSettings):
     routes: dict[TaskName, RouteSettings] = Field(min_length=1)
     anomaly: AnomalySettings = AnomalySettings()
     trends: TrendSettings = TrendSettings()
+    results: ResultsSettings | None = None
+    """Required by any experiment: its statistics come from this store, and only from it."""
+    outcomes: dict[str, OutcomeSettings] = Field(default_factory=dict)
+    """Outcome metrics callers may report (RecordOutcome), by name."""
 
     @model_validator(mode="after")
     def _references(self) -> RouterConfig:
@@ -319,6 +411,7 @@ def reference_errors(
         elif tasks and model in tasks and task not in tasks[model]:
             can = ", ".join(sorted(tasks[model])) or "nothing"
             errors.append(f"{path}: model {model!r} cannot {task} (it supports {can})")
+    errors += _experiment_errors(raw)
     rollout = raw.get("rollout")
     if not (isinstance(rollout, dict) and rollout.get("state_file")):
         routes = raw.get("routes")
@@ -337,6 +430,45 @@ def reference_errors(
                 "decides coverage for the fleet and writes it there"
             )
     return errors
+
+
+def _experiment_errors(raw: Mapping[str, Any]) -> list[str]:
+    """Experiments need the results store, and criteria name metrics that exist."""
+    routes = raw.get("routes")
+    experiments = [
+        (task, e)
+        for task, r in (routes.items() if isinstance(routes, dict) else ())
+        if isinstance(r, dict) and isinstance(e := r.get("experiment"), dict)
+    ]
+    errors = []
+    if experiments and not raw.get("results"):
+        names = ", ".join(f"routes.{task}.experiment ({e.get('name')})" for task, e in experiments)
+        errors.append(
+            f"results: required, since {names} is an experiment: its exposures and outcomes "
+            "are kept there (e.g. results: {url: sqlite:///results.sqlite})"
+        )
+    declared = raw.get("outcomes")
+    known = [*REQUEST_METRICS, *(declared if isinstance(declared, dict) else ())]
+    for task, e in experiments:
+        for kind in ("guardrails", "success"):
+            criteria = e.get(kind)
+            for i, c in enumerate(criteria if isinstance(criteria, list) else ()):
+                metric = c.get("metric") if isinstance(c, dict) else None
+                if isinstance(metric, str) and metric not in known:
+                    errors.append(
+                        f"routes.{task}.experiment.{kind}[{i}].metric: unknown metric "
+                        f"{metric!r} (metrics: {', '.join(known)}; declare outcomes under "
+                        "`outcomes`)"
+                    )
+    return errors
+
+
+def find_experiment(
+    routes: Mapping[TaskName, RouteSettings], name: str
+) -> ExperimentSettings | None:
+    return next(
+        (r.experiment for r in routes.values() if r.experiment and r.experiment.name == name), None
+    )
 
 
 class ConfigError(Exception):

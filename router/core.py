@@ -16,19 +16,22 @@ from gamaserving.oip import ModelOutput
 from gamaserving.telemetry.tracing import ChildSpan
 from router.backends.model import ModelBackend
 from router.backends.streaming import OnPiece
-from router.config import ExperimentSettings, RouterConfig, RouteSettings
+from router.config import ExperimentSettings, OutcomeSettings, RouterConfig, RouteSettings
 from router.errors import RouteError
 from router.experiments.assignment import Assignment, assign
 from router.experiments.policy import ExperimentPolicy
+from router.experiments.results import Report, report
 from router.experiments.shadow import ShadowRunner, sampled
 from router.failover.circuit import State
 from router.failover.dispatch import Dispatcher
 from router.metrics import RouterMetrics
 from router.quality.tracker import AnomalyMonitor, QualityTracker
-from router.quality.trends import TrendTracker
+from router.quality.trends import Series, TrendTracker, trend
 from router.record import RouteResult
 from router.recorder import Recorder, RouterStats
 from router.requests import RouteRequest
+from router.results.service import ExperimentResults, higher_is_better
+from router.results.store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,9 @@ class RouterCore:
         self.state: RouterState | None = None
         self.clock = clock
         self.policy = ExperimentPolicy()
-        self.recorder = Recorder(self.policy, clock)
+        self.recorder = Recorder(clock)
+        self.results: ExperimentResults | None = None
+        """The results store, once the router has one (it needs the configuration)."""
         self.shadow = ShadowRunner()
         self.shadow.on_outcome = self.recorder.shadow
         self.dispatcher = Dispatcher(self.recorder.checked, clock)
@@ -74,6 +79,10 @@ class RouterCore:
     @property
     def metrics(self) -> RouterMetrics | None:
         return self.recorder.metrics
+
+    def attach_results(self, results: ExperimentResults) -> None:
+        self.results = results
+        self.recorder.exposures = results.expose
 
     def attach_metrics(self, metrics: RouterMetrics) -> None:
         self.recorder.metrics = metrics
@@ -164,6 +173,59 @@ class RouterCore:
     def experiment(self, name: str) -> ExperimentSettings | None:
         return next((e for _, e in self.experiments() if e.name == name), None)
 
+    def _results(self) -> ExperimentResults:
+        if self.results is None:
+            raise RouteError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "this router has no results store (router.yaml `results`)",
+            )
+        return self.results
+
+    def outcome_sink(self) -> tuple[ExperimentResults, dict[str, OutcomeSettings]]:
+        """Where a caller's outcome report goes, and the outcomes declared now."""
+        declared = self.state.config.outcomes if self.state else {}
+        return self._results(), declared
+
+    async def experiment_report(self, e: ExperimentSettings, seed: str) -> Report:
+        """The phase's results from the store (every replica's), and its report."""
+        declared = self.state.config.outcomes if self.state else {}
+        try:
+            arms = await self._results().arms(e, seed, declared)
+        except StoreError as exc:
+            raise RouteError(grpc.StatusCode.UNAVAILABLE, f"results store: {exc}") from exc
+        return report(e, arms, higher_is_better(declared))
+
+    async def outcome_trends(self, model: str = "") -> list[Series]:
+        """Per model and outcome metric, the mean reported value over the trend window, from
+        the store (so every replica's traffic and every late report is in it)."""
+        if self.results is None or self.state is None:
+            return []
+        t = self.state.config.trends
+        since = self.results.wall_clock() - t.bucket_seconds * t.buckets
+        try:
+            found = await self.results.outcome_trends(since, t.bucket_seconds, model)
+        except StoreError as exc:
+            log.warning("outcome trends unavailable: %s", exc)
+            return []
+        out = []
+        for (name, metric), points in sorted(found.items()):
+            direction, slope, change = trend(points, t.flat_below)
+            out.append(
+                Series(
+                    name, f"outcome:{metric}", t.bucket_seconds, points, direction, slope, change
+                )
+            )
+        return out
+
+    async def phases(self, experiment: str) -> list[str]:
+        """Seeds with results, the most recent first (empty when the store cannot say)."""
+        if self.results is None:
+            return []
+        try:
+            return await self.results.phases(experiment)
+        except StoreError:
+            return []
+
     def experiment_for(self, task: str) -> ExperimentSettings | None:
         return next((e for t, e in self.experiments() if t == task), None)
 
@@ -201,8 +263,9 @@ class RouterCore:
                     span.set_attribute("arm", assignment.arm)
         first = assignment.model if assignment else route.primary
         backends = [state.backends[key] for key in chain(route, first)]
+        unit = req.user_id or req.request_id
         base = RouteResult(
-            req.request_id, req.task, first, assignment, route.experiment, total_ms=0.0
+            req.request_id, req.task, first, unit, assignment, route.experiment, total_ms=0.0
         )
         try:
             dispatched = await self.dispatcher.run(route, req, backends, deadline, on_piece)
@@ -246,6 +309,8 @@ class RouterCore:
 
     async def close(self) -> None:
         await self.shadow.drain()
+        if self.results is not None:
+            await self.results.close()  # everything buffered is written: a drain loses nothing
         if self.state is not None:
             for backend in self.state.backends.values():
                 await backend.close()

@@ -11,8 +11,6 @@ from router.failover.circuit import State
 
 StateSource = Callable[[], list[tuple[str, str, State, bool]]]
 Gauge = Callable[[], int]
-# (experiment, seed) -> arm -> metric -> (n, sum, sum of squares)
-ResultsSource = Callable[[], dict[tuple[str, str], dict[str, dict[str, tuple[int, float, float]]]]]
 
 
 class RouterMetrics:
@@ -21,7 +19,7 @@ class RouterMetrics:
         telemetry: Telemetry,
         circuits: StateSource,
         in_flight: Gauge,
-        results: ResultsSource = dict,
+        results_pending: Gauge = lambda: 0,
     ) -> None:
         meter = telemetry.meter
         # Counters and histograms on the request path are tallies
@@ -49,6 +47,12 @@ class RouterMetrics:
             "{request}",
             "Requests assigned to an arm",
             ("experiment", "arm"),
+        )
+        self._results_dropped = telemetry.tally(
+            "gamaserving.router.results.dropped",
+            "{event}",
+            "Exposures and outcomes dropped because the results store was down too long",
+            ("kind",),
         )
         self._shed = telemetry.tally(
             "gamaserving.router.shed",
@@ -135,34 +139,12 @@ class RouterMetrics:
             description="1 while the endpoint's health is SERVING",
         )
 
-        def moments(index: int) -> Callable[[CallbackOptions], list[Observation]]:
-            def observe(_: CallbackOptions) -> list[Observation]:
-                return [
-                    Observation(
-                        values[index], {"experiment": e, "seed": seed, "arm": a, "metric": m}
-                    )
-                    for (e, seed), arms in results().items()
-                    for a, metrics in arms.items()
-                    for m, values in metrics.items()
-                ]
-
-            return observe
-
-        # Sufficient statistics per arm, so Prometheus can sum them over replicas
-        # (`router report --prometheus`).
-        for index, (name, what) in enumerate(
-            [
-                ("observations", "Requests"),
-                ("sum", "Sum of values"),
-                ("sum_squares", "Sum of squared values"),
-            ]
-        ):
-            meter.create_observable_counter(
-                f"gamaserving.router.experiment.{name}",
-                [moments(index)],
-                unit="1",
-                description=f"{what} per experiment phase (seed), arm and metric",
-            )
+        meter.create_observable_up_down_counter(
+            "gamaserving.router.results.pending",
+            [lambda _: [Observation(results_pending())]],
+            unit="{event}",
+            description="Exposures and outcomes waiting to be written to the results store",
+        )
         meter.create_observable_up_down_counter(
             "gamaserving.router.in_flight",
             [flying],
@@ -192,6 +174,10 @@ class RouterMetrics:
 
     def quality_failure(self, model: str, check: str) -> None:
         self._quality.add(model, check)
+
+    def results_dropped(self, kind: str, n: int) -> None:
+        for _ in range(n):
+            self._results_dropped.add(kind)
 
     def exposure(self, experiment: str, arm: str) -> None:
         self._exposures.add(experiment, arm)

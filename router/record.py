@@ -22,6 +22,8 @@ class RouteResult:
     task: str
     first_model: str
     """The model assignment chose (or the route's primary): the one asked first."""
+    unit: str
+    """What experiments randomise: the user id, or the request id when there is none."""
     assignment: Assignment | None
     experiment: ExperimentSettings | None
     total_ms: float

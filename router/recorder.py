@@ -13,7 +13,6 @@ import numpy as np
 
 from gamaserving.oip import ModelOutput
 from router.config import AnomalySettings, TrendSettings
-from router.experiments.policy import ExperimentPolicy
 from router.failover.circuit import State
 from router.metrics import RouterMetrics
 from router.quality.tracker import AnomalyMonitor, QualityTracker
@@ -41,18 +40,16 @@ class RouterStats:
 
 
 class Recorder:
-    def __init__(
-        self,
-        policy: ExperimentPolicy,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.policy = policy
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.stats = RouterStats()
         self.quality = QualityTracker()
         self.anomalies = AnomalyMonitor(AnomalySettings())
         self.trends = TrendTracker(TrendSettings())
         self.metrics: RouterMetrics | None = None
+        self.exposures: Callable[[RouteResult], None] = lambda _: None
+        """Where an experiment's routed requests go: the results store's writer, once the
+        router has one."""
 
     def configure(self, anomaly: AnomalySettings, trends: TrendSettings) -> None:
         """Settings from the configuration in force (at start and on every reload)."""
@@ -78,15 +75,8 @@ class Recorder:
             output = r.output
             if output.output_tokens and self.metrics is not None:
                 self.metrics.tokens(served, output.input_tokens, output.output_tokens)
-        if r.assignment is not None and r.experiment is not None and not r.callers_fault:
-            self.policy.record(
-                r.experiment,
-                r.assignment.arm,
-                r.total_ms,
-                r.error is not None,
-                r.fallback_used,
-                bool(r.failed_checks),
-            )
+        # The experiment's exposure: the results store is where its statistics come from.
+        self.exposures(r)
 
     def _fallback(self, r: RouteResult) -> None:
         reason = r.fallback_reason

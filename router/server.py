@@ -34,6 +34,9 @@ from router.backends.model import ModelBackend
 from router.config import ConfigError, RouterConfig, load_config
 from router.core import RouterCore
 from router.metrics import RouterMetrics
+from router.results.service import ExperimentResults
+from router.results.store import ResultsStore, SchemaError, StoreError
+from router.results.writer import ResultsWriter
 from router.rollout.state import StateError, parse_state
 from router.rollout.store import FileStore
 
@@ -123,6 +126,11 @@ class RouterServer:
             raise StartupError(
                 f"{self.config_path}: invalid router configuration\n  " + "\n  ".join(errors)
             )
+        try:
+            await self._open_results(config)
+        except StartupError:
+            await self.core.close()
+            raise
         s = config.server
         host = self.host_override or s.host
         try:
@@ -144,11 +152,12 @@ class RouterServer:
         if config.telemetry.prometheus_port is not None:
             self.telemetry = Telemetry("router")
             admission = self.admission
+            results = self.core.results
             metrics = RouterMetrics(
                 self.telemetry,
                 self.core.circuits,
                 lambda: admission.in_flight,
-                self.core.policy.moments,
+                lambda: results.writer.pending if results else 0,
             )
             self.core.attach_metrics(metrics)
             admission.on_shed = metrics.shed
@@ -207,6 +216,34 @@ class RouterServer:
         ]
         log.info("router listening on %s:%d", host, self.port)
         return self.port
+
+    async def _open_results(self, config: RouterConfig) -> None:
+        """The results store: created on first start; a store that is down only delays the
+        writes (events wait in the buffer); a newer schema refuses the start."""
+        settings = config.results
+        if settings is None:
+            return
+        try:
+            store = ResultsStore(settings.resolved_url())
+        except (StoreError, ValueError) as exc:
+            raise StartupError(f"results: {exc}") from exc
+        try:
+            await asyncio.to_thread(store.create)
+        except SchemaError as exc:
+            store.close()
+            raise StartupError(f"results: {exc}") from exc
+        except StoreError as exc:
+            log.error("results store unavailable at start; events wait for it: %s", exc)
+        writer = ResultsWriter(
+            store, settings.flush_ms / 1000, settings.max_buffer, self._results_dropped
+        )
+        writer.start()
+        self.core.attach_results(ExperimentResults(store, writer))
+        log.info("results store: %s", store.describe())
+
+    def _results_dropped(self, kind: str, n: int) -> None:
+        if self.core.metrics is not None:
+            self.core.metrics.results_dropped(kind, n)
 
     async def _publish_readiness(self) -> None:
         ready = self.core.ready() and not self._draining

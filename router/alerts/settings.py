@@ -22,6 +22,7 @@ Signal = Literal[
     "experiment_rolled_back",
     "experiment_ramped",
     "rollout_state_invalid",
+    "results_dropped",
 ]
 
 
@@ -152,6 +153,14 @@ BUILT_IN_RULES = [
         threshold=0.5,
         severity="warning",
         summary="the rollout state file cannot be applied; the last good one is in force",
+    ),
+    AlertRule(
+        name="ResultsDropped",
+        signal="results_dropped",
+        threshold=0,
+        severity="warning",
+        summary="{value:g} experiment events dropped: the results store was down past "
+        "results.max_buffer",
     ),
     AlertRule(
         name="ConfigReloadFailed",

@@ -64,6 +64,7 @@ class Signals:
         self._validated = Windowed(lambda: Counter(stats.validated), window, clock)
         self._failed = Windowed(lambda: Counter(stats.quality_failed), window, clock)
         self._reloads = Windowed(lambda: Counter({"failed": reload_failures()}), window, clock)
+        self._drops = Windowed(lambda: Counter({"dropped": _dropped(core)}), window, clock)
         self._process = psutil.Process()
 
     def sample(self, signal: str) -> list[Sample]:
@@ -148,5 +149,12 @@ class Signals:
     def _rollout_state_invalid(self) -> list[Sample]:
         return [({}, float(bool(self.core.policy.state_error)))]
 
+    def _results_dropped(self) -> list[Sample]:
+        return [({}, float(self._drops.delta().get("dropped", 0)))]
+
     def _config_reload_failures(self) -> list[Sample]:
         return [({}, float(self._reloads.delta().get("failed", 0)))]
+
+
+def _dropped(core: RouterCore) -> int:
+    return core.results.writer.stats.dropped if core.results is not None else 0

@@ -114,6 +114,18 @@ class AudioRouterServicer(rpb_grpc.AudioRouterServicer):
         finally:
             self.admission.leave()
 
+    @grpc_errors
+    async def RecordOutcome(
+        self, request: rpb.RecordOutcomeRequest, context: grpc.aio.ServicerContext
+    ) -> rpb.RecordOutcomeResponse:
+        self.admission.enter()
+        try:
+            results, declared = self.core.outcome_sink()
+            results.record_outcome(request.request_id, request.metric, request.value, declared)
+            return rpb.RecordOutcomeResponse()
+        finally:
+            self.admission.leave()
+
 
 def _nan_to_zero(x: float) -> float:
     return 0.0 if math.isnan(x) else x
@@ -165,7 +177,7 @@ class RouterAdminServicer(rpb_grpc.RouterAdminServicer):
                 coverage_source=in_force.source,
                 rollout_status=phase.status if phase else "",
                 rollout_paused=bool(phase and phase.paused),
-                phases=self.core.policy.results.phases(e.name),
+                phases=await self.core.phases(e.name),
             )
             for arm in e.arms:
                 item.arms.add(name=arm.name, model=arm.model, weight=arm.weight)
@@ -218,7 +230,8 @@ class RouterAdminServicer(rpb_grpc.RouterAdminServicer):
                     response.anomalies.add(
                         model=a.model, signal=a.signal, value=a.value, zscore=a.zscore, at_unix=a.at
                     )
-        for t in self.core.trends.series(request.model) if self.core.trends else []:
+        stored = await self.core.outcome_trends(request.model)
+        for t in [*(self.core.trends.series(request.model) if self.core.trends else []), *stored]:
             series = response.trends.add(
                 model=t.model,
                 metric=t.metric,
@@ -257,7 +270,7 @@ class RouterAdminServicer(rpb_grpc.RouterAdminServicer):
             )
         seed = request.seed or settings.seed
         policy = self.core.policy
-        result = policy.report(settings, seed)
+        result = await self.core.experiment_report(settings, seed)
         phase = policy.rollout.phase(settings.name, seed)
         response = rpb.GetExperimentReportResponse(
             experiment=result.experiment,
@@ -269,11 +282,6 @@ class RouterAdminServicer(rpb_grpc.RouterAdminServicer):
             seed=seed,
             current_phase=seed == settings.seed,
         )
-        for arm_name, arm_results in sorted(policy.arms(settings, seed).items()):
-            for metric, m in arm_results.metrics.items():
-                response.moments.add(
-                    arm=arm_name, metric=metric, n=m.n, sum=m.total, sum_squares=m.squares
-                )
         for arm in settings.arms:
             response.arms.add(
                 name=arm.name, model=arm.model, weight=arm.weight, count=result.counts[arm.name]

@@ -1,6 +1,7 @@
 """Experiment policy on a replica: the coverage in force (the rollout state when it holds the
-phase, else the configuration), the phases' results, and applying a new rollout state. A
-replica never decides coverage; it only reads what the rollout controller wrote."""
+phase, else the configuration), and applying a new rollout state. A replica never decides
+coverage; it only reads what the rollout controller wrote. Results live in the results store
+(router/results/)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import logging
 from dataclasses import dataclass
 
 from router.config import ExperimentSettings
-from router.experiments.results import ArmResults, Report, ResultsCollector, report
 from router.rollout.state import Decision, PhaseState, RolloutState
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,6 @@ class InForce:
 class ExperimentPolicy:
     def __init__(self) -> None:
         self.rollout = RolloutState()
-        self.results = ResultsCollector()
         self.state_error = ""
         """Why the last rollout state read failed; empty once a good one is applied."""
 
@@ -83,31 +82,3 @@ class ExperimentPolicy:
                 extra={"event": "rollout_state_invalid"},
             )
         self.state_error = error
-
-    def record(
-        self,
-        e: ExperimentSettings,
-        arm: str,
-        latency_ms: float,
-        error: bool,
-        fallback: bool,
-        quality_failed: bool,
-    ) -> None:
-        self.results.record(e.name, e.seed, arm, latency_ms, error, fallback, quality_failed)
-
-    def arms(self, e: ExperimentSettings, seed: str | None = None) -> dict[str, ArmResults]:
-        return self.results.phase(e.name, seed or e.seed)
-
-    def report(self, e: ExperimentSettings, seed: str | None = None) -> Report:
-        """The phase's report (the current one by default), judged by today's settings."""
-        return report(e, self.arms(e, seed))
-
-    def moments(self) -> dict[tuple[str, str], dict[str, dict[str, tuple[int, float, float]]]]:
-        """(experiment, seed) -> arm -> metric -> (n, sum, sum of squares), for metrics."""
-        return {
-            key: {
-                a: {m: (x.n, x.total, x.squares) for m, x in r.metrics.items()}
-                for a, r in arms.items()
-            }
-            for key, arms in self.results.arms.items()
-        }

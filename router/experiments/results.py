@@ -1,81 +1,31 @@
-"""Per-arm results and the experiment report: sufficient statistics per (experiment, arm),
-effects against the control arm, a sample-ratio check, guardrails, success criteria, and a
-verdict with its reasons."""
+"""The experiment report from per-arm results: effects against the control arm, a
+sample-ratio check over units, guardrails, success criteria, and a verdict with its reasons.
+The results come from the results store (router/results/query.py), aggregated per unit."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from router.config import Criterion, ExperimentSettings
-from router.experiments.stats import Effect, Moments, confidence_sequence, srm_p_value, welch
+from router.config import REQUEST_METRICS, Criterion, ExperimentSettings
+from router.experiments.stats import Effect, Statistic, confidence_sequence, srm_p_value, welch
 
-METRICS = ("latency_ms", "error_rate", "fallback_rate", "quality_failure_rate")
+METRICS = REQUEST_METRICS
 SRM_ALPHA = 0.001
 
 
-@dataclass
+@dataclass(frozen=True)
 class ArmResults:
-    metrics: dict[str, Moments] = field(
-        default_factory=lambda: {m: Moments(0, 0.0, 0.0) for m in METRICS}
-    )
+    """One arm of one phase: its units (users), requests, and a statistic per metric."""
+
+    units: int
+    requests: int
+    metrics: dict[str, Statistic] = field(default_factory=dict)
 
     @property
     def count(self) -> int:
-        return self.metrics["error_rate"].n
-
-    def add(self, latency_ms: float, error: bool, fallback: bool, quality_failed: bool) -> None:
-        for name, value in (
-            ("latency_ms", latency_ms),
-            ("error_rate", float(error)),
-            ("fallback_rate", float(fallback)),
-            ("quality_failure_rate", float(quality_failed)),
-        ):
-            m = self.metrics[name]
-            self.metrics[name] = Moments(m.n + 1, m.total + value, m.squares + value * value)
-
-
-PhaseKey = tuple[str, str]
-"""(experiment, seed): results of one phase never mix with another's."""
-
-
-class ResultsCollector:
-    """Per-arm results per phase. The newest `keep` phases of each experiment stay readable
-    (the previous one until the router restarts, in practice)."""
-
-    def __init__(self, keep: int = 4) -> None:
-        self.keep = keep
-        self.arms: dict[PhaseKey, dict[str, ArmResults]] = {}
-
-    def phase(self, experiment: str, seed: str) -> dict[str, ArmResults]:
-        """The phase's results, read-only: an unknown phase reads as empty."""
-        return self.arms.get((experiment, seed), {})
-
-    def phases(self, experiment: str) -> list[str]:
-        """Seeds with results, newest first."""
-        return [seed for e, seed in reversed(self.arms) if e == experiment]
-
-    def record(
-        self,
-        experiment: str,
-        seed: str,
-        arm: str,
-        latency_ms: float,
-        error: bool,
-        fallback: bool,
-        quality_failed: bool,
-    ) -> None:
-        key = (experiment, seed)
-        arms = self.arms.get(key)
-        if arms is None:
-            arms = self.arms[key] = {}
-            older = [k for k in self.arms if k[0] == experiment][: -self.keep]
-            for k in older:
-                del self.arms[k]
-        results = arms.get(arm)
-        if results is None:
-            results = arms[arm] = ArmResults()
-        results.add(latency_ms, error, fallback, quality_failed)
+        return self.requests
 
 
 @dataclass(frozen=True)
@@ -109,10 +59,25 @@ def _allowed(criterion: Criterion, control_mean: float) -> float:
     return min(bounds)
 
 
-def report(settings: ExperimentSettings, arms: dict[str, ArmResults]) -> Report:
+def _worse(x: Comparison, higher_is_better: bool) -> tuple[float, float]:
+    """The always-valid interval of how much worse the arm is than the control."""
+    low, high = x.cs
+    return (-high, -low) if higher_is_better else (low, high)
+
+
+def report(
+    settings: ExperimentSettings,
+    arms: dict[str, ArmResults],
+    higher_is_better: Mapping[str, bool] | None = None,
+) -> Report:
+    """`higher_is_better`: outcome metrics where a higher mean is better (request metrics are
+    all lower-is-better)."""
+    better = higher_is_better or {}
     control = settings.control or settings.arms[0].name
-    counts = {a.name: arms[a.name].count if a.name in arms else 0 for a in settings.arms}
-    weighted = [(counts[a.name], a.weight) for a in settings.arms if a.weight > 0]
+    counts = {a.name: arms[a.name].requests if a.name in arms else 0 for a in settings.arms}
+    # What was randomised is the user: the split is checked on units, not requests.
+    units = {a.name: arms[a.name].units if a.name in arms else 0 for a in settings.arms}
+    weighted = [(units[a.name], a.weight) for a in settings.arms if a.weight > 0]
     srm = (
         srm_p_value([c for c, _ in weighted], [w for _, w in weighted])
         if sum(c for c, _ in weighted)
@@ -128,9 +93,9 @@ def report(settings: ExperimentSettings, arms: dict[str, ArmResults]) -> Report:
         if arm.name == control or arm.name not in arms or base is None:
             continue
         results = arms[arm.name]
-        for metric in METRICS:
-            t, c = results.metrics[metric], base.metrics[metric]
-            if t.n < 2 or c.n < 2:
+        for metric in results.metrics:
+            t, c = results.metrics[metric], base.metrics.get(metric)
+            if c is None or t.n < 2 or c.n < 2 or math.isnan(t.mean) or math.isnan(c.mean):
                 continue
             effect = welch(t, c, settings.alpha)
             cs = confidence_sequence(t, c, settings.alpha)
@@ -138,20 +103,20 @@ def report(settings: ExperimentSettings, arms: dict[str, ArmResults]) -> Report:
         by_metric = {x.metric: x for x in comparisons if x.arm == arm.name}
         for g in settings.guardrails:
             x = by_metric.get(g.metric)
-            if x is not None and x.cs[0] > (limit := _allowed(g, x.control_mean)):
+            if x is None:
+                continue
+            low, high = _worse(x, better.get(g.metric, False))
+            if low > (limit := _allowed(g, x.control_mean)):
                 failing.append(
                     f"guardrail {g.metric}: {arm.name} is worse than {control} by at least "
-                    f"{x.cs[0]:.4g} (always-valid interval [{x.cs[0]:.4g}, {x.cs[1]:.4g}]; "
+                    f"{low:.4g} (always-valid interval [{low:.4g}, {high:.4g}]; "
                     f"allowed {limit:.4g})"
                 )
         for criterion in settings.success:
             x = by_metric.get(criterion.metric)
-            if (
-                x is None
-                or not math.isfinite(x.cs[1])
-                or x.cs[1] > _allowed(criterion, x.control_mean)
-            ):
-                upper = f"{x.cs[1]:.4g}" if x is not None else "unknown"
+            worst = _worse(x, better.get(criterion.metric, False))[1] if x else math.nan
+            if x is None or not math.isfinite(worst) or worst > _allowed(criterion, x.control_mean):
+                upper = f"{worst:.4g}" if x is not None else "unknown"
                 limit = _allowed(criterion, x.control_mean) if x else float("nan")
                 unproven.append(
                     f"success {criterion.metric}: {arm.name} not yet shown within {limit:.4g} "
@@ -159,8 +124,8 @@ def report(settings: ExperimentSettings, arms: dict[str, ArmResults]) -> Report:
                 )
     if srm < SRM_ALPHA:
         reasons.append(
-            f"sample ratio mismatch (chi-square p = {srm:.2g} < {SRM_ALPHA}): counts {counts} "
-            "do not match the weights; results are not trustworthy"
+            f"sample ratio mismatch (chi-square p = {srm:.2g} < {SRM_ALPHA}): users per arm "
+            f"{units} do not match the weights; results are not trustworthy"
         )
     if failing:
         verdict = "ROLL_BACK"

@@ -6,13 +6,13 @@ whose requests move together; outcomes join exposures by request id whenever the
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from sqlalchemy import Float, and_, case, cast, func, literal, select
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import FromClause
 
-from router.experiments.stats import RatioMoments
+from router.experiments.results import ArmResults
+from router.experiments.stats import RatioMoments, Statistic
 from router.results.schema import exposures, outcomes
 from router.results.store import ResultsStore
 
@@ -25,20 +25,13 @@ REQUEST_METRICS = {
 """Metrics every exposure carries, each a value per request."""
 
 
-@dataclass(frozen=True)
-class ArmStatistics:
-    units: int
-    requests: int
-    metrics: dict[str, RatioMoments] = field(default_factory=dict)
-
-
 def _number(column: ColumnElement[object]) -> ColumnElement[float]:
     return cast(column, Float)
 
 
 def phase_statistics(
     store: ResultsStore, experiment: str, seed: str, outcome_metrics: Sequence[str] = ()
-) -> dict[str, ArmStatistics]:
+) -> dict[str, ArmResults]:
     """Per arm: units, requests, and a RatioMoments for each request metric and each declared
     outcome metric (x: the unit's sum of the metric over its requests that have it; y: how
     many requests have it)."""
@@ -79,13 +72,50 @@ def phase_statistics(
             func.sum(ux * uy),
         ]
     query = select(u.arm, func.count(), func.sum(u.n), *sums).group_by(u.arm)
-    with store.engine.connect() as conn:
-        rows = conn.execute(query).all()
+    rows = store.read(query)
     out = {}
     for arm, units, requests, *rest in rows:
-        metrics = {}
+        metrics: dict[str, Statistic] = {}
         for i, name in enumerate(values):
             x, xx, y, yy, xy = (float(v or 0.0) for v in rest[5 * i : 5 * i + 5])
             metrics[name] = RatioMoments(int(units), x, xx, y, yy, xy)
-        out[str(arm)] = ArmStatistics(int(units), int(requests), metrics)
+        out[str(arm)] = ArmResults(int(units), int(requests), metrics)
+    return out
+
+
+def phases(store: ResultsStore, experiment: str) -> list[str]:
+    """The experiment's seeds with exposures, the most recently exposed first."""
+    query = (
+        select(exposures.c.seed)
+        .where(exposures.c.experiment == experiment)
+        .group_by(exposures.c.seed)
+        .order_by(func.max(exposures.c.at).desc())
+    )
+    return [str(row[0]) for row in store.read(query)]
+
+
+def outcome_trends(
+    store: ResultsStore, since: float, bucket_seconds: float, model: str = ""
+) -> dict[tuple[str, str], list[tuple[float, float, int]]]:
+    """Per (model, outcome metric): (bucket start, mean value, reports) for the answers given
+    since `since`, bucketed by when the answer was given: quality over time from what callers
+    reported, for every routed request, in an experiment or not."""
+    bucket = func.floor(exposures.c.at / bucket_seconds)
+    where = [exposures.c.at >= since, exposures.c.model != ""]
+    if model:
+        where.append(exposures.c.model == model)
+    query = (
+        select(
+            exposures.c.model, outcomes.c.metric, bucket, func.avg(outcomes.c.value), func.count()
+        )
+        .select_from(exposures.join(outcomes, outcomes.c.request_id == exposures.c.request_id))
+        .where(*where)
+        .group_by(exposures.c.model, outcomes.c.metric, bucket)
+        .order_by(exposures.c.model, outcomes.c.metric, bucket)
+    )
+    out: dict[tuple[str, str], list[tuple[float, float, int]]] = {}
+    for name, metric, index, mean, count in store.read(query):
+        out.setdefault((str(name), str(metric)), []).append(
+            (float(index) * bucket_seconds, float(mean), int(count))
+        )
     return out

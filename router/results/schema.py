@@ -26,6 +26,8 @@ schema_info = Table(
     Column("version", Integer, nullable=False),
 )
 
+# Every routed request is a row; those in an experiment's phase are its exposures (the others
+# have an empty experiment and give the per-model outcome trends).
 exposures = Table(
     "exposures",
     metadata,
@@ -47,6 +49,7 @@ exposures = Table(
     Column("input_tokens", Integer, nullable=False),
     Column("output_tokens", Integer, nullable=False),
     Index("exposures_phase", "experiment", "seed", "arm", "unit"),
+    Index("exposures_at", "at"),
 )
 
 outcomes = Table(

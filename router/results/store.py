@@ -10,7 +10,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Table, create_engine, delete, event, func, insert, select
+from sqlalchemy import (
+    Engine,
+    Row,
+    Select,
+    Table,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
@@ -29,6 +40,10 @@ _UPSERT: dict[str, Callable[[Table], sqlite.Insert | postgresql.Insert]] = {
 
 class StoreError(Exception):
     """The store cannot be used; the message says why (never the URL's password)."""
+
+
+class SchemaError(StoreError):
+    """The store holds a newer schema than this router knows: refuse it, never misread it."""
 
 
 @dataclass(frozen=True)
@@ -116,7 +131,7 @@ class ResultsStore:
                 if not versions:
                     conn.execute(insert(schema_info).values(version=SCHEMA_VERSION))
                 elif max(versions) > SCHEMA_VERSION:
-                    raise StoreError(
+                    raise SchemaError(
                         f"{self.describe()} holds results schema {max(versions)}, newer than this "
                         f"router's {SCHEMA_VERSION}: upgrade the router (it would misread the rows)"
                     )
@@ -130,8 +145,13 @@ class ResultsStore:
         if not self.ready:
             self.create()
         exposure_rows = list({e.request_id: asdict(e) for e in reversed(rows)}.values())
-        # The last report per (request, metric) wins, inside a batch as across batches.
-        outcome_rows = list({(o.request_id, o.metric): asdict(o) for o in reports}.values())
+        # The latest report per (request, metric) wins, inside a batch as across batches.
+        latest: dict[tuple[str, str], Outcome] = {}
+        for o in reports:
+            key = (o.request_id, o.metric)
+            if key not in latest or o.at >= latest[key].at:
+                latest[key] = o
+        outcome_rows = [asdict(o) for o in latest.values()]
         try:
             with self.engine.begin() as conn:
                 if exposure_rows:
@@ -141,9 +161,13 @@ class ResultsStore:
                     conn.execute(stmt, exposure_rows)
                 if outcome_rows:
                     up = self._upsert(outcomes)
+                    # The latest report wins by when it was made, not by which replica's
+                    # batch lands last (a retry through one replica must not undo a later
+                    # correction through another).
                     stmt = up.on_conflict_do_update(
                         index_elements=["request_id", "metric"],
                         set_={"value": up.excluded.value, "at": up.excluded.at},
+                        where=up.excluded.at >= outcomes.c.at,
                     )
                     conn.execute(stmt, outcome_rows)
         except SQLAlchemyError as exc:
@@ -160,6 +184,14 @@ class ResultsStore:
             with self.engine.begin() as conn:
                 conn.execute(delete(outcomes).where(outcomes.c.request_id.in_(ids)))
                 return conn.execute(delete(exposures).where(*where)).rowcount
+        except SQLAlchemyError as exc:
+            raise StoreError(f"{self.describe()}: {_reason(exc)}") from exc
+
+    def read(self, query: Select[Any]) -> list[Row[Any]]:
+        """The rows of a SELECT, or StoreError saying why not."""
+        try:
+            with self.engine.connect() as conn:
+                return list(conn.execute(query).all())
         except SQLAlchemyError as exc:
             raise StoreError(f"{self.describe()}: {_reason(exc)}") from exc
 

@@ -13,11 +13,11 @@ from grpc_health.v1 import health, health_pb2
 
 from gamaserving.grpcutil import start_health_port, stop_event
 from gamaserving.telemetry import Telemetry
-from router.api.auth import AdminTokenError, load_token
-from router.config import ConfigError, RouterConfig, load_config
-from router.fleet import find_experiment
+from router.config import ConfigError, RouterConfig, find_experiment, load_config
+from router.results.cli import store_url
+from router.results.store import ResultsStore, StoreError
 from router.rollout.controller import ControllerMetrics, RolloutController, Round, manual
-from router.rollout.sources import PrometheusSource, RoutersSource, StatsSource
+from router.rollout.sources import StoreSource
 from router.rollout.state import StateError
 from router.rollout.store import ConfigMapStore, FileStore, StateStore
 
@@ -90,22 +90,13 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     if args.pause or args.resume or args.set:
         return _by_hand(args, config, store)
-    token = None
-    if args.router:
-        try:
-            token = load_token(args.admin_token_file)
-        except AdminTokenError as exc:
-            return _fail(str(exc).replace("server.admin_token_file", "--admin-token-file"))
-    elif not args.prometheus:
-        return _fail("name the fleet's statistics: --prometheus URL or --router HOST:PORT ...")
+    try:
+        results = ResultsStore(store_url(args.results, config), args.config.parent.resolve())
+    except (ConfigError, StoreError, ValueError) as exc:
+        return _fail(str(exc))
 
     async def main() -> int:
-        # gRPC channels belong to the running loop: the source is made inside it.
-        source: StatsSource = (
-            PrometheusSource(args.prometheus)
-            if args.prometheus
-            else RoutersSource(args.router, token)
-        )
+        source = StoreSource(results)
         telemetry = None
         controller = RolloutController(args.config, source, store)
         if args.metrics_port is not None:
@@ -128,8 +119,7 @@ def run(args: argparse.Namespace) -> int:
             await controller.run(stop_event())
             return 0
         finally:
-            if isinstance(source, RoutersSource):
-                await source.close()
+            results.close()
             if telemetry is not None:
                 telemetry.shutdown()
             if health_server is not None:

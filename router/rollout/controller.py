@@ -16,11 +16,10 @@ from pathlib import Path
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from gamaserving.telemetry import Telemetry
-from router.config import ConfigError, ExperimentSettings, load_config
+from router.config import ConfigError, ExperimentSettings, RouterConfig, load_config
 from router.experiments.results import report
-from router.fleet import FleetError
 from router.rollout.decide import governed, judge, start
-from router.rollout.sources import StatsSource
+from router.rollout.sources import SourceError, StatsSource
 from router.rollout.state import Decision, RolloutState, StateError
 from router.rollout.store import StateStore
 
@@ -88,12 +87,7 @@ class RolloutController:
         self.on_round: Callable[[Round], Awaitable[None]] | None = None
 
     def experiments(self) -> list[ExperimentSettings]:
-        config = load_config(self.config_path)
-        return [
-            r.experiment
-            for r in config.routes.values()
-            if r.experiment is not None and governed(r.experiment)
-        ]
+        return governed_experiments(load_config(self.config_path))
 
     async def evaluate(self) -> Round:
         """One round over every governed experiment; writes the state when anything changed.
@@ -101,7 +95,7 @@ class RolloutController:
         experiment decides nothing for it (a guess is worse than a late decision)."""
         errors: list[str] = []
         try:
-            experiments = self.experiments()
+            config = load_config(self.config_path)
             state = self.store.read()  # resume from what is stored, manual edits included
         except (ConfigError, StateError) as exc:
             self._count("failed")
@@ -109,7 +103,9 @@ class RolloutController:
             return Round([], [str(exc)])
         self.state = state
         decisions: list[Decision] = []
-        for e in experiments:
+        outcomes = sorted(config.outcomes)
+        better = {name: o.better == "higher" for name, o in config.outcomes.items()}
+        for e in governed_experiments(config):
             now = self.clock()
             phase = state.phase(e.name, e.seed)
             if phase is None:
@@ -117,8 +113,8 @@ class RolloutController:
                 decisions.append(started)
                 state = state.with_phase(phase, started)
             try:
-                arms = await self.source.arms(e.name, e.seed)
-            except FleetError as exc:
+                arms = await self.source.arms(e.name, e.seed, outcomes)
+            except SourceError as exc:
                 errors.append(f"{e.name}: {exc}")
                 log.warning(
                     "experiment %s: no fleet statistics this round: %s",
@@ -127,7 +123,7 @@ class RolloutController:
                     extra={"event": "rollout_error", "experiment": e.name},
                 )
                 continue
-            result = report(e, arms)
+            result = report(e, arms, better)
             phase, decision, why = judge(e, phase, result, now)
             if decision is not None:
                 decisions.append(decision)
@@ -246,3 +242,12 @@ def manual(
     )
     store.write(state.with_phase(phase, decision))
     return decision
+
+
+def governed_experiments(config: RouterConfig) -> list[ExperimentSettings]:
+    """The experiments whose coverage the controller decides."""
+    return [
+        r.experiment
+        for r in config.routes.values()
+        if r.experiment is not None and governed(r.experiment)
+    ]

@@ -68,7 +68,7 @@ def test_alert_rules_check_and_unit_tests() -> None:
         [PROMTOOL, "check", "rules", "alerts.yaml"], cwd=MONITORING, capture_output=True, text=True
     )
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "12 rules found" in check.stdout
+    assert "13 rules found" in check.stdout
     tests = subprocess.run(
         [PROMTOOL, "test", "rules", "alerts.test.yaml"],
         cwd=MONITORING,

@@ -23,6 +23,8 @@ def base_config(endpoints: dict[str, list[str]], **routes: dict[str, Any]) -> di
             name: {"endpoints": targets, "timeout_ms": 5000} for name, targets in endpoints.items()
         },
         "routes": routes,
+        # Relative to the configuration file: each test's own store, in its tmp_path.
+        "results": {"url": "sqlite:///results.sqlite", "flush_ms": 50},
     }
 
 
@@ -34,6 +36,11 @@ class LiveRouter:
         self.path = path
         self.stub = rpb_grpc.AudioRouterStub(channel)
         self.admin = rpb_grpc.RouterAdminStub(channel)
+
+    async def flush(self) -> None:
+        """Write what the results writer holds, so the store has every exposure so far."""
+        assert self.core.results is not None
+        assert await self.core.results.writer.flush()
 
     async def process(
         self, task: int, audio: bytes, deadline_s: float = 10, **kwargs: Any

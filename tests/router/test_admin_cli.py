@@ -52,6 +52,7 @@ async def test_every_admin_command_without_a_token(
         async with live_router(_config(a, b), tmp_path) as router:
             for i in range(20):
                 await router.process(rpb.TASK_TAG, wav(0.2), user_id=f"u{i}")
+            await router.flush()
             target = f"127.0.0.1:{router.server.port}"
 
             code, out, _ = await _admin(capsys, target, "--json", "experiments")

@@ -18,8 +18,10 @@ import yaml
 from gamaserving.router.v1 import router_pb2 as rpb
 from router.config import ExperimentSettings, load_config
 from router.experiments.results import ArmResults, report
+from router.experiments.stats import Moments
+from router.results.store import ResultsStore
 from router.rollout.controller import RolloutController
-from router.rollout.sources import RoutersSource
+from router.rollout.sources import StoreSource
 from router.rollout.store import FileStore
 from tests.router.conftest import base_config, live_router
 from tests.support.audio import wav
@@ -39,16 +41,15 @@ def experiment(**extra: Any) -> ExperimentSettings:
 def arm(
     n: int, latency: float, error_rate: float = 0.0, fallback_rate: float = 0.0, seed: int = 0
 ) -> ArmResults:
+    """An arm of n users with a request each (so units and requests agree)."""
     rng = np.random.default_rng(seed)
-    results = ArmResults()
-    for i in range(n):
-        results.add(
-            float(rng.normal(latency, latency * 0.1)),
-            i < error_rate * n,
-            i < fallback_rate * n,
-            False,
-        )
-    return results
+    values = {
+        "latency_ms": rng.normal(latency, latency * 0.1, n),
+        "error_rate": np.arange(n) < error_rate * n,
+        "fallback_rate": np.arange(n) < fallback_rate * n,
+        "quality_failure_rate": np.zeros(n),
+    }
+    return ArmResults(n, n, {m: Moments.of(v.astype(float)) for m, v in values.items()})
 
 
 def test_guardrail_failure_rolls_back() -> None:
@@ -105,19 +106,24 @@ def _config(
 
 @contextlib.asynccontextmanager
 async def controller_for(router: Any) -> AsyncIterator[RolloutController]:
-    """The rollout controller over this one router's admin API, writing the state file its
+    """The rollout controller on the router's results store, writing the state file its
     configuration names. Tests call `evaluate()` themselves: each round is an event."""
-    source = RoutersSource([f"127.0.0.1:{router.server.port}"])
     config = load_config(router.path)
-    assert config.rollout.state_file is not None
+    assert config.rollout.state_file is not None and config.results is not None
+    store = ResultsStore(config.results.resolved_url())
     try:
-        yield RolloutController(router.path, source, FileStore(config.rollout.state_file))
+        yield RolloutController(
+            router.path, StoreSource(store), FileStore(config.rollout.state_file)
+        )
     finally:
-        await source.close()
+        store.close()
 
 
 async def _traffic(router: Any, users: range) -> list[rpb.ProcessResponse]:
-    return [await router.process(rpb.TASK_EMBED, wav(0.3), user_id=f"user-{u}") for u in users]
+    """One request per user, every exposure in the store when it returns."""
+    answers = [await router.process(rpb.TASK_EMBED, wav(0.3), user_id=f"user-{u}") for u in users]
+    await router.flush()
+    return answers
 
 
 async def _listed(router: Any) -> rpb.Experiment:
@@ -210,8 +216,8 @@ async def test_healthy_candidate_keeps_running_or_is_promoted_with_reasons(tmp_p
             assert {a.name: a.count for a in r.arms}.keys() == {"control", "candidate"}
             assert sum(a.count for a in r.arms) == 300 and r.srm_p_value > 0.001
             assert r.seed == "phase-1" and r.current_phase
-            observations = {m.arm: m.n for m in r.moments if m.metric == "error_rate"}
-            assert observations == {a.name: a.count for a in r.arms}
+            assert router.core.results.store.count("gama-ab", "phase-1") == 300
+            assert not r.moments  # the store is the one source; nothing is summed over replicas
             metrics = {c.metric for c in r.comparisons if c.arm == "candidate"}
             assert metrics == {"latency_ms", "error_rate", "fallback_rate", "quality_failure_rate"}
             with pytest.raises(grpc.aio.AioRpcError) as info:

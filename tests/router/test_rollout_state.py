@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -142,7 +143,9 @@ class Fleet:
     def describe(self) -> str:
         return "fixed"
 
-    async def arms(self, experiment: str, seed: str) -> dict[str, ArmResults]:
+    async def arms(
+        self, experiment: str, seed: str, outcomes: Sequence[str]
+    ) -> dict[str, ArmResults]:
         return self.numbers
 
 
@@ -283,7 +286,7 @@ def test_rollout_cli_names_what_is_wrong(
     assert "within [0, 1]" in capsys.readouterr().err
     assert main([*base, "--pause", "nope"]) == 2
     assert "no experiment 'nope'" in capsys.readouterr().err
-    assert main(base) == 2
-    assert "--prometheus URL or --router" in capsys.readouterr().err
+    assert main([*base, "--results", "mysql://me@db/x"]) == 2
+    assert "unsupported database 'mysql'" in capsys.readouterr().err
     assert main([*base, "--set", "e=0.3"]) == 0
     assert FileStore(tmp_path / "rollout.json").read().phase("e", "s1").coverage == 0.3  # type: ignore[union-attr]

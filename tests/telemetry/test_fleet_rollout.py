@@ -1,34 +1,27 @@
-"""One fleet, one truth: two router replicas, the rollout controller deciding from a real
-Prometheus, and traffic through one replica only. The coverage in force rises on both, a
-sample of users gets the same arm from both at every step and after a restart, a stopped
-controller freezes the coverage, and a guardrail broken on the fleet rolls back everywhere."""
+"""One fleet, one truth: two router replicas writing one results store, the rollout controller
+deciding from that store, and traffic through one replica only. The coverage in force rises on
+both, a sample of users gets the same arm from both at every step and after a restart, a
+stopped controller freezes the coverage, and a guardrail broken on the fleet rolls back
+everywhere."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from gamaserving.router.v1 import router_pb2 as rpb
+from router.results.store import ResultsStore
 from router.rollout.controller import RolloutController
-from router.rollout.sources import PrometheusSource
+from router.rollout.sources import StoreSource
 from router.rollout.store import FileStore
 from tests.router.conftest import LiveRouter, base_config, live_router
 from tests.router.test_experiment_report import applied
 from tests.support.audio import wav
 from tests.support.fault_server import fault_server
-from tests.support.prom import prometheus
-from tests.telemetry.test_prometheus import wait_for
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("prometheus") is None,
-    reason="needs the prometheus binary (apt-get install prometheus; .ci/run installs it)",
-)
 SAMPLE = [f"sample-{i}" for i in range(300)]
 
 
@@ -45,8 +38,9 @@ def _config(a: str, b: str, state: Path, **extra: Any) -> dict[str, Any]:
         **extra,
     }
     cfg = base_config({"a": [a], "b": [b]}, embed={"primary": "a", "experiment": experiment})
-    cfg["telemetry"] = {"prometheus_host": "127.0.0.1", "prometheus_port": 0}
     cfg["rollout"] = {"state_file": str(state), "poll_seconds": 0.05}
+    # One store for the fleet (both replicas and the controller).
+    cfg["results"] = {"url": f"sqlite:///{state.parent / 'fleet.sqlite'}", "flush_ms": 50}
     cfg["alerting"] = {"evaluation_seconds": 0.1}
     return cfg
 
@@ -75,17 +69,18 @@ async def replica(cfg: dict[str, Any], home: Path) -> AsyncIterator[LiveRouter]:
 @contextlib.asynccontextmanager
 async def fleet(
     cfg: dict[str, Any], tmp_path: Path, state: Path
-) -> AsyncIterator[tuple[LiveRouter, LiveRouter, RolloutController, int]]:
-    """Two replicas of `cfg`, a real Prometheus scraping both, and the rollout controller
-    deciding from that Prometheus into `state`; yields them and Prometheus' port."""
+) -> AsyncIterator[tuple[LiveRouter, LiveRouter, RolloutController]]:
+    """Two replicas of `cfg` and the rollout controller deciding from their one results
+    store into `state`."""
     async with (
         replica(cfg, tmp_path / "one") as one,
         replica(cfg, tmp_path / "two") as two,
     ):
-        targets = [f"127.0.0.1:{r.server.metrics_port}" for r in (one, two)]
-        async with prometheus(tmp_path, {"router": targets}) as port:
-            source = PrometheusSource(f"http://127.0.0.1:{port}")
-            yield one, two, RolloutController(one.path, source, FileStore(state)), port
+        store = ResultsStore(cfg["results"]["url"])
+        try:
+            yield one, two, RolloutController(one.path, StoreSource(store), FileStore(state))
+        finally:
+            store.close()
 
 
 async def test_the_controller_ramps_every_replica_alike(tmp_path: Path) -> None:
@@ -98,7 +93,7 @@ async def test_the_controller_ramps_every_replica_alike(tmp_path: Path) -> None:
             ramp=[0.2, 0.5, 1.0],
             guardrails=[{"metric": "error_rate", "max_absolute_increase": 0.05}],
         )
-        async with fleet(cfg, tmp_path, state) as (one, two, controller, port):
+        async with fleet(cfg, tmp_path, state) as (one, two, controller):
             steps = [0.05]
             assert await assignments(one) == await assignments(two)
             user = 0
@@ -107,12 +102,7 @@ async def test_the_controller_ramps_every_replica_alike(tmp_path: Path) -> None:
                 for _ in range(60):  # through replica one only
                     await one.process(rpb.TASK_EMBED, wav(0.2), user_id=f"u{user}")
                     user += 1
-                expr = (
-                    "sum(gamaserving_router_experiment_observations_total"
-                    '{experiment="fleet-ramp",seed="s1",metric="error_rate"})'
-                )
-                total = await observed(one)
-                assert await wait_for(port, expr, total) == total
+                await one.flush()
                 ramps = [d for d in (await controller.evaluate()).decisions if d.action == "ramp"]
                 for d in ramps:
                     for r in (one, two):
@@ -154,15 +144,12 @@ async def test_a_guardrail_broken_on_the_fleet_rolls_back_every_replica(tmp_path
             auto_rollback=True,
             guardrails=[{"metric": "fallback_rate", "max_absolute_increase": 0.05}],
         )
-        async with fleet(cfg, tmp_path, state) as (one, two, controller, port):
+        async with fleet(cfg, tmp_path, state) as (one, two, controller):
             assert [d.action for d in (await controller.evaluate()).decisions] == ["start"]
             for i in range(120):
                 await one.process(rpb.TASK_EMBED, wav(0.2), user_id=f"u{i}")
-            expr = (
-                "sum(gamaserving_router_experiment_observations_total"
-                '{experiment="fleet-ramp",seed="s1",metric="fallback_rate"})'
-            )
-            assert await wait_for(port, expr, 120) == 120
+            await one.flush()
+            assert await observed(two) == 120  # the other replica reads the same store
             # The first round that sees the fleet's numbers decides.
             (rollback,) = (await controller.evaluate()).decisions
             assert rollback.action == "rollback" and sum(rollback.counts.values()) == 120

@@ -111,6 +111,7 @@ async def test_one_trace_across_router_and_model_server(
                     },
                 }
             },
+            "results": {"url": "sqlite:///results.sqlite"},
         }
         (tmp_path / "router.yaml").write_text(yaml.safe_dump(config))
         router = ServerProcess(

@@ -52,6 +52,51 @@ TASK_DESCRIBE: Task.ValueType  # 4
 Global___Task: _TypeAlias = Task  # noqa: Y015
 
 @_typing.final
+class RecordOutcomeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The request id of the answer reported on (ProcessResponse.request_id)."""
+    metric: _builtins.str
+    """A metric declared in the router's configuration (`outcomes`)."""
+    value: _builtins.float
+    """0 or 1 for a binary metric; within the declared bounds for a numeric one. A repeated
+    report for the same request and metric replaces the earlier value.
+    """
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        metric: _builtins.str = ...,
+        value: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metric", b"metric", "request_id", b"request_id", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordOutcomeRequest: _TypeAlias = RecordOutcomeRequest  # noqa: Y015
+
+@_typing.final
+class RecordOutcomeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordOutcomeResponse: _TypeAlias = RecordOutcomeResponse  # noqa: Y015
+
+@_typing.final
 class RawAudio(_message.Message):
     """Raw mono PCM."""
 
@@ -704,7 +749,10 @@ class TrendSeries(_message.Message):
     RELATIVE_CHANGE_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     metric: _builtins.str
-    """latency_p50_ms, latency_p95_ms, latency_p99_ms, pass_rate or fallback_rate."""
+    """latency_p50_ms, latency_p95_ms, latency_p99_ms, pass_rate or fallback_rate (this
+    replica's traffic), or outcome:<name>: the mean value callers reported for the answers
+    the model gave (every replica's, from the results store).
+    """
     bucket_seconds: _builtins.float
     direction: _builtins.str
     """up, down or flat."""
@@ -949,7 +997,11 @@ class GetExperimentReportResponse(_message.Message):
     @_builtins.property
     def comparisons(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricComparison]: ...
     @_builtins.property
-    def moments(self) -> _containers.RepeatedCompositeFieldContainer[Global___ArmMoments]: ...
+    def moments(self) -> _containers.RepeatedCompositeFieldContainer[Global___ArmMoments]:
+        """No longer filled: the statistics come from the results store (`router report`), which
+        every replica writes, instead of being summed over replicas.
+        """
+
     def __init__(
         self,
         *,

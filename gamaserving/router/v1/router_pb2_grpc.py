@@ -45,6 +45,11 @@ class AudioRouterStub:
                 request_serializer=gamaserving_dot_router_dot_v1_dot_router__pb2.ProcessRequest.SerializeToString,
                 response_deserializer=gamaserving_dot_router_dot_v1_dot_router__pb2.ProcessStreamResponse.FromString,
                 _registered_method=True)
+        self.RecordOutcome = channel.unary_unary(
+                '/gamaserving.router.v1.AudioRouter/RecordOutcome',
+                request_serializer=gamaserving_dot_router_dot_v1_dot_router__pb2.RecordOutcomeRequest.SerializeToString,
+                response_deserializer=gamaserving_dot_router_dot_v1_dot_router__pb2.RecordOutcomeResponse.FromString,
+                _registered_method=True)
 
 
 class AudioRouterServicer:
@@ -67,6 +72,14 @@ class AudioRouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordOutcome(self, request, context):
+        """Report what came of an answer (accepted, corrected, rated), by its request id, at any
+        replica and any time later: experiments compare arms on it, and quality reports trend it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AudioRouterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -79,6 +92,11 @@ def add_AudioRouterServicer_to_server(servicer, server):
                     servicer.ProcessStream,
                     request_deserializer=gamaserving_dot_router_dot_v1_dot_router__pb2.ProcessRequest.FromString,
                     response_serializer=gamaserving_dot_router_dot_v1_dot_router__pb2.ProcessStreamResponse.SerializeToString,
+            ),
+            'RecordOutcome': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordOutcome,
+                    request_deserializer=gamaserving_dot_router_dot_v1_dot_router__pb2.RecordOutcomeRequest.FromString,
+                    response_serializer=gamaserving_dot_router_dot_v1_dot_router__pb2.RecordOutcomeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -136,6 +154,33 @@ class AudioRouter:
             '/gamaserving.router.v1.AudioRouter/ProcessStream',
             gamaserving_dot_router_dot_v1_dot_router__pb2.ProcessRequest.SerializeToString,
             gamaserving_dot_router_dot_v1_dot_router__pb2.ProcessStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordOutcome(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gamaserving.router.v1.AudioRouter/RecordOutcome',
+            gamaserving_dot_router_dot_v1_dot_router__pb2.RecordOutcomeRequest.SerializeToString,
+            gamaserving_dot_router_dot_v1_dot_router__pb2.RecordOutcomeResponse.FromString,
             options,
             channel_credentials,
             insecure,

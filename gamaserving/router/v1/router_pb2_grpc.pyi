@@ -42,6 +42,10 @@ class AudioRouterStub:
     other tasks get one message. The last message carries the whole response. Failover
     happens only before the first piece; a failure after it ends the stream with its status.
     """
+    RecordOutcome: _grpc.UnaryUnaryMultiCallable[_router_pb2.RecordOutcomeRequest, _router_pb2.RecordOutcomeResponse]
+    """Report what came of an answer (accepted, corrected, rated), by its request id, at any
+    replica and any time later: experiments compare arms on it, and quality reports trend it.
+    """
 
 @_typing.type_check_only
 class AudioRouterAsyncStub(AudioRouterStub):
@@ -54,6 +58,10 @@ class AudioRouterAsyncStub(AudioRouterStub):
     """The same, streamed: a TASK_DESCRIBE answer arrives in pieces as the model decodes it;
     other tasks get one message. The last message carries the whole response. Failover
     happens only before the first piece; a failure after it ends the stream with its status.
+    """
+    RecordOutcome: _aio.UnaryUnaryMultiCallable[_router_pb2.RecordOutcomeRequest, _router_pb2.RecordOutcomeResponse]  # type: ignore[assignment]
+    """Report what came of an answer (accepted, corrected, rated), by its request id, at any
+    replica and any time later: experiments compare arms on it, and quality reports trend it.
     """
 
 class AudioRouterServicer(metaclass=_abc_1.ABCMeta):
@@ -76,6 +84,16 @@ class AudioRouterServicer(metaclass=_abc_1.ABCMeta):
         """The same, streamed: a TASK_DESCRIBE answer arrives in pieces as the model decodes it;
         other tasks get one message. The last message carries the whole response. Failover
         happens only before the first piece; a failure after it ends the stream with its status.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordOutcome(
+        self,
+        request: _router_pb2.RecordOutcomeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_router_pb2.RecordOutcomeResponse, _abc.Awaitable[_router_pb2.RecordOutcomeResponse]]:
+        """Report what came of an answer (accepted, corrected, rated), by its request id, at any
+        replica and any time later: experiments compare arms on it, and quality reports trend it.
         """
 
 def add_AudioRouterServicer_to_server(servicer: AudioRouterServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

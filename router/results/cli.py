@@ -1,0 +1,98 @@
+"""`router report` and `router results prune`: the results store from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from gamaserving.jsonout import dumps
+from router.config import ConfigError, RouterConfig, find_experiment, load_config
+from router.experiments.results import ArmResults, Report
+from router.experiments.results import report as judge_phase
+from router.results.query import phase_statistics
+from router.results.store import ResultsStore, StoreError
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"router: {message}", file=sys.stderr)
+    return code
+
+
+def store_url(given: str | None, config: RouterConfig) -> str:
+    """--results, else the configuration's results store."""
+    if given:
+        return given
+    if config.results is None:
+        raise ConfigError("no results store: pass --results URL or set results.url")
+    return config.results.resolved_url()
+
+
+def as_json(result: Report, arms: dict[str, ArmResults], seed: str) -> dict[str, Any]:
+    return {
+        "experiment": result.experiment,
+        "seed": seed,
+        "control": result.control,
+        "verdict": result.verdict,
+        "reasons": result.reasons,
+        "counts": result.counts,
+        "units": {name: a.units for name, a in arms.items()},
+        # Per arm and metric: the mean over the arm's requests that have the metric.
+        "means": {name: {m: s.mean for m, s in a.metrics.items()} for name, a in arms.items()},
+        "srm_p_value": result.srm_p_value,
+        "comparisons": [
+            {
+                "arm": c.arm,
+                "metric": c.metric,
+                "control_mean": c.control_mean,
+                "arm_mean": c.arm_mean,
+                "difference": c.effect.difference,
+                "ci": list(c.effect.ci),
+                "relative": c.effect.relative,
+                "relative_ci": list(c.effect.relative_ci),
+                "p_value": c.effect.p_value,
+                "confidence_sequence": list(c.cs),
+            }
+            for c in result.comparisons
+        ],
+    }
+
+
+def report_json(config: RouterConfig, store: ResultsStore, name: str, seed: str | None) -> str:
+    settings = find_experiment(config.routes, name)
+    if settings is None:
+        raise ConfigError(f"no experiment {name!r} in the configuration")
+    phase = seed or settings.seed
+    arms = phase_statistics(store, name, phase, sorted(config.outcomes))
+    better = {m: o.better == "higher" for m, o in config.outcomes.items()}
+    # Strict JSON: an undefined number (a relative change from a zero control mean) is null.
+    return dumps(as_json(judge_phase(settings, arms, better), arms, phase))
+
+
+def report_command(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+        store = ResultsStore(store_url(args.results, config), args.config.parent.resolve())
+    except (ConfigError, StoreError, ValueError) as exc:
+        return _fail(str(exc))
+    try:
+        print(report_json(config, store, args.experiment, args.seed))
+    except ConfigError as exc:
+        return _fail(str(exc))
+    except StoreError as exc:
+        return _fail(str(exc), 3)
+    finally:
+        store.close()
+    return 0
+
+
+def prune_command(args: argparse.Namespace) -> int:
+    try:
+        store = ResultsStore(args.results)
+        deleted = store.prune(args.experiment, args.seed)
+    except StoreError as exc:
+        return _fail(str(exc), 3)
+    phase = f"seed {args.seed}" if args.seed else "every phase"
+    print(f"deleted {deleted} exposures of {args.experiment} ({phase}) and their outcomes")
+    store.close()
+    return 0

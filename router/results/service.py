@@ -1,0 +1,99 @@
+"""The results store as a replica uses it: exposures and outcomes go in through the writer
+(never on the request path), reports come out of the store (in a worker thread)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+
+import grpc
+
+from router.config import ExperimentSettings, OutcomeSettings
+from router.errors import RouteError
+from router.experiments.results import ArmResults
+from router.record import RouteResult
+from router.results.query import outcome_trends, phase_statistics, phases
+from router.results.store import Exposure, Outcome, ResultsStore
+from router.results.writer import ResultsWriter
+
+
+class ExperimentResults:
+    def __init__(
+        self,
+        store: ResultsStore,
+        writer: ResultsWriter,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.writer = writer
+        self.wall_clock = wall_clock
+
+    def expose(self, r: RouteResult) -> None:
+        """One routed request (the caller's own faults excepted): an experiment's exposure
+        when it was assigned an arm, else a row that outcome trends per model join."""
+        if r.callers_fault:
+            return
+        output = r.output if r.answer is not None else None
+        phase = r.experiment if r.assignment is not None else None
+        self.writer.add_exposure(
+            Exposure(
+                request_id=r.request_id,
+                experiment=phase.name if phase else "",
+                seed=phase.seed if phase else "",
+                arm=r.assignment.arm if r.assignment else "",
+                model=r.served_model,
+                unit=r.unit,
+                at=self.wall_clock(),
+                latency_ms=r.total_ms,
+                error=r.error is not None,
+                fallback=r.fallback_used,
+                quality_failed=bool(r.failed_checks),
+                input_tokens=output.input_tokens if output else 0,
+                output_tokens=output.output_tokens if output else 0,
+            )
+        )
+
+    def record_outcome(
+        self, request_id: str, metric: str, value: float, declared: Mapping[str, OutcomeSettings]
+    ) -> None:
+        """A caller's report about an answer; INVALID_ARGUMENT names the field that is wrong.
+        Buffered like exposures: it neither fails nor waits while the store is down."""
+        if not request_id:
+            raise invalid("request_id is required: the request id of the answer reported on")
+        settings = declared.get(metric)
+        if settings is None:
+            known = ", ".join(sorted(declared)) or "none are declared (router.yaml `outcomes`)"
+            raise invalid(f"metric: {metric!r} is not a declared outcome (outcomes: {known})")
+        problem = settings.problem(value)
+        if problem:
+            raise invalid(f"value: {problem} for metric {metric!r}")
+        self.writer.add_outcome(Outcome(request_id, metric, value, self.wall_clock()))
+
+    async def arms(
+        self,
+        e: ExperimentSettings,
+        seed: str,
+        declared: Mapping[str, OutcomeSettings],
+    ) -> dict[str, ArmResults]:
+        return await asyncio.to_thread(phase_statistics, self.store, e.name, seed, sorted(declared))
+
+    async def outcome_trends(
+        self, since: float, bucket_seconds: float, model: str = ""
+    ) -> dict[tuple[str, str], list[tuple[float, float, int]]]:
+        return await asyncio.to_thread(outcome_trends, self.store, since, bucket_seconds, model)
+
+    async def phases(self, experiment: str) -> list[str]:
+        return await asyncio.to_thread(phases, self.store, experiment)
+
+    async def close(self) -> None:
+        await self.writer.close()
+        self.store.close()
+
+
+def invalid(message: str) -> RouteError:
+    return RouteError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def higher_is_better(declared: Mapping[str, OutcomeSettings]) -> dict[str, bool]:
+    return {name: o.better == "higher" for name, o in declared.items()}
