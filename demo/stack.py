@@ -90,7 +90,7 @@ class Process:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        with self.log.open("wb") as out:
+        with self.log.open("ab") as out:  # a restart keeps the earlier log
             self.proc = subprocess.Popen(
                 self.args,
                 stdout=out,
@@ -196,7 +196,11 @@ class Stack:
                             {"metric": "error_rate", "max_absolute_increase": 0.02},
                             {"metric": "quality_failure_rate", "max_absolute_increase": 0.05},
                         ],
-                        "success": [{"metric": "latency_ms", "max_relative_increase": 20}],
+                        "success": [
+                            {"metric": "latency_ms", "max_relative_increase": 20},
+                            # Reported by the simulated users: did the answer help them?
+                            {"metric": "accepted", "max_absolute_increase": 0.1},
+                        ],
                         "auto_rollback": True,
                         "offline": [
                             {"metric": "knn_accuracy", "max_absolute_worsening": 0.01},

@@ -31,17 +31,59 @@ async def _coverage(admin: rpb_grpc.RouterAdminStub) -> float:
     return next((e.coverage for e in listing.experiments if e.name == EXPERIMENT), 0.0)
 
 
-async def _online(stack: Stack, clips: list[bytes], seconds: float) -> TrafficStats:
+async def _phase_requests(admin: rpb_grpc.RouterAdminStub, expected: int) -> int:
+    """The current phase's requests in the results store, once the router's writer has
+    caught up with `expected` (it flushes every 0.5 s); what it says then, if it never does."""
+    count = 0
+    for _ in range(50):
+        report = await admin.GetExperimentReport(
+            rpb.GetExperimentReportRequest(experiment=EXPERIMENT), timeout=5
+        )
+        count = int(sum(a.count for a in report.arms))
+        if count >= expected:
+            return count
+        await asyncio.sleep(0.2)
+    return count
+
+
+async def _restart_router(stack: Stack, admin: rpb_grpc.RouterAdminStub, expected: int) -> None:
+    before = await _phase_requests(admin, expected)
+    print(f"  >>> restarting the router (SIGTERM): the phase holds {before} requests", flush=True)
+    router = stack.processes["router"]
+    router.terminate()
+    assert router.proc is not None
+    await asyncio.to_thread(router.proc.wait, 30)
+    router.start()
+    await asyncio.to_thread(router.wait_serving, time.monotonic() + 60)
+    after = await _phase_requests(admin, before)
+    print(
+        f"  router back: the phase still holds {after} requests "
+        f"({'nothing lost' if after == before else 'LOST ' + str(before - after)}; "
+        "they live in the results store, not in the router)",
+        flush=True,
+    )
+
+
+async def _online(stack: Stack, clips: list[tuple[bytes, str]], seconds: float) -> TrafficStats:
     stats = TrafficStats()
     stop = asyncio.Event()
     router = stack.processes["router"].address
     traffic = asyncio.create_task(simulate_users(router, clips, stop, stats))
     start = time.monotonic()
-    killed = False
+    killed = restarted = False
     async with grpc.aio.insecure_channel(router) as channel:
         admin = rpb_grpc.RouterAdminStub(channel)
         while (elapsed := time.monotonic() - start) < seconds:
             await asyncio.sleep(2)
+            if not restarted and elapsed >= seconds / 4:
+                # Users wait while the only replica restarts (a fleet would keep serving).
+                stop.set()
+                await traffic
+                await _restart_router(stack, admin, stats.in_experiment)
+                restarted = True
+                stop = asyncio.Event()
+                traffic = asyncio.create_task(simulate_users(router, clips, stop, stats, seed=1))
+                continue
             if not killed and elapsed >= seconds / 2:
                 print("  >>> killing the primary, wav2vec2, with SIGKILL", flush=True)
                 await asyncio.to_thread(stack.processes["wav2vec2"].kill)
@@ -122,6 +164,12 @@ async def _results(stack: Stack) -> str:
                     f"    latency {c.arm} - control: {c.difference:+.1f} ms "
                     f"(always-valid interval [{c.cs_low:+.1f}, {c.cs_high:+.1f}])"
                 )
+            if c.metric == "accepted":
+                print(
+                    f"    accepted by users (outcomes they reported): {c.arm} "
+                    f"{c.arm_mean:.0%} vs control {c.control_mean:.0%} "
+                    f"(always-valid interval [{c.cs_low:+.2f}, {c.cs_high:+.2f}])"
+                )
         quality = await admin.GetQualityReport(rpb.GetQualityReportRequest(), timeout=5)
         print("  quality checks on every output:")
         for model in sorted({c.model for c in quality.checks}):
@@ -191,13 +239,24 @@ async def run_story(stack: Stack, dataset: Path, seconds: float) -> int:
     step(4, "GAMA streams its answer (AudioRouter/ProcessStream, continuous batching)")
     await _streamed_answer(stack, manifest.audio_path(manifest.clips[0]).read_bytes())
 
-    step(5, f"Online A/B for {seconds:.0f}s: 300 simulated users, GAMA ramping 5% -> 100%")
-    clips = [manifest.audio_path(c).read_bytes() for c in manifest.clips]
+    step(
+        5,
+        f"Online A/B for {seconds:.0f}s: 300 simulated users reporting outcomes, GAMA ramping "
+        "5% -> 100%",
+    )
+    clips = [
+        (manifest.audio_path(c).read_bytes(), c.labels[0] if c.labels else c.id)
+        for c in manifest.clips
+    ]
     stats = await _online(stack, clips, seconds)
     print(
         f"  {stats.sent} requests: {stats.ok} answered, {stats.failures} failed "
         f"{dict(stats.failed) if stats.failed else ''}; {stats.fallbacks} served by a fallback"
     )
+    reported = ", ".join(
+        f"{arm} {stats.accepted[arm]}/{n}" for arm, n in sorted(stats.reported.items())
+    )
+    print(f"  users reported `accepted` (RecordOutcome): {reported or 'none'}")
     print(f"  served by: {dict(stats.models)}")
 
     await asyncio.sleep(1.5)  # one more alert evaluation after the traffic

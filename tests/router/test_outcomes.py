@@ -4,6 +4,7 @@ not promoted, and an outcome guardrail broken on the fleet rolls it back."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ from tests.router.conftest import base_config, live_router
 from tests.support.audio import wav
 from tests.support.fault_server import fault_server
 
+ROOT = Path(__file__).resolve().parents[2]
+NODE_CLIENT = ROOT / "tests" / "clients" / "node"
+README = (ROOT / "README.md").read_text()
 OUTCOMES = {"accepted": {"kind": "binary"}, "rating": {"kind": "numeric", "min": 1, "max": 5}}
 
 
@@ -164,3 +168,70 @@ async def test_an_outcome_guardrail_broken_on_the_fleet_rolls_back(tmp_path: Pat
     assert [d.action for d in round_.decisions] == ["start", "rollback"]
     assert "guardrail accepted" in round_.decisions[-1].reasons[0]
     store.close()
+
+
+async def test_a_node_client_reports_an_outcome_as_the_readme_shows(tmp_path: Path) -> None:
+    import asyncio
+    import re
+    import shutil
+    import subprocess
+
+    script = NODE_CLIENT / "record_outcome.js"
+    (shown,) = re.findall(r"```js\n(.*?)```", README, flags=re.S)
+    assert shown.strip() in script.read_text()  # the README's lines are the tested client's
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("needs node (Node.js) for the other-language client")
+    if not (script.parent / "node_modules" / "@grpc" / "grpc-js").is_dir():
+        pytest.skip("needs npm to install the Node.js client's packages (make node-client)")
+    async with fault_server("a") as (_, a), fault_server("b") as (_, b):
+        async with live_router(_config(a, b), tmp_path) as router:
+            answer = await router.process(rpb.TASK_TAG, wav(0.2), user_id="carol")
+            address = f"127.0.0.1:{router.server.port}"
+
+            def run(*args: str) -> subprocess.CompletedProcess[str]:
+                return subprocess.run(
+                    [node, str(script), address, *args], capture_output=True, text=True, timeout=30
+                )
+
+            done = await asyncio.to_thread(run, answer.request_id, "rating", "4")
+            assert done.returncode == 0, done.stderr
+            refused = await asyncio.to_thread(run, answer.request_id, "accepted", "2")
+            assert refused.returncode == 2 and "INVALID_ARGUMENT" in refused.stderr
+            await router.flush()
+            assert router.core.results is not None
+            arms = phase_statistics(router.core.results.store, "ab", "p1", ["rating"])
+            (arm,) = [s for s in arms.values() if s.requests]
+            assert arm.metrics["rating"].mean == 4.0
+
+
+async def test_a_store_that_is_down_fails_no_request_and_drops_are_alerted(tmp_path: Path) -> None:
+    from tests.support.processes import free_port
+
+    async with fault_server("a") as (_, a), fault_server("b") as (_, b):
+        cfg = _config(a, b)
+        # Nothing listens there: every write fails at once.
+        cfg["results"] = {
+            "url": f"postgresql://nobody@127.0.0.1:{free_port()}/none",
+            "flush_ms": 50,
+            "max_buffer": 5,
+        }
+        cfg["alerting"] = {"evaluation_seconds": 0.1}
+        async with live_router(cfg, tmp_path) as router:
+            for i in range(20):
+                answer = await router.process(rpb.TASK_TAG, wav(0.2), user_id=f"u{i}")
+                await router.stub.RecordOutcome(
+                    rpb.RecordOutcomeRequest(
+                        request_id=answer.request_id, metric="accepted", value=1
+                    )
+                )
+            assert router.core.results is not None
+            writer = router.core.results.writer
+            assert writer.pending == 5 and writer.stats.dropped == 35  # 20 + 20 events, 5 kept
+            for _ in range(100):
+                alerts = (await router.admin.ListAlerts(rpb.ListAlertsRequest())).alerts
+                if any(x.name == "ResultsDropped" for x in alerts):
+                    break
+                await asyncio.sleep(0.05)
+            (dropped,) = [x for x in alerts if x.name == "ResultsDropped"]
+            assert dropped.state == "firing" and "experiment events dropped" in dropped.summary
