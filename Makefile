@@ -112,6 +112,7 @@ bench: install models
 	$(BIN)/python -m benchmarks.generation --models $(MODELS) --out docs/benchmarks.md
 	$(BIN)/python -m benchmarks.router --models $(MODELS) --out docs/benchmarks.md
 	$(BIN)/python -m benchmarks.overload --models $(MODELS) --out docs/benchmarks.md
+	$(BIN)/python -m benchmarks.results --models $(MODELS) --out docs/benchmarks.md
 
 # Re-resolve pins after editing dependencies in pyproject.toml.
 lock:

@@ -65,7 +65,7 @@ def _wait_port(port: int, seconds: float = 30) -> None:
     raise TimeoutError(f"nothing listens on {port}")
 
 
-async def _oip(address: str, clip: bytes, c: int, seconds: float) -> Load:
+async def oip_load(address: str, clip: bytes, c: int, seconds: float) -> Load:
     request = infer_request("wav2vec2", audio=clip, task="embed")
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
@@ -77,7 +77,7 @@ async def _oip(address: str, clip: bytes, c: int, seconds: float) -> Load:
         return await closed_loop(call, c, seconds, warmup=20)
 
 
-async def _router(address: str, clip: bytes, c: int, seconds: float) -> Load:
+async def router_load(address: str, clip: bytes, c: int, seconds: float) -> Load:
     request = rpb.ProcessRequest(audio=clip, task=rpb.TASK_EMBED, user_id="bench")
     async with grpc.aio.insecure_channel(address) as channel:
         stub = rpb_grpc.AudioRouterStub(channel)
@@ -166,12 +166,13 @@ def run(models: Path, seconds: float) -> Rounds:
             _wait_port(pport)
             _wait_port(sink_port)
             cells: dict[str, list[Callable[[int, float], Awaitable[Load]]]] = {
-                "direct": [lambda c, t: _oip(model.address, clip, c, t)],
-                "proxy": [lambda c, t: _oip(f"127.0.0.1:{pport}", clip, c, t)],
+                "direct": [lambda c, t: oip_load(model.address, clip, c, t)],
+                "proxy": [lambda c, t: oip_load(f"127.0.0.1:{pport}", clip, c, t)],
             }
             for path, instances in routers.items():
                 cells[path] = [
-                    lambda c, t, a=process.address: _router(a, clip, c, t) for process in instances
+                    lambda c, t, a=process.address: router_load(a, clip, c, t)
+                    for process in instances
                 ]
             for c in CONCURRENCY:
                 rounds: dict[str, list[Load]] = {path: [] for path in cells}
