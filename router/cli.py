@@ -40,7 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     fleet.add_argument("--experiment", required=True)
     fleet.add_argument("--seed", default=None, help="an earlier phase (default: the current one)")
     fleet.add_argument(
-        "--config", type=Path, required=True, help="the routers' configuration (arms, criteria)"
+        "--config",
+        type=Path,
+        help="the routers' configuration (arms, criteria); without it, counts and means only",
     )
     fleet.add_argument("--json", action="store_true", help="JSON (the only format; accepted)")
     results = sub.add_parser("results", help="manage the results store")

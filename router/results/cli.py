@@ -10,7 +10,7 @@ from gamaserving.jsonout import dumps
 from router.config import ConfigError, RouterConfig, find_experiment, load_config
 from router.experiments.results import ArmResults, Report
 from router.experiments.results import report as judge_phase
-from router.results.query import phase_statistics
+from router.results.query import outcome_metrics, phase_statistics, phases
 from router.results.store import ResultsStore, StoreError
 
 
@@ -69,14 +69,41 @@ def report_json(config: RouterConfig, store: ResultsStore, name: str, seed: str 
     return dumps(as_json(judge_phase(settings, arms, better), arms, phase))
 
 
+def counts_json(store: ResultsStore, name: str, seed: str | None) -> str:
+    """Without the configuration (no arms' weights, no criteria): what the store holds for the
+    phase (the latest one when no seed is given): requests, users and means per arm."""
+    phase = seed or next(iter(phases(store, name)), None)
+    if phase is None:
+        raise ConfigError(f"no exposures of experiment {name!r} in {store.describe()}")
+    arms = phase_statistics(store, name, phase, outcome_metrics(store, name, phase))
+    return dumps(
+        {
+            "experiment": name,
+            "seed": phase,
+            "counts": {arm: a.requests for arm, a in arms.items()},
+            "units": {arm: a.units for arm, a in arms.items()},
+            "means": {arm: {m: s.mean for m, s in a.metrics.items()} for arm, a in arms.items()},
+            "note": "no --config: counts and means only (the verdict needs the arms' weights "
+            "and criteria)",
+        }
+    )
+
+
 def report_command(args: argparse.Namespace) -> int:
     try:
-        config = load_config(args.config)
-        store = ResultsStore(store_url(args.results, config), args.config.parent.resolve())
+        config = load_config(args.config) if args.config else None
+        if config is None and not args.results:
+            raise ConfigError("pass --results URL, --config FILE, or both")
+        url = args.results if config is None else store_url(args.results, config)
+        base = args.config.parent.resolve() if args.config else None
+        store = ResultsStore(url, base)
     except (ConfigError, StoreError, ValueError) as exc:
         return _fail(str(exc))
     try:
-        print(report_json(config, store, args.experiment, args.seed))
+        if config is None:
+            print(counts_json(store, args.experiment, args.seed))
+        else:
+            print(report_json(config, store, args.experiment, args.seed))
     except ConfigError as exc:
         return _fail(str(exc))
     except StoreError as exc:

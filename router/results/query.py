@@ -1,7 +1,11 @@
 """A phase's results from the store, in SQL: per unit (the user: what was randomised) first,
 then per arm, as sufficient statistics (GrowthBook's fact-metric statistics CTE). Per-request
 metrics are ratio metrics over units, so a user with a thousand requests counts as one unit
-whose requests move together; outcomes join exposures by request id whenever they arrived."""
+whose requests move together; outcomes join exposures by request id whenever they arrived.
+
+`phase_statistics` reads the per-unit rollup the writers keep (one row per user and metric);
+`phase_statistics_from_events` computes the same from the events themselves, the reference
+the rollup is checked against."""
 
 from __future__ import annotations
 
@@ -13,16 +17,9 @@ from sqlalchemy.sql.selectable import FromClause
 
 from router.experiments.results import ArmResults
 from router.experiments.stats import RatioMoments, Statistic
-from router.results.schema import exposures, outcomes
+from router.results.rollup import REQUEST_METRICS
+from router.results.schema import exposures, outcomes, unit_outcomes, unit_requests
 from router.results.store import ResultsStore
-
-REQUEST_METRICS = {
-    "latency_ms": exposures.c.latency_ms,
-    "error_rate": exposures.c.error,
-    "fallback_rate": exposures.c.fallback,
-    "quality_failure_rate": exposures.c.quality_failed,
-}
-"""Metrics every exposure carries, each a value per request."""
 
 
 def _number(column: ColumnElement[object]) -> ColumnElement[float]:
@@ -34,7 +31,47 @@ def phase_statistics(
 ) -> dict[str, ArmResults]:
     """Per arm: units, requests, and a RatioMoments for each request metric and each declared
     outcome metric (x: the unit's sum of the metric over its requests that have it; y: how
-    many requests have it)."""
+    many requests have it), from the per-unit rollup."""
+    r = unit_requests.c
+    per_arm = [func.count(), func.sum(r.requests), func.sum(r.requests * r.requests)]
+    for name in REQUEST_METRICS:
+        column = r[name]
+        per_arm += [func.sum(column), func.sum(column * column), func.sum(column * r.requests)]
+    query = (
+        select(r.arm, *per_arm).where(r.experiment == experiment, r.seed == seed).group_by(r.arm)
+    )
+    out: dict[str, ArmResults] = {}
+    for arm, units, requests, requests2, *sums in store.read(query):
+        y, yy = float(requests or 0.0), float(requests2 or 0.0)
+        stats: dict[str, Statistic] = {}
+        for i, name in enumerate(REQUEST_METRICS):
+            sx, sxx, sxy = (float(v or 0.0) for v in sums[3 * i : 3 * i + 3])
+            stats[name] = RatioMoments(int(units), sx, sxx, y, yy, sxy)
+        out[str(arm)] = ArmResults(int(units), round(y), stats)
+    o = unit_outcomes.c
+    query = (
+        select(o.arm, o.metric)
+        .add_columns(
+            func.sum(o.x), func.sum(o.x * o.x), func.sum(o.y), func.sum(o.y * o.y),
+            func.sum(o.x * o.y),
+        )
+        .where(o.experiment == experiment, o.seed == seed, o.metric.in_(list(outcome_metrics)))
+        .group_by(o.arm, o.metric)
+    )  # fmt: skip
+    found = {(str(arm), str(metric)): values for arm, metric, *values in store.read(query)}
+    for arm, results in out.items():
+        for metric in outcome_metrics:
+            # A user without a report on this metric adds zero to every sum.
+            values = found.get((arm, metric), [0.0] * 5)
+            ox, oxx, oy, oyy, oxy = (float(v or 0.0) for v in values)
+            results.metrics[metric] = RatioMoments(results.units, ox, oxx, oy, oyy, oxy)
+    return out
+
+
+def phase_statistics_from_events(
+    store: ResultsStore, experiment: str, seed: str, outcome_metrics: Sequence[str] = ()
+) -> dict[str, ArmResults]:
+    """`phase_statistics` computed from every exposure and outcome of the phase."""
     joined: FromClause = exposures
     values: dict[str, tuple[ColumnElement[float], ColumnElement[float]]] = {}
     for name, column in REQUEST_METRICS.items():
@@ -119,3 +156,15 @@ def outcome_trends(
             (float(index) * bucket_seconds, float(mean), int(count))
         )
     return out
+
+
+def outcome_metrics(store: ResultsStore, experiment: str, seed: str) -> list[str]:
+    """The outcome metrics reported for the phase's requests."""
+    o = unit_outcomes.c
+    query = (
+        select(o.metric)
+        .where(o.experiment == experiment, o.seed == seed)
+        .group_by(o.metric)
+        .order_by(o.metric)
+    )
+    return [str(row[0]) for row in store.read(query)]

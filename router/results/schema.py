@@ -62,3 +62,41 @@ outcomes = Table(
     # One value per (request, metric): a repeated report replaces the earlier one.
     PrimaryKeyConstraint("request_id", "metric"),
 )
+
+
+# Per unit (user) of a phase: how many requests, and the sums of the request metrics over
+# them; per unit and outcome metric: the sum of the latest reported values (x) and how many
+# of the unit's requests have one (y). Kept current in the same transaction as the events they
+# sum, so a report reads one row per user (and outcome) instead of every exposure of the phase.
+unit_requests = Table(
+    "unit_requests",
+    metadata,
+    Column("experiment", String(128), nullable=False),
+    Column("seed", String(128), nullable=False),
+    Column("arm", String(128), nullable=False),
+    Column("unit", String(256), nullable=False),
+    Column("requests", Float, nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    Column("error_rate", Float, nullable=False),
+    Column("fallback_rate", Float, nullable=False),
+    Column("quality_failure_rate", Float, nullable=False),
+    PrimaryKeyConstraint("experiment", "seed", "arm", "unit"),
+)
+
+unit_outcomes = Table(
+    "unit_outcomes",
+    metadata,
+    Column("experiment", String(128), nullable=False),
+    Column("seed", String(128), nullable=False),
+    Column("arm", String(128), nullable=False),
+    Column("unit", String(256), nullable=False),
+    Column("metric", String(64), nullable=False),
+    Column("x", Float, nullable=False),
+    Column("y", Float, nullable=False),
+    PrimaryKeyConstraint("experiment", "seed", "arm", "unit", "metric"),
+)
+
+# One row; every write transaction locks it first, so writers (replicas) apply their batches
+# one after another and an outcome and its exposure written at once by two replicas are never
+# both missed by the rollup. SQLite has one writer anyway.
+writer_lock = Table("results_writer_lock", metadata, Column("id", Integer, primary_key=True))

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    Connection,
     Engine,
     Row,
     Select,
@@ -26,7 +27,24 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from router.results.schema import SCHEMA_VERSION, exposures, metadata, outcomes, schema_info
+from router.results.rollup import (
+    REQUEST_METRICS,
+    Deltas,
+    new_exposures,
+    new_outcomes,
+    previous_outcomes,
+    rebuild,
+)
+from router.results.schema import (
+    SCHEMA_VERSION,
+    exposures,
+    metadata,
+    outcomes,
+    schema_info,
+    unit_outcomes,
+    unit_requests,
+    writer_lock,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +148,8 @@ class ResultsStore:
                 versions = conn.execute(select(schema_info.c.version)).scalars().all()
                 if not versions:
                     conn.execute(insert(schema_info).values(version=SCHEMA_VERSION))
+                if not conn.execute(select(writer_lock)).first():
+                    conn.execute(insert(writer_lock).values(id=1))
                 elif max(versions) > SCHEMA_VERSION:
                     raise SchemaError(
                         f"{self.describe()} holds results schema {max(versions)}, newer than this "
@@ -154,12 +174,20 @@ class ResultsStore:
         outcome_rows = [asdict(o) for o in latest.values()]
         try:
             with self.engine.begin() as conn:
+                # Writers apply their batches one at a time (see writer_lock).
+                conn.execute(select(writer_lock).with_for_update())
+                deltas = Deltas()
                 if exposure_rows:
-                    stmt = self._upsert(exposures).on_conflict_do_nothing(
-                        index_elements=["request_id"]
+                    returning = (
+                        self._upsert(exposures)
+                        .on_conflict_do_nothing(index_elements=["request_id"])
+                        .returning(exposures.c.request_id)
                     )
-                    conn.execute(stmt, exposure_rows)
+                    inserted = set(conn.execute(returning, exposure_rows).scalars())
+                    fresh = [r for r in exposure_rows if r["request_id"] in inserted]
+                    new_exposures(conn, fresh, deltas)
                 if outcome_rows:
+                    previous = previous_outcomes(conn, outcome_rows)
                     up = self._upsert(outcomes)
                     # The latest report wins by when it was made, not by which replica's
                     # batch lands last (a retry through one replica must not undo a later
@@ -170,6 +198,45 @@ class ResultsStore:
                         where=up.excluded.at >= outcomes.c.at,
                     )
                     conn.execute(stmt, outcome_rows)
+                    new_outcomes(conn, outcome_rows, previous, deltas)
+                self._add_totals(conn, deltas)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"{self.describe()}: {_reason(exc)}") from exc
+
+    def _add_totals(self, conn: Connection, deltas: Deltas) -> None:
+        """Add a batch's sums to the per-user rollup (one upsert per table)."""
+        keys = ["experiment", "seed", "arm", "unit"]
+        requests = deltas.request_rows()
+        if requests:
+            up = self._upsert(unit_requests)
+            sums = ("requests", *REQUEST_METRICS)
+            conn.execute(
+                up.on_conflict_do_update(
+                    index_elements=keys,
+                    set_={c: unit_requests.c[c] + up.excluded[c] for c in sums},
+                ),
+                requests,
+            )
+        reports = deltas.outcome_rows()
+        if reports:
+            up = self._upsert(unit_outcomes)
+            conn.execute(
+                up.on_conflict_do_update(
+                    index_elements=[*keys, "metric"],
+                    set_={
+                        "x": unit_outcomes.c.x + up.excluded.x,
+                        "y": unit_outcomes.c.y + up.excluded.y,
+                    },
+                ),
+                reports,
+            )
+
+    def rebuild(self, experiment: str, seed: str, outcome_metrics: Sequence[str]) -> None:
+        """Recompute a phase's per-user totals from its events."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(select(writer_lock).with_for_update())
+                rebuild(conn, experiment, seed, outcome_metrics)
         except SQLAlchemyError as exc:
             raise StoreError(f"{self.describe()}: {_reason(exc)}") from exc
 
@@ -182,6 +249,11 @@ class ResultsStore:
         ids = select(exposures.c.request_id).where(*where)
         try:
             with self.engine.begin() as conn:
+                for table in (unit_requests, unit_outcomes):
+                    rolled = [table.c.experiment == experiment]
+                    if seed is not None:
+                        rolled.append(table.c.seed == seed)
+                    conn.execute(delete(table).where(*rolled))
                 conn.execute(delete(outcomes).where(outcomes.c.request_id.in_(ids)))
                 return conn.execute(delete(exposures).where(*where)).rowcount
         except SQLAlchemyError as exc:

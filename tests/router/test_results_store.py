@@ -5,6 +5,7 @@ writer that survives an outage, and a schema that refuses to be misread."""
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import random
 from collections.abc import Iterator
@@ -15,8 +16,9 @@ import pytest
 import statsmodels.api as sm
 from sqlalchemy import update
 
-from router.experiments.stats import welch
-from router.results.query import phase_statistics
+from router.experiments.results import ArmResults
+from router.experiments.stats import RatioMoments, welch
+from router.results.query import phase_statistics, phase_statistics_from_events
 from router.results.schema import SCHEMA_VERSION, schema_info
 from router.results.store import Exposure, Outcome, ResultsStore, StoreError
 from router.results.writer import ResultsWriter
@@ -189,3 +191,79 @@ async def test_close_writes_everything_buffered(tmp_path: Path) -> None:
     await writer.close()
     assert store.count("e", "s1") == 300
     store.close()
+
+
+def test_the_rollup_equals_the_events_however_they_arrive(store: ResultsStore) -> None:
+    """Exposures re-sent, outcomes before and after their exposure, replaced by later reports
+    and not by earlier ones, in batches of every size: the per-user rollup the writers keep
+    equals what the events give, and a rebuild from the events gives it too."""
+    rng = random.Random(11)
+    seed = f"rollup-{next(_fresh)}"
+    events: list[tuple[str, object]] = []
+    for i in range(300):
+        arm = "control" if i % 2 else "candidate"
+        row = exposure(f"{seed}-{i}", arm, f"u{rng.randrange(40)}", rng.uniform(5, 50), seed=seed,
+                       error=rng.random() < 0.1, fallback=rng.random() < 0.2)  # fmt: skip
+        events.append(("exposure", row))
+        if rng.random() < 0.3:
+            events.append(("exposure", row))  # a retry re-sends it
+        for metric in ("accepted", "rating"):
+            for _ in range(rng.randrange(3)):  # none, one, or a repeat
+                value = float(rng.random() < 0.6) if metric == "accepted" else rng.uniform(1, 5)
+                events.append(
+                    ("outcome", Outcome(row.request_id, metric, value, rng.uniform(0, 9)))
+                )
+    events.append(("outcome", Outcome("never-exposed", "accepted", 1.0, 1.0)))
+    rng.shuffle(events)  # outcomes before their exposures, reports out of order
+    i = 0
+    while i < len(events):
+        size = rng.choice([1, 7, 50, 200])
+        batch = events[i : i + size]
+        i += size
+        store.write(
+            [e for kind, e in batch if kind == "exposure"],  # type: ignore[misc]
+            [e for kind, e in batch if kind == "outcome"],  # type: ignore[misc]
+        )
+    metrics = ["accepted", "rating"]
+    expected = _flat(phase_statistics_from_events(store, "e", seed, metrics))
+    assert _flat(phase_statistics(store, "e", seed, metrics)) == pytest.approx(expected)
+    store.rebuild("e", seed, metrics)
+    assert _flat(phase_statistics(store, "e", seed, metrics)) == pytest.approx(expected)
+    assert sum(v for (arm, what), v in expected.items() if what == "requests") == 300
+
+
+def _flat(arms: dict[str, ArmResults]) -> dict[tuple[str, str], float]:
+    out: dict[tuple[str, str], float] = {}
+    for arm, a in arms.items():
+        out[(arm, "units")], out[(arm, "requests")] = a.units, a.requests
+        for metric, m in a.metrics.items():
+            assert isinstance(m, RatioMoments)
+            for field in ("n", "x", "xx", "y", "yy", "xy"):
+                out[(arm, f"{metric}.{field}")] = getattr(m, field)
+    return out
+
+
+def test_report_and_prune_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from router.cli import main
+
+    url = f"sqlite:///{tmp_path / 'cli.sqlite'}"
+    store = ResultsStore(url)
+    seed = f"cli-{next(_fresh)}"
+    store.write(
+        [exposure(f"{seed}-{i}", "control" if i % 3 else "candidate", f"u{i}", seed=seed)
+         for i in range(9)],
+        [Outcome(f"{seed}-1", "accepted", 1.0, 1.0), Outcome(f"{seed}-2", "accepted", 0.0, 1.0)],
+    )  # fmt: skip
+    store.close()
+    assert main(["report", "--results", url, "--experiment", "e", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["seed"] == seed and out["counts"] == {"control": 6, "candidate": 3}
+    assert (
+        out["means"]["control"]["accepted"] == 0.5 and out["means"]["candidate"]["accepted"] is None
+    )
+    assert main(["results", "prune", "--results", url, "--experiment", "e", "--seed", seed]) == 0
+    assert "deleted 9 exposures of e (seed " in capsys.readouterr().out
+    assert main(["report", "--results", url, "--experiment", "e", "--json"]) == 2
+    assert "no exposures of experiment 'e'" in capsys.readouterr().err
