@@ -68,31 +68,34 @@ outcomes = Table(
 # them; per unit and outcome metric: the sum of the latest reported values (x) and how many
 # of the unit's requests have one (y). Kept current in the same transaction as the events they
 # sum, so a report reads one row per user (and outcome) instead of every exposure of the phase.
+def _unit() -> list[Column[str]]:
+    """The key of a user in a phase: what the rollup tables sum per."""
+    return [
+        Column("experiment", String(128), nullable=False),
+        Column("seed", String(128), nullable=False),
+        Column("arm", String(128), nullable=False),
+        Column("unit", String(256), nullable=False),
+    ]
+
+
+def _sums(*names: str) -> list[Column[float]]:
+    return [Column(name, Float, nullable=False) for name in names]
+
+
 unit_requests = Table(
     "unit_requests",
     metadata,
-    Column("experiment", String(128), nullable=False),
-    Column("seed", String(128), nullable=False),
-    Column("arm", String(128), nullable=False),
-    Column("unit", String(256), nullable=False),
-    Column("requests", Float, nullable=False),
-    Column("latency_ms", Float, nullable=False),
-    Column("error_rate", Float, nullable=False),
-    Column("fallback_rate", Float, nullable=False),
-    Column("quality_failure_rate", Float, nullable=False),
+    *_unit(),
+    *_sums("requests", "latency_ms", "error_rate", "fallback_rate", "quality_failure_rate"),
     PrimaryKeyConstraint("experiment", "seed", "arm", "unit"),
 )
 
 unit_outcomes = Table(
     "unit_outcomes",
     metadata,
-    Column("experiment", String(128), nullable=False),
-    Column("seed", String(128), nullable=False),
-    Column("arm", String(128), nullable=False),
-    Column("unit", String(256), nullable=False),
+    *_unit(),
     Column("metric", String(64), nullable=False),
-    Column("x", Float, nullable=False),
-    Column("y", Float, nullable=False),
+    *_sums("x", "y"),
     PrimaryKeyConstraint("experiment", "seed", "arm", "unit", "metric"),
 )
 
