@@ -3,6 +3,7 @@ shared model-server processes are in tests/conftest.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -36,6 +37,16 @@ class LiveRouter:
         self.path = path
         self.stub = rpb_grpc.AudioRouterStub(channel)
         self.admin = rpb_grpc.RouterAdminStub(channel)
+
+    async def all_serving(self) -> None:
+        """Wait for every endpoint's first health answer (the router starts before it comes,
+        and an endpoint not yet known SERVING is skipped as unhealthy)."""
+        assert self.core.state is not None
+        for backend in self.core.state.backends.values():
+            for endpoint in backend.endpoints:
+                while not endpoint.serving:
+                    endpoint.health_changed.clear()
+                    await asyncio.wait_for(endpoint.health_changed.wait(), 10)
 
     async def flush(self) -> None:
         """Write what the results writer holds, so the store has every exposure so far."""

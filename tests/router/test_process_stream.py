@@ -131,6 +131,7 @@ async def test_after_the_first_piece_a_failure_ends_the_stream_without_failover(
         fault_server("gama") as (fallback, f_addr),
         live_router(describe_route([p_addr], [f_addr]), tmp_path) as router,
     ):
+        await router.all_serving()
         received: list[str] = []
         with pytest.raises(grpc.aio.AioRpcError) as err:
             async for message in router.stub.ProcessStream(
@@ -157,6 +158,7 @@ async def test_before_the_first_piece_failures_and_empty_answers_fail_over(
             fault_server("gama") as (_, f_addr),
             live_router(describe_route([p_addr], [f_addr]), tmp_path) as router,
         ):
+            await router.all_serving()  # the primary is tried, and fails as `mode` says
             pieces, result = await stream(router, f"before-{mode}")
         assert "".join(pieces) == result.text == "gama says hello"
         assert result.route.model == "fallback" and result.route.fallback_used
