@@ -131,6 +131,7 @@ async def test_total_primary_failure_sends_at_most_1_2x_to_the_primary(
             retry_budget={"ratio": 0.2, "max_tokens": 2},
         )
         async with live_router(cfg, tmp_path) as router:
+            await router.all_serving()  # every request tries the failing primary's endpoints
             n = 300
             sem = asyncio.Semaphore(10)
 

@@ -43,6 +43,7 @@ async def test_fault_triggers_fallback_and_is_counted(
         fault_server("good") as (good, ga),
     ):
         async with live_router(_config(fa, ga, TASK[task], "fallback"), tmp_path) as router:
+            await router.all_serving()  # the faulty model is tried, not skipped as unknown
             for _ in range(3):
                 response = await router.process(task, wav(0.5), prompt="What is it?")
                 assert response.route.model == "good"
