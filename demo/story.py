@@ -65,32 +65,39 @@ async def _restart_router(stack: Stack, admin: rpb_grpc.RouterAdminStub, expecte
 
 
 async def _online(stack: Stack, clips: list[tuple[bytes, str]], seconds: float) -> TrafficStats:
+    """Traffic for `seconds` of serving time: the router restarts after a quarter of it and the
+    primary is killed at half of it. The restart's own time is not counted, so on a slow machine
+    every event still happens, in order, with traffic on both sides of it."""
     stats = TrafficStats()
     stop = asyncio.Event()
     router = stack.processes["router"].address
     traffic = asyncio.create_task(simulate_users(router, clips, stop, stats))
     start = time.monotonic()
+    paused = 0.0
     killed = restarted = False
     async with grpc.aio.insecure_channel(router) as channel:
         admin = rpb_grpc.RouterAdminStub(channel)
-        while (elapsed := time.monotonic() - start) < seconds:
+        while not killed or time.monotonic() - start - paused < seconds:
             await asyncio.sleep(2)
-            if not restarted and elapsed >= seconds / 4:
+            served = time.monotonic() - start - paused
+            if not restarted and served >= seconds / 4:
                 # Users wait while the only replica restarts (a fleet would keep serving).
+                began = time.monotonic()
                 stop.set()
                 await traffic
                 await _restart_router(stack, admin, stats.in_experiment)
                 restarted = True
                 stop = asyncio.Event()
                 traffic = asyncio.create_task(simulate_users(router, clips, stop, stats, seed=1))
+                paused += time.monotonic() - began
                 continue
-            if not killed and elapsed >= seconds / 2:
+            if restarted and not killed and served >= seconds / 2:
                 print("  >>> killing the primary, wav2vec2, with SIGKILL", flush=True)
                 await asyncio.to_thread(stack.processes["wav2vec2"].kill)
                 killed = True
             arms = ", ".join(f"{arm} {n}" for arm, n in sorted(stats.arms.items()))
             print(
-                f"  t={time.monotonic() - start:4.0f}s  requests {stats.sent:5d}  "
+                f"  t={served:4.0f}s  requests {stats.sent:5d}  "
                 f"failed {stats.failures}  coverage {await _coverage(admin):4.0%}  "
                 f"fallbacks {stats.fallbacks:4d}  [{arms}]",
                 flush=True,
