@@ -22,7 +22,8 @@ from benchmarks.common import Load, closed_loop, machine, write_section
 from gamaserving.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from gamaserving.oip import param_value
 from modelserver.config import Task, load_model_config
-from modelserver.core import InferenceCore, ModelState
+from modelserver.core import InferenceCore
+from modelserver.lifecycle import Lifecycle, ModelState
 from modelserver.messages import TASK_OUTPUTS, AudioPayload, InferRequest
 from tests.support.audio import wav
 from tests.support.oip import infer_request
@@ -47,9 +48,11 @@ def _model_copy(src: Path, dst: Path, batching: bool) -> Path:
 async def in_process(
     model_dir: Path, task: Task, clip: bytes, concurrency: int, seconds: float
 ) -> Load:
-    core = InferenceCore(load_model_config(model_dir))
+    config = load_model_config(model_dir)
+    lifecycle = Lifecycle(config.name)
+    core = InferenceCore(config, lifecycle)
     await core.load(model_dir, "auto")
-    core.set_state(ModelState.READY)
+    lifecycle.set_state(ModelState.READY)
     request = InferRequest("bench", task, AudioPayload(encoded=clip), frozenset(TASK_OUTPUTS[task]))
 
     async def call() -> int:

@@ -10,7 +10,6 @@ and never computed.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -20,9 +19,7 @@ from typing import Any, Generic, TypeVar
 
 from modelserver.config import Batching
 from modelserver.errors import ErrorKind, InferenceError, exhausted, unavailable
-from modelserver.worker import WorkLoop
-
-log = logging.getLogger(__name__)
+from modelserver.worker import UNOBSERVED, CallObserver, WorkLoop
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -47,7 +44,6 @@ class BatcherStats:
     rejected: int = 0
     expired: int = 0
     cancelled: int = 0
-    faults: int = 0
     batch_sizes: list[int] = field(default_factory=list)
 
     def record_batch(self, size: int) -> None:
@@ -77,20 +73,15 @@ class DynamicBatcher(WorkLoop, Generic[T, R]):
         settings: Batching,
         executor: Executor,
         clock: Callable[[], float] = time.monotonic,
-        on_fault: Callable[[BaseException], None] | None = None,
-        on_success: Callable[[], None] | None = None,
+        observer: CallObserver = UNOBSERVED,
         arriving: Callable[[], int] = lambda: 0,
-        on_batch: Callable[[int, float], None] | None = None,
+        on_batch: Callable[[int, float], None] = lambda size, seconds: None,
     ) -> None:
+        super().__init__(executor, clock, observer)
         self._run_batch = run_batch
         self.settings = settings
-        self._executor = executor
-        self._clock = clock
-        self._on_fault = on_fault
-        self._on_success = on_success
         self._arriving = arriving
         self._on_batch = on_batch
-        super().__init__()
         self._queue: deque[_Entry[T, R]] = deque()
         self._wakeup = asyncio.Event()
         self.stats = BatcherStats()
@@ -159,7 +150,6 @@ class DynamicBatcher(WorkLoop, Generic[T, R]):
         return batch
 
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             while not self._queue:
                 self._wakeup.clear()
@@ -170,35 +160,18 @@ class DynamicBatcher(WorkLoop, Generic[T, R]):
             if not batch:
                 continue
             start = self._clock()
-            self.busy_since = start
             try:
-                results: list[Any] = await loop.run_in_executor(
-                    self._executor, self._run_batch, [e.item for e in batch]
+                results = await self._call_model(
+                    "on this batch", len(batch), self._run_batch, [e.item for e in batch]
                 )
-            except Exception as exc:
-                self.stats.faults += 1
-                log.exception("model call failed for a batch of %d", len(batch))
-                if self._on_fault is not None:
-                    self._on_fault(exc)
-                error = (
-                    exc
-                    if isinstance(exc, InferenceError)
-                    else InferenceError(
-                        ErrorKind.INTERNAL, f"the model failed on this batch: {type(exc).__name__}"
-                    )
-                )
+            except InferenceError as error:
                 for entry in batch:
                     if not entry.future.done():
                         entry.future.set_exception(error)
                 continue
-            finally:
-                self.busy_since = None
-            if self._on_success is not None:
-                self._on_success()
             compute_ms = (self._clock() - start) * 1000
             self.stats.record_batch(len(batch))
-            if self._on_batch is not None:
-                self._on_batch(len(batch), compute_ms / 1000)
+            self._on_batch(len(batch), compute_ms / 1000)
             tags = tuple(e.tag for e in batch)
             for entry, result in zip(batch, results, strict=True):
                 if not entry.future.done():

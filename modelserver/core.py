@@ -11,7 +11,6 @@ import logging
 import time
 from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
-from enum import Enum
 from typing import Any, Protocol
 
 import numpy as np
@@ -27,17 +26,12 @@ from modelserver.families.base import Family
 from modelserver.generation.result import generated_result
 from modelserver.generation.scheduler import Event, Finished, GenerationScheduler, Piece
 from modelserver.generation.tracing import GenerationSpan
+from modelserver.lifecycle import Lifecycle, ModelState
 from modelserver.memory import check_kv_budget
 from modelserver.messages import TASK_OUTPUTS, AudioPayload, InferRequest, InferResult
+from modelserver.worker import WorkLoop
 
 log = logging.getLogger(__name__)
-
-
-class ModelState(Enum):
-    LOADING = "loading"
-    READY = "ready"
-    FAULTED = "faulted"
-    DRAINING = "draining"
 
 
 class CoreMetrics(Protocol):
@@ -48,23 +42,44 @@ class CoreMetrics(Protocol):
     def generated(self, finished: Finished) -> None: ...
 
 
+class Unmeasured:
+    """No metrics (no metrics port, and warm-up requests, which are not traffic)."""
+
+    def request(self, task: str, outcome: str, queue_s: float | None) -> None:
+        pass
+
+    def batch(self, size: int, seconds: float) -> None:
+        pass
+
+    def generated(self, finished: Finished) -> None:
+        pass
+
+
+UNMEASURED = Unmeasured()
+
+
 class InferenceCore:
+    """The request pipeline: admission, decoding and preparation, then the dynamic batcher or,
+    for a generated answer, the generation scheduler. The model's states live in `lifecycle`."""
+
     def __init__(
-        self, config: ModelConfig, fault_threshold: int = 3, prep_threads: int = 2
+        self,
+        config: ModelConfig,
+        lifecycle: Lifecycle,
+        metrics: CoreMetrics = UNMEASURED,
+        tracer: Tracer | None = None,
+        prep_threads: int = 2,
     ) -> None:
         self.config = config
+        self.lifecycle = lifecycle
+        self.metrics = metrics
+        self.tracer: Tracer = tracer or trace.NoOpTracer()
         self.family: Family | None = None
         self.batcher: DynamicBatcher[Any, dict[str, np.ndarray]] | None = None
         self.scheduler: GenerationScheduler | None = None
         self.decoder = AudioDecoder(config.sample_rate, config.limits)
-        self.state = ModelState.LOADING
-        self.fault_threshold = fault_threshold
-        self.consecutive_faults = 0
-        self.on_state_change: list[Any] = []
         self.arriving = 0
         self.in_flight = 0
-        self.metrics: CoreMetrics | None = None
-        self.tracer: Tracer = trace.NoOpTracer()
         self._idle = asyncio.Event()
         self._idle.set()
         self._prep = ThreadPoolExecutor(prep_threads, thread_name_prefix="prepare")
@@ -73,45 +88,33 @@ class InferenceCore:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def load(self, model_dir: Any, device: str) -> None:
-        """Load on the inference thread, so the event loop keeps answering probes meanwhile."""
+        """Load on the inference thread, so the event loop keeps answering probes meanwhile,
+        then start the work loops."""
         from modelserver.families import load_family
 
         loop = asyncio.get_running_loop()
         family = await loop.run_in_executor(
             self._compute, load_family, model_dir, self.config, device
         )
-        engine = family.engine()
-        if engine is not None and self.config.continuous_batching.enabled:
+        generating = self.config.continuous_batching
+        engine = family.engine() if generating.enabled else None
+        if engine is not None:
             bytes_per_token = getattr(family, "kv_bytes_per_token", 0)
-            check_kv_budget(
-                self.config.continuous_batching.kv_budget_tokens,
-                bytes_per_token,
-                family.placement.device,
+            check_kv_budget(generating.kv_budget_tokens, bytes_per_token, family.placement.device)
+            self.scheduler = GenerationScheduler(
+                engine, generating, self._compute, observer=self.lifecycle
             )
-        self.attach(family)
-
-    def attach(self, family: Family) -> None:
-        self.family = family
+            self.scheduler.start()
         self.batcher = DynamicBatcher(
             family.run_batch,
             self.config.batching,
             self._compute,
-            on_fault=self._fault,
-            on_success=self._success,
+            observer=self.lifecycle,
             arriving=lambda: self.arriving,
             on_batch=self._batch_done,
         )
         self.batcher.start()
-        engine = family.engine() if self.config.continuous_batching.enabled else None
-        if engine is not None:
-            self.scheduler = GenerationScheduler(
-                engine,
-                self.config.continuous_batching,
-                self._compute,
-                on_fault=self._fault,
-                on_success=self._success,
-            )
-            self.scheduler.start()
+        self.family = family
 
     async def warm_up(self, iterations: int | None = None) -> None:
         """Every task through the full path, so first client calls meet warm caches."""
@@ -138,7 +141,7 @@ class InferenceCore:
                 await self.infer(request, deadline=None, warming=True)
 
     async def self_test(self) -> bool:
-        """One pass over every task; a success clears FAULTED through the batcher's callback."""
+        """One pass over every task; a success clears FAULTED (the lifecycle hears each call)."""
         try:
             await self.warm_up(iterations=1)
         except Exception as exc:
@@ -146,56 +149,31 @@ class InferenceCore:
             return False
         return True
 
-    def set_state(self, state: ModelState) -> None:
-        if state is not self.state:
-            log.info("model %s: %s -> %s", self.config.name, self.state.value, state.value)
-            self.state = state
-            for callback in self.on_state_change:
-                callback(state)
-
     def drain(self) -> None:
-        self.set_state(ModelState.DRAINING)
-        if self.batcher is not None:
-            self.batcher.close()
-        if self.scheduler is not None:
-            self.scheduler.close()
+        self.lifecycle.set_state(ModelState.DRAINING)
+        for worker in self._workers():
+            worker.close()
 
     async def close(self) -> None:
-        if self.batcher is not None:
-            await self.batcher.stop()
-        if self.scheduler is not None:
-            await self.scheduler.stop()
+        for worker in self._workers():
+            await worker.stop()
         self._prep.shutdown(wait=False, cancel_futures=True)
         self._compute.shutdown(wait=False, cancel_futures=True)
 
     def stuck(self, stuck_after: float, now: float | None = None) -> bool:
         """True when one model call has run longer than `stuck_after` seconds."""
         now = now or time.monotonic()
-        workers = (self.batcher, self.scheduler)
         return any(
-            w is not None and w.busy_since is not None and now - w.busy_since > stuck_after
-            for w in workers
+            w.busy_since is not None and now - w.busy_since > stuck_after for w in self._workers()
         )
+
+    def _workers(self) -> list[WorkLoop]:
+        return [w for w in (self.batcher, self.scheduler) if w is not None]
 
     def _batch_done(self, size: int, seconds: float) -> None:
         # Warm-up batches are not traffic.
-        if self.metrics is not None and self.state is not ModelState.LOADING:
+        if self.lifecycle.state is not ModelState.LOADING:
             self.metrics.batch(size, seconds)
-
-    def _fault(self, exc: BaseException) -> None:
-        self.consecutive_faults += 1
-        if self.consecutive_faults >= self.fault_threshold and self.state is ModelState.READY:
-            log.error(
-                "model %s: %d consecutive faults, not ready",
-                self.config.name,
-                self.consecutive_faults,
-            )
-            self.set_state(ModelState.FAULTED)
-
-    def _success(self) -> None:
-        self.consecutive_faults = 0
-        if self.state is ModelState.FAULTED:
-            self.set_state(ModelState.READY)
 
     def _family(self) -> Family:
         if self.family is None:
@@ -206,7 +184,7 @@ class InferenceCore:
 
     @property
     def ready(self) -> bool:
-        return self.state is ModelState.READY
+        return self.lifecycle.ready
 
     def resolve_task(self, name: str | None) -> Task:
         family = self._family()
@@ -248,7 +226,7 @@ class InferenceCore:
         decoded, then `Finished`. Closing it early frees the sequence's slot at the next step."""
         self.in_flight += 1
         self._idle.clear()
-        metrics = None if warming else self.metrics
+        metrics = UNMEASURED if warming else self.metrics
         outcome, queue_s = "ok", None
         answered = False  # the last event is out: closing the stream after it is no cancel
         try:
@@ -269,8 +247,7 @@ class InferenceCore:
                     if isinstance(event, Finished):
                         queue_s = event.queue_ms / 1000
                         answered = True
-                        if metrics is not None:
-                            metrics.generated(event)
+                        metrics.generated(event)
                     yield event
         except InferenceError as exc:
             outcome = exc.kind.value.lower()
@@ -282,8 +259,7 @@ class InferenceCore:
             self.in_flight -= 1
             if self.in_flight == 0:
                 self._idle.set()
-            if metrics is not None:
-                metrics.request(request.task.value, outcome, queue_s)
+            metrics.request(request.task.value, outcome, queue_s)
 
     async def wait_idle(self) -> None:
         """Return once no request is in flight."""
@@ -291,9 +267,10 @@ class InferenceCore:
 
     def _admissible(self, request: InferRequest, warming: bool) -> Family:
         family = self._family()
-        if self.state is ModelState.DRAINING:
+        state = self.lifecycle.state
+        if state is ModelState.DRAINING:
             raise unavailable("the model server is draining and takes no new requests")
-        if self.state is ModelState.LOADING and not warming:
+        if state is ModelState.LOADING and not warming:
             raise unavailable(f"model {self.config.name} is warming up; retry shortly")
         family.check_outputs(request)
         if request.prompt is not None and len(request.prompt) > self.config.limits.max_prompt_chars:

@@ -15,7 +15,7 @@ import time
 
 from grpc_health.v1 import health, health_pb2
 
-from modelserver.core import InferenceCore, ModelState
+from modelserver.core import InferenceCore
 
 LIVENESS = ("", "liveness")
 READINESS = ("readiness", "inference.GRPCInferenceService")
@@ -53,7 +53,7 @@ class HealthReporter:
     async def refresh(self) -> None:
         """Publish the core's current state now (also called on every state change)."""
         live = not self.core.stuck(self.stuck_after, time.monotonic())
-        ready = self.core.state is ModelState.READY and not self._draining
+        ready = self.core.lifecycle.ready and not self._draining
         await self._publish(live=live, ready=ready)
 
     async def _publish(self, live: bool, ready: bool) -> None:

@@ -20,8 +20,10 @@ OPERATION = "text_completion"
 
 
 class ModelServerMetrics:
-    def __init__(self, telemetry: Telemetry, core: InferenceCore) -> None:
-        self.model = core.config.name
+    """The request path's instruments (the core's CoreMetrics)."""
+
+    def __init__(self, telemetry: Telemetry, model: str) -> None:
+        self.model = model
         self._requests = telemetry.tally(
             "gamaserving.modelserver.requests",
             "{request}",
@@ -78,65 +80,6 @@ class ModelServerMetrics:
             ("model", "reason"),
         )
 
-        def depth(_: CallbackOptions) -> list[Observation]:
-            queued = core.batcher.depth if core.batcher else 0
-            if core.scheduler is not None:
-                queued += core.scheduler.depth
-            return [Observation(queued, {"model": self.model})]
-
-        def running(_: CallbackOptions) -> list[Observation]:
-            s = core.scheduler
-            return [] if s is None else [Observation(s.occupancy, {"model": self.model})]
-
-        def reserved(_: CallbackOptions) -> list[Observation]:
-            s = core.scheduler
-            return [] if s is None else [Observation(s.kv_reserved, {"model": self.model})]
-
-        def budget(_: CallbackOptions) -> list[Observation]:
-            s = core.scheduler
-            if s is None:
-                return []
-            return [Observation(s.settings.kv_budget_tokens, {"model": self.model})]
-
-        def decoded(_: CallbackOptions) -> list[Observation]:
-            s = core.scheduler
-            if s is None:
-                return []
-            return [Observation(s.stats.decoded_tokens, {"model": self.model})]
-
-        meter = telemetry.meter
-        meter.create_observable_gauge(
-            "gamaserving.modelserver.generation.batch.occupancy",
-            [running],
-            unit="{sequence}",
-            description="Sequences in the running decode batch",
-        )
-        meter.create_observable_gauge(
-            "gamaserving.modelserver.generation.kv.reserved",
-            [reserved],
-            unit="{slot}",
-            description="KV-cache slots the running batch may reach",
-        )
-        meter.create_observable_gauge(
-            "gamaserving.modelserver.generation.kv.budget",
-            [budget],
-            unit="{slot}",
-            description="The KV-cache budget (continuous_batching.kv_budget_tokens)",
-        )
-        meter.create_observable_counter(
-            "gamaserving.modelserver.generation.decoded_tokens",
-            [decoded],
-            unit="{token}",
-            description="Tokens the model computed, warm-up and cancelled sequences included",
-        )
-
-        telemetry.meter.create_observable_up_down_counter(
-            "gamaserving.modelserver.queue.depth",
-            [depth],
-            unit="{request}",
-            description="Requests waiting",
-        )
-
     def request(self, task: str, outcome: str, queue_s: float | None) -> None:
         self._requests.add(self.model, task, outcome)
         if queue_s is not None:
@@ -154,3 +97,67 @@ class ModelServerMetrics:
         self._tokens.record(finished.input_tokens, OPERATION, self.model, "input")
         self._tokens.record(finished.output_tokens, OPERATION, self.model, "output")
         self._finished.add(self.model, finished.reason)
+
+
+def observe_workers(telemetry: Telemetry, core: InferenceCore) -> None:
+    """Gauges read from the core's work loops whenever Prometheus scrapes."""
+    model = core.config.name
+
+    def depth(_: CallbackOptions) -> list[Observation]:
+        queued = core.batcher.depth if core.batcher else 0
+        if core.scheduler is not None:
+            queued += core.scheduler.depth
+        return [Observation(queued, {"model": model})]
+
+    def running(_: CallbackOptions) -> list[Observation]:
+        s = core.scheduler
+        return [] if s is None else [Observation(s.occupancy, {"model": model})]
+
+    def reserved(_: CallbackOptions) -> list[Observation]:
+        s = core.scheduler
+        return [] if s is None else [Observation(s.kv_reserved, {"model": model})]
+
+    def budget(_: CallbackOptions) -> list[Observation]:
+        s = core.scheduler
+        if s is None:
+            return []
+        return [Observation(s.settings.kv_budget_tokens, {"model": model})]
+
+    def decoded(_: CallbackOptions) -> list[Observation]:
+        s = core.scheduler
+        if s is None:
+            return []
+        return [Observation(s.stats.decoded_tokens, {"model": model})]
+
+    meter = telemetry.meter
+    meter.create_observable_gauge(
+        "gamaserving.modelserver.generation.batch.occupancy",
+        [running],
+        unit="{sequence}",
+        description="Sequences in the running decode batch",
+    )
+    meter.create_observable_gauge(
+        "gamaserving.modelserver.generation.kv.reserved",
+        [reserved],
+        unit="{slot}",
+        description="KV-cache slots the running batch may reach",
+    )
+    meter.create_observable_gauge(
+        "gamaserving.modelserver.generation.kv.budget",
+        [budget],
+        unit="{slot}",
+        description="The KV-cache budget (continuous_batching.kv_budget_tokens)",
+    )
+    meter.create_observable_counter(
+        "gamaserving.modelserver.generation.decoded_tokens",
+        [decoded],
+        unit="{token}",
+        description="Tokens the model computed, warm-up and cancelled sequences included",
+    )
+
+    telemetry.meter.create_observable_up_down_counter(
+        "gamaserving.modelserver.queue.depth",
+        [depth],
+        unit="{request}",
+        description="Requests waiting",
+    )

@@ -4,6 +4,7 @@ serve, and drain on SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -18,43 +19,42 @@ from gamaserving.telemetry import Telemetry
 from gamaserving.telemetry.tracing import Tracing
 from gamaserving.tls import listen
 from modelserver.config import ModelConfig, ServerSettings
-from modelserver.core import InferenceCore, ModelState
+from modelserver.core import UNMEASURED, InferenceCore
 from modelserver.health import HealthReporter
-from modelserver.metrics import ModelServerMetrics
+from modelserver.lifecycle import Lifecycle, ModelState
+from modelserver.metrics import ModelServerMetrics, observe_workers
 from modelserver.oip.servicer import InferenceServicer
 
 log = logging.getLogger(__name__)
 
 
 class ModelServer:
+    """Constructed whole (observers in the constructors); `start` opens every resource on one
+    exit stack, so whatever started is closed again when a later step fails, and by `drain`."""
+
     def __init__(self, settings: ServerSettings, config: ModelConfig) -> None:
         self.settings = settings
         self.config = config
-        self.core = InferenceCore(config, fault_threshold=settings.fault_threshold)
-        self.core.on_state_change.append(self._state_changed)
-        self.health: HealthReporter | None = None
-        self.server: grpc.aio.Server | None = None
-        self.port = 0
-        self.health_server: grpc.aio.Server | None = None
-        self.health_port = 0
-        self._recovery: asyncio.Task[None] | None = None
-        self.telemetry: Telemetry | None = None
-        self.tracing: Tracing | None = None
-
-    def _build(self) -> grpc.aio.Server:
-        # grpc.aio objects bind to the running loop: build them inside it.
-        self.health = HealthReporter(self.core, self.settings.stuck_after_seconds)
         self.tracing = Tracing("modelserver")
-        if self.tracing.enabled:
-            self.core.tracer = self.tracing.tracer
-        if self.settings.metrics_port is not None:
-            self.telemetry = Telemetry("modelserver")
-            self.core.metrics = ModelServerMetrics(self.telemetry, self.core)
-        server = aio_server(
-            self.settings.max_message_bytes,
-            self.tracing.tracer if self.tracing.enabled else None,
-            self.telemetry,
+        self.telemetry = Telemetry("modelserver") if settings.metrics_port is not None else None
+        self.lifecycle = Lifecycle(config.name, settings.fault_threshold, [self._state_changed])
+        self.core = InferenceCore(
+            config,
+            self.lifecycle,
+            ModelServerMetrics(self.telemetry, config.name) if self.telemetry else UNMEASURED,
+            self.tracing.tracer,
         )
+        if self.telemetry is not None:
+            observe_workers(self.telemetry, self.core)
+        self.health = HealthReporter(self.core, settings.stuck_after_seconds)
+        self.port = 0
+        self.health_port = 0
+        self._stack = contextlib.AsyncExitStack()
+        self._server: grpc.aio.Server | None = None
+        self._recovery: asyncio.Task[None] | None = None
+        self._refresh: asyncio.Task[None] | None = None
+
+    def _servicers(self, server: grpc.aio.Server) -> None:
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.core), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
         reflection.enable_server_reflection(
@@ -65,28 +65,41 @@ class ModelServer:
             ),
             server,
         )
-        return server
 
     def _state_changed(self, state: ModelState) -> None:
-        if self.health is not None:
-            self._refresh = asyncio.get_running_loop().create_task(self.health.refresh())
+        self._refresh = asyncio.get_running_loop().create_task(self.health.refresh())
 
     async def start(self) -> int:
-        self.server = self._build()
-        assert self.health is not None
-        self.port = listen(
-            self.server, f"{self.settings.host}:{self.settings.port}", self.settings.tls
-        )
-        if self.port == 0:
-            raise OSError(f"cannot listen on {self.settings.host}:{self.settings.port}")
-        await self.server.start()
-        await self.health.start()
-        if self.settings.health_port is not None:
-            self.health_server, self.health_port = await start_health_port(
-                self.health.servicer, self.settings.host, self.settings.health_port
+        """Listen (NOT_SERVING until warm); on any failure everything started is closed."""
+        async with contextlib.AsyncExitStack() as stack:
+            stack.callback(self.tracing.shutdown)
+            if self.telemetry is not None:
+                stack.callback(self.telemetry.shutdown)
+            stack.push_async_callback(self.core.close)
+            # grpc.aio objects bind to the running loop: build them inside it.
+            server = aio_server(
+                self.settings.max_message_bytes,
+                self.tracing.tracer if self.tracing.enabled else None,
+                self.telemetry,
             )
-        if self.telemetry is not None and self.settings.metrics_port is not None:
-            self.telemetry.serve(self.settings.host, self.settings.metrics_port)
+            self._servicers(server)
+            address = f"{self.settings.host}:{self.settings.port}"
+            self.port = listen(server, address, self.settings.tls)
+            if self.port == 0:
+                raise OSError(f"cannot listen on {address}")
+            await server.start()
+            stack.push_async_callback(server.stop, 0.5)
+            await self.health.start()
+            stack.push_async_callback(self.health.stop)
+            if self.settings.health_port is not None:
+                health_server, self.health_port = await start_health_port(
+                    self.health.servicer, self.settings.host, self.settings.health_port
+                )
+                stack.push_async_callback(health_server.stop, 0.5)
+            if self.telemetry is not None and self.settings.metrics_port is not None:
+                self.telemetry.serve(self.settings.host, self.settings.metrics_port)
+            self._server = server
+            self._stack = stack.pop_all()
         log.info("listening on %s:%d (NOT_SERVING until warm)", self.settings.host, self.port)
         return self.port
 
@@ -109,19 +122,18 @@ class ModelServer:
         started = time.perf_counter()
         await self.core.warm_up()
         log.info("warm-up done in %.2fs", time.perf_counter() - started)
-        self.core.set_state(ModelState.READY)
+        self.lifecycle.set_state(ModelState.READY)
         self._recovery = asyncio.get_running_loop().create_task(self._recover(), name="self-test")
 
     async def _recover(self) -> None:
         while True:
             await asyncio.sleep(self.settings.self_test_seconds)
-            if self.core.state is ModelState.FAULTED:
+            if self.lifecycle.state is ModelState.FAULTED:
                 await self.core.self_test()
 
     async def drain(self) -> None:
         """NOT_SERVING at once; after the drain delay refuse new work; let in-flight calls
         finish within the grace; then close open streams (health Watch) and stop."""
-        assert self.server is not None and self.health is not None
         log.info("draining: NOT_SERVING, grace %.1fs", self.settings.grace_seconds)
         if self._recovery is not None:
             self._recovery.cancel()
@@ -136,15 +148,7 @@ class ModelServer:
                 await self.core.wait_idle()
         except TimeoutError:
             log.warning("grace period over with %d requests in flight", self.core.in_flight)
-        await self.server.stop(0.5)
-        if self.health_server is not None:
-            await self.health_server.stop(0.5)
-        await self.health.stop()
-        await self.core.close()
-        if self.telemetry is not None:
-            self.telemetry.shutdown()
-        if self.tracing is not None:
-            self.tracing.shutdown()
+        await self._stack.aclose()
         log.info("stopped")
 
     async def run(self) -> None:

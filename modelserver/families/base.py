@@ -56,7 +56,8 @@ class Family(ABC):
         return None
 
     def generation(self, item: Any) -> GenerationRequest | None:
-        """The sequence a prepared item decodes per step; None sends it to `run_batch`."""
+        """The sequence a prepared item decodes per step, when the model server runs an
+        `engine` (continuous batching on); None sends it to `run_batch`."""
         return None
 
     def output_specs(self) -> list[TensorSpec]:

@@ -1,10 +1,13 @@
 """Continuous batching: one running decode batch, stepped one token at a time.
 
-Each iteration of the worker (on the single inference thread) retires the sequences that
-finished, were cancelled or ran out of time, decodes one token for every remaining row, then
-prefills newly admitted sequences into the batch. So a short answer leaves the step it ends,
-a new request waits at most one step to start, and a caller that went away costs at most the
-step already under way.
+Each iteration of the worker retires the sequences that finished, were cancelled or ran out of
+time, decodes one token for every remaining row, then prefills newly admitted sequences into
+the batch. So a short answer leaves the step it ends, a new request waits at most one step to
+start, and a caller that went away costs at most the step already under way.
+
+All scheduler state lives on the event loop, as vLLM's `update_from_output` keeps it: the
+engine runs on the inference thread and only returns tokens (`_Step`); the worker applies
+them. Requests are immutable; a sequence's progress is the scheduler's own `_Sequence`.
 
 Admission is bounded by a KV budget counted the way the cache is laid out: rows are padded to
 the longest, so a batch holds `rows x max(prompt + max_new_tokens)` slots at most. Each
@@ -16,10 +19,9 @@ Beyond the budget sequences wait in arrival order (no overtaking, so none starve
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -28,10 +30,7 @@ import numpy as np
 
 from modelserver.config import ContinuousBatching
 from modelserver.errors import ErrorKind, InferenceError, exhausted, unavailable
-from modelserver.generation.pieces import TextPieces
-from modelserver.worker import WorkLoop
-
-log = logging.getLogger(__name__)
+from modelserver.worker import UNOBSERVED, CallObserver, WorkLoop
 
 
 class Engine(Protocol):
@@ -39,15 +38,31 @@ class Engine(Protocol):
 
     eos_id: int
 
-    def prefill(self, requests: list[GenerationRequest]) -> list[int]:
-        """Appends rows for `requests`; returns each one's first token. It may attach
-        outputs computed on the way (`GenerationRequest.outputs`)."""
+    def prefill(self, items: list[Any]) -> list[Prefilled]:
+        """Appends a row for each item (`GenerationRequest.item`)."""
 
     def step(self) -> list[int]:
         """One token for every row, in row order."""
 
     def keep(self, indices: list[int]) -> None:
         """Keeps only these rows, in this order; [] empties the batch."""
+
+
+@dataclass(frozen=True)
+class Prefilled:
+    """A new row's first token, and outputs besides the text computed on the way (GAMA:
+    EMBEDDING)."""
+
+    token: int
+    outputs: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+
+class Detokenizer(Protocol):
+    """Turns one sequence's tokens into text pieces (modelserver/generation/pieces.py)."""
+
+    def put(self, token: int) -> str: ...
+
+    def end(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -59,9 +74,8 @@ class GenerationRequest:
     input_tokens: int
     """Prompt positions (for GAMA: the audio prefix and the prompt's tokens)."""
     max_new_tokens: int
-    pieces: TextPieces
-    outputs: dict[str, np.ndarray] = field(default_factory=dict)
-    """Outputs besides the text that the engine computes at prefill (GAMA: EMBEDDING)."""
+    detokenizer: Callable[[], Detokenizer]
+    """A fresh detokenizer for this sequence."""
 
 
 @dataclass(frozen=True)
@@ -98,7 +112,6 @@ class GenerationStats:
     finished: int = 0
     cancelled: int = 0
     expired: int = 0
-    faults: int = 0
     steps: int = 0
     decoded_tokens: int = 0
     """Tokens computed, prefill's first tokens included: what the model spent."""
@@ -111,9 +124,10 @@ class _Sequence:
     request: GenerationRequest
     deadline: float | None
     enqueued: float
+    pieces: Detokenizer
     events: asyncio.Queue[Event | InferenceError] = field(default_factory=asyncio.Queue)
     tokens: list[int] = field(default_factory=list)
-    computed: int = 0
+    outputs: Mapping[str, np.ndarray] = field(default_factory=dict)
     cancelled: bool = False
     done: bool = False
     started: float = 0.0
@@ -125,6 +139,15 @@ class _Sequence:
         return self.request.input_tokens + self.request.max_new_tokens
 
 
+@dataclass(frozen=True)
+class _Step:
+    """What one model call returned: a token per running row, then the newcomers' prefills."""
+
+    tokens: list[int]
+    prefilled: list[Prefilled]
+    at: float
+
+
 class GenerationScheduler(WorkLoop):
     name = "generation"
 
@@ -134,16 +157,11 @@ class GenerationScheduler(WorkLoop):
         settings: ContinuousBatching,
         executor: Executor,
         clock: Callable[[], float] = time.monotonic,
-        on_fault: Callable[[BaseException], None] | None = None,
-        on_success: Callable[[], None] | None = None,
+        observer: CallObserver = UNOBSERVED,
     ) -> None:
+        super().__init__(executor, clock, observer)
         self.engine = engine
         self.settings = settings
-        self._executor = executor
-        self._clock = clock
-        self._on_fault = on_fault
-        self._on_success = on_success
-        super().__init__()
         self._waiting: deque[_Sequence] = deque()
         self._running: list[_Sequence] = []
         self._wakeup = asyncio.Event()
@@ -201,7 +219,7 @@ class GenerationScheduler(WorkLoop):
         s = self.settings
         if self._closed:
             raise unavailable("the model server is draining and takes no new requests")
-        seq = _Sequence(request, deadline, self._clock())
+        seq = _Sequence(request, deadline, self._clock(), request.detokenizer())
         if seq.reserve > s.kv_budget_tokens:
             self.stats.rejected += 1
             raise exhausted(
@@ -224,7 +242,6 @@ class GenerationScheduler(WorkLoop):
     # -- the worker ----------------------------------------------------------------------------
 
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             now = self._clock()
             self._expire_waiting(now)
@@ -236,21 +253,23 @@ class GenerationScheduler(WorkLoop):
                 if not self._waiting:
                     await self._wakeup.wait()
                 continue
-            self.busy_since = now
+            items = [seq.request.item for seq in admitted]
             try:
-                events = await loop.run_in_executor(
-                    self._executor, self._iterate, keep, running, admitted
+                step = await self._call_model(
+                    "while generating",
+                    len(running) + len(admitted),
+                    self._iterate,
+                    keep,
+                    bool(running),
+                    items,
                 )
-            except Exception as exc:
-                self._faulted(exc, [*running, *admitted])
+            except InferenceError as error:
+                for seq in [*running, *admitted]:
+                    self._fail(seq, error)
+                self._running = []
                 continue
-            finally:
-                self.busy_since = None
             self._running = [*running, *admitted]
-            if self._on_success is not None:
-                self._on_success()
-            for seq, event in events:
-                seq.events.put_nowait(event)
+            self._apply(running, admitted, step)
 
     def _keep_or_retire(self, seq: _Sequence, now: float) -> bool:
         """Retires a sequence that finished, was cancelled or ran out of time (and fails the
@@ -300,33 +319,35 @@ class GenerationScheduler(WorkLoop):
             longest = widest
         return admitted
 
-    def _iterate(
-        self, keep: list[int], running: list[_Sequence], admitted: list[_Sequence]
-    ) -> list[tuple[_Sequence, Event]]:
-        """On the inference thread: retire, decode one step, prefill the newcomers."""
+    def _iterate(self, keep: list[int], stepping: bool, items: list[Any]) -> _Step:
+        """On the inference thread: retire, decode one step, prefill the newcomers. It touches
+        the engine only; the worker applies what it returns."""
         engine = self.engine
         try:
             engine.keep(keep)
-            nexts = engine.step() if running else []
-            firsts = engine.prefill([s.request for s in admitted]) if admitted else []
+            tokens = engine.step() if stepping else []
+            prefilled = engine.prefill(items) if items else []
         except Exception:
             engine.keep([])
             raise
-        now = self._clock()
+        return _Step(tokens, prefilled, self._clock())
+
+    def _apply(self, running: list[_Sequence], admitted: list[_Sequence], step: _Step) -> None:
         rows = len(running) + len(admitted)
-        events: list[tuple[_Sequence, Event]] = []
-        if nexts:
+        if step.tokens:
             self.stats.steps += 1
-        for seq, token in zip([*running, *admitted], [*nexts, *firsts], strict=True):
+        for seq, prefilled in zip(admitted, step.prefilled, strict=True):
+            seq.outputs = prefilled.outputs
+        tokens = [*step.tokens, *(p.token for p in step.prefilled)]
+        for seq, token in zip([*running, *admitted], tokens, strict=True):
             self.stats.decoded_tokens += 1
-            seq.computed += 1
             if seq.cancelled:
                 self.stats.decoded_after_cancel += 1
             seq.batch_size = max(seq.batch_size, rows)
             if not seq.first_token:
-                seq.first_token = now
-            events += [(seq, e) for e in self._accept(seq, token, now)]
-        return events
+                seq.first_token = step.at
+            for event in self._accept(seq, token, step.at):
+                seq.events.put_nowait(event)
 
     def _accept(self, seq: _Sequence, token: int, now: float) -> list[Event]:
         request = seq.request
@@ -336,12 +357,12 @@ class GenerationScheduler(WorkLoop):
             reason = "stop"
         else:
             seq.tokens.append(token)
-            text = request.pieces.put(token)
+            text = seq.pieces.put(token)
             if len(seq.tokens) >= request.max_new_tokens:
                 reason = "length"
         if reason is None:
             return [Piece(text, len(seq.tokens))] if text else []
-        text += request.pieces.end()
+        text += seq.pieces.end()
         seq.done = True
         self.stats.finished += 1
         finished = Finished(
@@ -352,25 +373,9 @@ class GenerationScheduler(WorkLoop):
             first_token_ms=(seq.first_token - seq.enqueued) * 1000,
             decode_ms=(now - seq.first_token) * 1000,
             batch_size=seq.batch_size,
-            outputs=dict(request.outputs),
+            outputs=dict(seq.outputs),
         )
         return [Piece(text, len(seq.tokens)), finished] if text else [finished]
-
-    def _faulted(self, exc: Exception, sequences: list[_Sequence]) -> None:
-        self.stats.faults += 1
-        log.exception("generation step failed for %d sequences", len(sequences))
-        if self._on_fault is not None:
-            self._on_fault(exc)
-        error = (
-            exc
-            if isinstance(exc, InferenceError)
-            else InferenceError(
-                ErrorKind.INTERNAL, f"the model failed while generating: {type(exc).__name__}"
-            )
-        )
-        for seq in sequences:
-            self._fail(seq, error)
-        self._running = []
 
     @staticmethod
     def _fail(seq: _Sequence, error: InferenceError) -> None:

@@ -12,6 +12,7 @@ import pytest
 from modelserver.batching import DynamicBatcher
 from modelserver.config import Batching
 from modelserver.errors import ErrorKind, InferenceError
+from tests.support.fakes import Calls
 
 
 class Recorder:
@@ -143,16 +144,16 @@ async def test_expired_and_cancelled_requests_are_never_computed(
 
 
 async def test_model_fault_fails_the_batch_not_the_batcher(executor: ThreadPoolExecutor) -> None:
-    faults: list[BaseException] = []
+    calls = Calls()
     model = Recorder(fail=True)
-    batcher = DynamicBatcher(model, Batching(max_batch_size=4), executor, on_fault=faults.append)
+    batcher = DynamicBatcher(model, Batching(max_batch_size=4), executor, observer=calls)
     batcher.start()
     with pytest.raises(InferenceError) as info:
         await batcher.submit(1)
     assert info.value.kind is ErrorKind.INTERNAL and "RuntimeError" in info.value.message
     model.fail = False
     assert (await batcher.submit(5))[0] == 10
-    assert len(faults) == 1
+    assert len(calls.failed) == 1 and calls.succeeded == 1 and batcher.faults == 1
     await batcher.stop()
 
 

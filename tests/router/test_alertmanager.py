@@ -17,6 +17,7 @@ from router.alerts.settings import AlertingSettings, AlertRule
 from tests.router.conftest import base_config, live_router
 from tests.support.alert_signals import Signals
 from tests.support.alertmanager import alertmanager, binary
+from tests.support.fakes import Clock
 from tests.support.fault_server import fault_server
 from tests.support.processes import free_port
 from tests.support.receiver import Receiver
@@ -39,16 +40,6 @@ RULES = [
 ]
 
 
-class Clock:
-    """Wall-clock based (Alertmanager compares startsAt and endsAt with its own clock)."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def _notified(receiver: Receiver, name: str, status: str) -> bool:
     return any(
         a["labels"]["alertname"] == name and a["status"] == status
@@ -66,7 +57,7 @@ async def _until_notified(receiver: Receiver, name: str, status: str) -> None:
 
 
 def test_firing_alerts_are_resent_and_resolutions_sent_once() -> None:
-    clock, signals = Clock(), Signals()
+    clock, signals = Clock(time.time()), Signals()
     settings = AlertingSettings(
         rules=RULES, alertmanagers=["http://127.0.0.1:9"], replica="r1", inhibit=[]
     )
@@ -104,7 +95,7 @@ async def test_alerts_in_alertmanager_with_its_inhibition_and_silences(tmp_path:
     receiver = Receiver()
     try:
         async with alertmanager(tmp_path, receiver.url) as am:
-            clock, signals = Clock(), Signals()
+            clock, signals = Clock(time.time()), Signals()
             settings = AlertingSettings(
                 rules=RULES, alertmanagers=[am.url], replica="router-0", inhibit=[]
             )

@@ -19,17 +19,9 @@ from router.alerts.service import AlertService
 from router.alerts.settings import AlertingSettings, AlertRule
 from tests.router.conftest import base_config, live_router
 from tests.support.alert_signals import Signals
+from tests.support.fakes import Clock
 from tests.support.processes import free_port
 from tests.support.receiver import Receiver
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
 
 RULES = [
     AlertRule(
@@ -50,7 +42,7 @@ RULES = [
 
 
 def engine(**kw: Any) -> tuple[AlertEngine, Clock, Signals]:
-    clock, signals = Clock(), Signals()
+    clock, signals = Clock(1_000.0), Signals()
     settings = AlertingSettings(rules=RULES, repeat_seconds=600, **kw)
     return AlertEngine(settings, signals, clock), clock, signals
 
@@ -139,7 +131,7 @@ def receiver() -> Iterator[Receiver]:
 async def test_webhook_delivers_alertmanager_json_with_retries_off_the_evaluation_path(
     receiver: Receiver,
 ) -> None:
-    clock, signals = Clock(), Signals()
+    clock, signals = Clock(1_000.0), Signals()
     settings = AlertingSettings(rules=RULES, webhook={"url": receiver.url, "attempts": 4})
     service = AlertService(settings, signals, clock)
     assert service.webhook is not None
@@ -171,7 +163,7 @@ async def test_a_failing_receiver_never_loses_the_alert(tmp_path: Path) -> None:
     try:
         settings = AlertingSettings(rules=RULES, webhook={"url": dead.url, "attempts": 3})
         signals = Signals()
-        service = AlertService(settings, signals, Clock())
+        service = AlertService(settings, signals, Clock(1_000.0))
         assert service.webhook is not None
         service.webhook.backoff = 0.01
         signals.values["fallback_rate"] = [({"model": "gama"}, 0.9)]
@@ -188,7 +180,7 @@ async def test_a_failing_receiver_never_loses_the_alert(tmp_path: Path) -> None:
 
 async def test_history_survives_a_restart(tmp_path: Path) -> None:
     path = str(tmp_path / "alerts.db")
-    clock, signals = Clock(), Signals()
+    clock, signals = Clock(1_000.0), Signals()
     settings = AlertingSettings(rules=RULES, history_path=path, history_size=10)
     first = AlertService(settings, signals, clock)
     signals.values["fallback_rate"] = [({"model": "gama"}, 0.5)]

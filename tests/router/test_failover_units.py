@@ -5,14 +5,7 @@ from __future__ import annotations
 from router.config import CircuitBreakerSettings, RetryBudgetSettings
 from router.failover.budget import RetryBudget
 from router.failover.circuit import CircuitBreaker, State
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.fakes import Clock
 
 
 def breaker(**kw: float) -> tuple[CircuitBreaker, Clock, list[tuple[State, State]]]:

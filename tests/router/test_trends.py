@@ -6,18 +6,11 @@ import pytest
 
 from router.config import TrendSettings
 from router.quality.trends import TrendTracker, trend
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 60_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.fakes import Clock
 
 
 def test_series_show_direction_and_size() -> None:
-    clock = Clock()
+    clock = Clock(60_000.0)
     tracker = TrendTracker(TrendSettings(bucket_seconds=60, buckets=30), clock)
     for minute in range(10):
         for i in range(20):
@@ -42,7 +35,7 @@ def test_series_show_direction_and_size() -> None:
 
 
 def test_old_buckets_are_dropped() -> None:
-    clock = Clock()
+    clock = Clock(60_000.0)
     tracker = TrendTracker(TrendSettings(bucket_seconds=10, buckets=3), clock)
     for _ in range(6):
         tracker.record("m", "m", 5.0, passed=False)

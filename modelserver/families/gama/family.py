@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from modelserver.families.gama.generation import (
 from modelserver.families.gama.model import GamaModel
 from modelserver.families.gama.tags import match_labels
 from modelserver.generation.pieces import TextPieces
-from modelserver.generation.scheduler import GenerationRequest
+from modelserver.generation.scheduler import GenerationRequest, Prefilled
 from modelserver.messages import EMBEDDING, LABELS, SCORES, TEXT, InferRequest
 from modelserver.runtime import Placement, torch_runtime
 
@@ -126,14 +127,14 @@ class GamaFamily(Family):
         return GamaEngine(self.model, self.decode)
 
     def generation(self, item: Item) -> GenerationRequest | None:
-        if item.task is not Task.DESCRIBE or not self.config.continuous_batching.enabled:
+        if item.task is not Task.DESCRIBE:
             return None
         prompt = item.prompt_ids or []
         return GenerationRequest(
             item=item,
             input_tokens=self.model.audio.dims.prefix_tokens + len(prompt),
             max_new_tokens=item.sampling.max_new_tokens,
-            pieces=TextPieces(self.tokenizer),
+            detokenizer=partial(TextPieces, self.tokenizer),
         )
 
     @property
@@ -191,19 +192,24 @@ class GamaEngine:
         self.batch = DecodeBatch(model.lm, decode)
 
     @torch.inference_mode()
-    def prefill(self, requests: list[GenerationRequest]) -> list[int]:
-        items: list[Item] = [r.item for r in requests]
+    def prefill(self, items: list[Item]) -> list[Prefilled]:
         fbank = torch.from_numpy(np.stack([item.fbank for item in items]))
         tokens = self.model.encode(fbank)
-        for row, (request, item) in enumerate(zip(requests, items, strict=True)):
-            if EMBEDDING in item.wants:
-                request.outputs[EMBEDDING] = pooled(tokens.aggregated[row : row + 1])
-        return self.batch.prefill(
+        firsts = self.batch.prefill(
             [
                 Prompted(tokens.prefix[row], item.prompt_ids or [], item.sampling)
                 for row, item in enumerate(items)
             ]
         )
+        return [
+            Prefilled(
+                first,
+                {EMBEDDING: pooled(tokens.aggregated[row : row + 1])}
+                if EMBEDDING in item.wants
+                else {},
+            )
+            for row, (item, first) in enumerate(zip(items, firsts, strict=True))
+        ]
 
     @torch.inference_mode()
     def step(self) -> list[int]:
