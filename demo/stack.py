@@ -21,6 +21,8 @@ import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gamaserving.settings import read_mapping
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -152,7 +154,7 @@ class Stack:
     def from_config(cls, config: Path, models: Path, out: Path) -> Stack:
         """The stack a router configuration describes: each model it names served from
         `models/<name>` on the loopback port of its first endpoint, the router on server.port."""
-        raw = yaml.safe_load(config.read_text())
+        raw = read_mapping(config)
         ports = {}
         for name, model in raw["models"].items():
             host, _, port = model["endpoints"][0].rpartition(":")

@@ -6,12 +6,12 @@ import hashlib
 import json
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
+
+from gamaserving.settings import StrictSettings
 
 
-class Clip(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class Clip(StrictSettings):
     id: str = ""
     """Unique within the manifest; the audio path when unset."""
     audio: str = Field(min_length=1)

@@ -137,9 +137,11 @@ async def start_health_port(servicer: Any, host: str, port: int) -> tuple[grpc.a
     servicer, so both answer the same."""
     from grpc_health.v1 import health_pb2_grpc
 
+    from gamaserving.tls import listen
+
     server = grpc.aio.server()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    bound = listen(server, f"{host}:{port}", None)
     if bound == 0:
         raise OSError(f"cannot listen on {host}:{port} (health port)")
     await server.start()

@@ -8,9 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
-from pydantic import BaseModel, ConfigDict
 
-from gamaserving.settings import ConfigPath
+from gamaserving.settings import ConfigPath, StrictSettings
 
 
 class TlsError(ValueError):
@@ -26,11 +25,9 @@ def _read(path: Path, what: str) -> bytes:
         raise TlsError(f"{what}: cannot read {path}: {exc.strerror}") from exc
 
 
-class ServerTls(BaseModel):
+class ServerTls(StrictSettings):
     """The server's certificate and key; with `client_ca_file`, clients must present a
     certificate signed by that CA (mutual TLS)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     cert_file: ConfigPath
     key_file: ConfigPath
@@ -44,11 +41,9 @@ class ServerTls(BaseModel):
         )
 
 
-class ClientTls(BaseModel):
+class ClientTls(StrictSettings):
     """How a channel checks its server (`ca_file`; the system roots when unset) and, for mutual
     TLS, the certificate it presents."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     ca_file: ConfigPath | None = None
     cert_file: ConfigPath | None = None
@@ -82,10 +77,14 @@ class ClientTls(BaseModel):
 
 
 def listen(server: grpc.aio.Server, address: str, tls: ServerTls | None) -> int:
-    """Adds the listening port, secure when `tls` is set; returns the port (0 on failure)."""
-    if tls is None:
-        return int(server.add_insecure_port(address))
-    return int(server.add_secure_port(address, tls.credentials()))
+    """Adds the listening port, secure when `tls` is set; returns the port (0 on failure:
+    older grpcio returns 0, newer raises RuntimeError with a hint about GRPC_VERBOSITY)."""
+    try:
+        if tls is None:
+            return int(server.add_insecure_port(address))
+        return int(server.add_secure_port(address, tls.credentials()))
+    except RuntimeError:
+        return 0
 
 
 def channel(

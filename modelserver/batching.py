@@ -17,8 +17,10 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+import grpc
+
 from modelserver.config import Batching
-from modelserver.errors import ErrorKind, InferenceError, exhausted, unavailable
+from modelserver.errors import InferenceError, exhausted, unavailable
 from modelserver.worker import UNOBSERVED, CallObserver, WorkLoop
 
 T = TypeVar("T")
@@ -142,7 +144,8 @@ class DynamicBatcher(WorkLoop, Generic[T, R]):
                 self.stats.expired += 1
                 entry.future.set_exception(
                     InferenceError(
-                        ErrorKind.DEADLINE_EXCEEDED, "deadline passed while queued; not computed"
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        "deadline passed while queued; not computed",
                     )
                 )
                 continue

@@ -150,7 +150,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _make_tiny(args: argparse.Namespace) -> int:
-    from modelserver.tiny import make_tiny_gama, make_tiny_wav2vec2
+    from modelserver.tiny.gama import make_tiny_gama
+    from modelserver.tiny.wav2vec2 import make_tiny_wav2vec2
 
     if args.family == "wav2vec2":
         config = make_tiny_wav2vec2(args.out, runtime=args.runtime)

@@ -231,7 +231,7 @@ class InferenceCore:
         answered = False  # the last event is out: closing the stream after it is no cancel
         try:
             family = self._admissible(request, warming)
-            with ChildSpan(self.tracer, "decode", attributes={"task": request.task.value}):
+            with ChildSpan(self.tracer, "prepare", attributes={"task": request.task.value}):
                 item = await self._prepare_item(family, request)
             generation = family.generation(item) if self.scheduler is not None else None
             if generation is None:
@@ -250,7 +250,7 @@ class InferenceCore:
                         metrics.generated(event)
                     yield event
         except InferenceError as exc:
-            outcome = exc.kind.value.lower()
+            outcome = exc.status.name.lower()
             raise
         except (asyncio.CancelledError, GeneratorExit):
             outcome = "ok" if answered else "cancelled"

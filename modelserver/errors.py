@@ -2,38 +2,25 @@
 
 from __future__ import annotations
 
-from enum import Enum
-
 import grpc
 
 from gamaserving.grpcutil import StatusError
 
 
-class ErrorKind(Enum):
-    INVALID_ARGUMENT = "INVALID_ARGUMENT"
-    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
-    FAILED_PRECONDITION = "FAILED_PRECONDITION"
-    NOT_FOUND = "NOT_FOUND"
-    UNAVAILABLE = "UNAVAILABLE"
-    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
-    INTERNAL = "INTERNAL"
-
-
 class InferenceError(StatusError):
     """An error with the status a client should see and a message it can act on."""
 
-    def __init__(self, kind: ErrorKind, message: str) -> None:
-        super().__init__(grpc.StatusCode[kind.value], message)
-        self.kind = kind
+    def __init__(self, status: grpc.StatusCode, message: str) -> None:
+        super().__init__(status, message)
 
 
 def invalid(message: str) -> InferenceError:
-    return InferenceError(ErrorKind.INVALID_ARGUMENT, message)
+    return InferenceError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
 def exhausted(message: str) -> InferenceError:
-    return InferenceError(ErrorKind.RESOURCE_EXHAUSTED, message)
+    return InferenceError(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
 
 
 def unavailable(message: str) -> InferenceError:
-    return InferenceError(ErrorKind.UNAVAILABLE, message)
+    return InferenceError(grpc.StatusCode.UNAVAILABLE, message)

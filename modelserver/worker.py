@@ -14,7 +14,9 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Protocol, TypeVar
 
-from modelserver.errors import ErrorKind, InferenceError, unavailable
+import grpc
+
+from modelserver.errors import InferenceError, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,7 @@ class WorkLoop(ABC):
             if isinstance(exc, InferenceError):
                 raise
             raise InferenceError(
-                ErrorKind.INTERNAL, f"the model failed {what}: {type(exc).__name__}"
+                grpc.StatusCode.INTERNAL, f"the model failed {what}: {type(exc).__name__}"
             ) from exc
         finally:
             self.busy_since = None

@@ -207,7 +207,7 @@ class RouteSettings(StrictSettings):
     primary: str
     """Model for users outside any experiment."""
     fallbacks: list[str] = Field(default_factory=list)
-    """Tried in order when the chosen model cannot answer well."""
+    """Tried in order when the first model cannot answer well."""
     experiment: ExperimentSettings | None = None
     quality: QualitySettings = QualitySettings()
     default_timeout_ms: float = Field(10_000, gt=0)

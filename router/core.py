@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import grpc
+from opentelemetry.trace import Tracer
 
 from gamaserving.oip import ModelOutput
 from gamaserving.telemetry.tracing import ChildSpan
@@ -43,21 +44,31 @@ class RouterState:
 
 
 def chain(route: RouteSettings, first: str) -> list[str]:
-    """The chosen model, then the route's primary, then its fallbacks, each once."""
+    """The first model, then the route's primary, then its fallbacks, each once."""
     return list(dict.fromkeys([first, route.primary, *route.fallbacks]))
 
 
 class RouterCore:
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    """Constructed whole: the metrics, the results store (None without experiments) and the
+    tracer are given here and never change."""
+
+    def __init__(
+        self,
+        metrics: RouterMetrics,
+        results: ExperimentResults | None = None,
+        tracer: Tracer | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        on_readiness: Callable[[], None] = lambda: None,
+    ) -> None:
+        """`on_readiness` hears every event that can change `ready()`."""
         self.state: RouterState | None = None
+        self._on_readiness = on_readiness
         self.clock = clock
         self.policy = ExperimentPolicy()
-        self.recorder = Recorder(clock)
-        self.results: ExperimentResults | None = None
-        """The results store, once the router has one (it needs the configuration)."""
-        self.shadow = ShadowRunner()
-        self.shadow.on_outcome = self.recorder.shadow
-        self.dispatcher = Dispatcher(self.recorder.checked, clock)
+        self.results = results
+        self.recorder = Recorder(metrics, results.expose if results else lambda _: None, clock)
+        self.shadow = ShadowRunner(self.recorder.shadow, metrics.agreement)
+        self.dispatcher = Dispatcher(self.recorder.checked, clock, metrics.client_call, tracer)
 
     # The recorder's bookkeeping, read by the admin API, alert signals and metrics.
     @property
@@ -77,17 +88,8 @@ class RouterCore:
         return self.recorder.trends
 
     @property
-    def metrics(self) -> RouterMetrics | None:
+    def metrics(self) -> RouterMetrics:
         return self.recorder.metrics
-
-    def attach_results(self, results: ExperimentResults) -> None:
-        self.results = results
-        self.recorder.exposures = results.expose
-
-    def attach_metrics(self, metrics: RouterMetrics) -> None:
-        self.recorder.metrics = metrics
-        self.dispatcher.on_call = metrics.client_call
-        self.shadow.on_agreement = metrics.agreement
 
     def circuits(self) -> list[tuple[str, str, State, bool]]:
         """(model, endpoint, circuit state, serving) for every endpoint of the current state."""
@@ -115,7 +117,8 @@ class RouterCore:
                     settings,
                     config.server.max_message_bytes,
                     self.clock,
-                    self.recorder.circuit_changed,
+                    self._circuit_changed,
+                    self._on_readiness,
                 )
                 backend.start()
                 backends[key] = backend
@@ -145,6 +148,21 @@ class RouterCore:
             return []
         kept = {id(b) for b in backends.values()}
         return [b for b in old.backends.values() if id(b) not in kept]
+
+    def _circuit_changed(self, model: str, target: str, old: State, new: State) -> None:
+        self.recorder.circuit_changed(model, target, old, new)
+        self._on_readiness()
+
+    def next_readiness_change(self) -> float | None:
+        """Seconds until `ready()` may change with no event: the soonest end of an open
+        circuit's wait. None when only events can change it."""
+        waits = [
+            wait
+            for b in (self.state.backends.values() if self.state else [])
+            for e in b.endpoints
+            if (wait := e.breaker.back_in_service_in()) is not None
+        ]
+        return min(waits, default=None)
 
     def ready(self) -> bool:
         """At least one route has a model that declared its task and has a serving endpoint."""
@@ -288,13 +306,13 @@ class RouterCore:
         state: RouterState,
         route: RouteSettings,
         req: RouteRequest,
-        served_by: str,
-        served: ModelOutput,
+        served_model: str,
+        answer: ModelOutput,
     ) -> bool:
         shadow = route.experiment.shadow if route.experiment else None
         if (
             shadow is None
-            or shadow.model == served_by
+            or shadow.model == served_model
             or not sampled(req.request_id, shadow.percent)
         ):
             return False
@@ -302,10 +320,10 @@ class RouterCore:
 
         async def call() -> ModelOutput:
             return await self.dispatcher.shadow(
-                backend, req, self.clock() + shadow.timeout_ms / 1000, served_by
+                backend, req, self.clock() + shadow.timeout_ms / 1000, served_model
             )
 
-        return self.shadow.submit(served_by, served, shadow.model, shadow.max_concurrency, call)
+        return self.shadow.submit(served_model, answer, shadow.model, shadow.max_concurrency, call)
 
     async def close(self) -> None:
         await self.shadow.drain()

@@ -14,13 +14,10 @@ Gauge = Callable[[], int]
 
 
 class RouterMetrics:
-    def __init__(
-        self,
-        telemetry: Telemetry,
-        circuits: StateSource,
-        in_flight: Gauge,
-        results_pending: Gauge = lambda: 0,
-    ) -> None:
+    """The request path's instruments. A router always records them; the Prometheus port
+    (telemetry.prometheus_port) only decides whether they are served."""
+
+    def __init__(self, telemetry: Telemetry) -> None:
         meter = telemetry.meter
         # Counters and histograms on the request path are tallies
         # (gamaserving/telemetry/tally.py).
@@ -111,47 +108,6 @@ class RouterMetrics:
             SECONDS_BUCKETS,
         )
 
-        def circuit(_: CallbackOptions) -> list[Observation]:
-            return [
-                Observation(
-                    int(state is s), {"model": model, "endpoint": endpoint, "state": s.value}
-                )
-                for model, endpoint, state, _ in circuits()
-                for s in State
-            ]
-
-        def serving(_: CallbackOptions) -> list[Observation]:
-            return [Observation(int(up), {"model": m, "endpoint": e}) for m, e, _, up in circuits()]
-
-        def flying(_: CallbackOptions) -> list[Observation]:
-            return [Observation(in_flight())]
-
-        meter.create_observable_gauge(
-            "gamaserving.router.circuit.state",
-            [circuit],
-            unit="1",
-            description="1 for each endpoint's current state",
-        )
-        meter.create_observable_gauge(
-            "gamaserving.router.endpoint.serving",
-            [serving],
-            unit="1",
-            description="1 while the endpoint's health is SERVING",
-        )
-
-        meter.create_observable_up_down_counter(
-            "gamaserving.router.results.pending",
-            [lambda _: [Observation(results_pending())]],
-            unit="{event}",
-            description="Exposures and outcomes waiting to be written to the results store",
-        )
-        meter.create_observable_up_down_counter(
-            "gamaserving.router.in_flight",
-            [flying],
-            unit="{request}",
-            description="Requests being served",
-        )
-
     def request(
         self, model: str, arm: str, task: str, outcome: str, seconds: float | None = None
     ) -> None:
@@ -195,3 +151,49 @@ class RouterMetrics:
         self, model: str, endpoint: str, seconds: float, status: str, method: str
     ) -> None:
         self._client.record(seconds, "grpc", method, status, endpoint, model)
+
+
+def observe_router(
+    telemetry: Telemetry, circuits: StateSource, in_flight: Gauge, results_pending: Gauge
+) -> None:
+    """Gauges read from the router's state whenever Prometheus scrapes."""
+    meter = telemetry.meter
+
+    def circuit(_: CallbackOptions) -> list[Observation]:
+        return [
+            Observation(int(state is s), {"model": model, "endpoint": endpoint, "state": s.value})
+            for model, endpoint, state, _ in circuits()
+            for s in State
+        ]
+
+    def serving(_: CallbackOptions) -> list[Observation]:
+        return [Observation(int(up), {"model": m, "endpoint": e}) for m, e, _, up in circuits()]
+
+    def flying(_: CallbackOptions) -> list[Observation]:
+        return [Observation(in_flight())]
+
+    meter.create_observable_gauge(
+        "gamaserving.router.circuit.state",
+        [circuit],
+        unit="1",
+        description="1 for each endpoint's current state",
+    )
+    meter.create_observable_gauge(
+        "gamaserving.router.endpoint.serving",
+        [serving],
+        unit="1",
+        description="1 while the endpoint's health is SERVING",
+    )
+
+    meter.create_observable_up_down_counter(
+        "gamaserving.router.results.pending",
+        [lambda _: [Observation(results_pending())]],
+        unit="{event}",
+        description="Exposures and outcomes waiting to be written to the results store",
+    )
+    meter.create_observable_up_down_counter(
+        "gamaserving.router.in_flight",
+        [flying],
+        unit="{request}",
+        description="Requests being served",
+    )

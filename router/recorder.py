@@ -40,16 +40,21 @@ class RouterStats:
 
 
 class Recorder:
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        metrics: RouterMetrics,
+        exposures: Callable[[RouteResult], None] = lambda _: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.clock = clock
         self.stats = RouterStats()
         self.quality = QualityTracker()
         self.anomalies = AnomalyMonitor(AnomalySettings())
         self.trends = TrendTracker(TrendSettings())
-        self.metrics: RouterMetrics | None = None
-        self.exposures: Callable[[RouteResult], None] = lambda _: None
-        """Where an experiment's routed requests go: the results store's writer, once the
-        router has one."""
+        self.metrics = metrics
+        self._exposures = exposures
+        """Where every routed request goes: the results store's writer, when the router has
+        one (every configuration with experiments does)."""
 
     def configure(self, anomaly: AnomalySettings, trends: TrendSettings) -> None:
         """Settings from the configuration in force (at start and on every reload)."""
@@ -68,22 +73,21 @@ class Recorder:
             self._count(served, arm, r.task, outcome, r.total_ms)
             self.stats.latencies.append((self.clock(), served, r.total_ms))
             self.trends.record(r.first_model, served, r.total_ms, not quality_failed)
-            if r.assignment is not None and self.metrics is not None:
+            if r.assignment is not None:
                 self.metrics.exposure(r.assignment.experiment, r.assignment.arm)
             if r.fallback_used:
                 self._fallback(r)
             output = r.output
-            if output.output_tokens and self.metrics is not None:
+            if output.output_tokens:
                 self.metrics.tokens(served, output.input_tokens, output.output_tokens)
         # The experiment's exposure: the results store is where its statistics come from.
-        self.exposures(r)
+        self._exposures(r)
 
     def _fallback(self, r: RouteResult) -> None:
         reason = r.fallback_reason
         self.stats.fallbacks[reason] += 1
         self.stats.fallbacks_from[(r.first_model, reason)] += 1
-        if self.metrics is not None:
-            self.metrics.fallback(reason, r.first_model, r.served_model)
+        self.metrics.fallback(reason, r.first_model, r.served_model)
         log.warning(
             "fallback %s -> %s (%s)",
             r.first_model,
@@ -101,8 +105,7 @@ class Recorder:
 
     def _count(self, model: str, arm: str, task: str, outcome: str, latency_ms: float) -> None:
         self.stats.requests[(model, arm, task, outcome)] += 1
-        if self.metrics is not None:
-            self.metrics.request(model, arm, task, outcome, latency_ms / 1000)
+        self.metrics.request(model, arm, task, outcome, latency_ms / 1000)
 
     def checked(
         self, model: str, output: ModelOutput, checks: list[Check], latency_ms: float
@@ -112,20 +115,16 @@ class Recorder:
         self.stats.validated[model] += 1
         if any(not c.passed for c in checks):
             self.stats.quality_failed[model] += 1
-        if self.metrics is not None:
-            for check in checks:
-                if not check.passed:
-                    self.metrics.quality_failure(model, check.name)
+        for check in checks:
+            if not check.passed:
+                self.metrics.quality_failure(model, check.name)
         signals = {"latency_ms": latency_ms}
         if output.features is not None and output.features.size:
             signals["embedding_norm"] = float(np.linalg.norm(output.features))
         if output.scores:
             signals["top_score"] = float(output.scores[0])
         for signal, value in signals.items():
-            if (
-                self.anomalies.observe(model, signal, value) is not None
-                and self.metrics is not None
-            ):
+            if self.anomalies.observe(model, signal, value) is not None:
                 self.metrics.anomaly(model, signal)
 
     def circuit_changed(self, model: str, target: str, old: State, new: State) -> None:
@@ -140,5 +139,4 @@ class Recorder:
         )
 
     def shadow(self, primary: str, shadow: str, outcome: str) -> None:
-        if self.metrics is not None:
-            self.metrics.shadow(primary, shadow, outcome)
+        self.metrics.shadow(primary, shadow, outcome)

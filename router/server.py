@@ -8,7 +8,9 @@ import contextlib
 import hashlib
 import logging
 import signal
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -33,7 +35,7 @@ from router.api.servicers import Admission, AudioRouterServicer, RouterAdminServ
 from router.backends.model import ModelBackend
 from router.config import ConfigError, RouterConfig, load_config
 from router.core import RouterCore
-from router.metrics import RouterMetrics
+from router.metrics import RouterMetrics, observe_router
 from router.results.service import ExperimentResults
 from router.results.store import ResultsStore, SchemaError, StoreError
 from router.results.writer import ResultsWriter
@@ -53,6 +55,10 @@ class StartupError(Exception):
 
 
 class RouterServer:
+    """The process around a RouterCore. `start` opens every resource on one exit stack, so a
+    start that fails at any step closes whatever it had started (channels, tasks, threads,
+    ports), and `drain` closes them in reverse."""
+
     def __init__(
         self,
         config_path: Path,
@@ -61,27 +67,29 @@ class RouterServer:
         metadata_wait: float = 5.0,
     ) -> None:
         self.config_path = config_path
-        self.health_server: grpc.aio.Server | None = None
-        self.health_port = 0
         self.port_override = port
         self.host_override = host
         self.metadata_wait = metadata_wait
-        self.core = RouterCore()
-        self.server: grpc.aio.Server | None = None
-        self.health: health.aio.HealthServicer | None = None
-        self.admission: Admission | None = None
+        # Metrics are always recorded; telemetry.prometheus_port decides whether they are served.
+        self.telemetry = Telemetry("router")
+        self.metrics = RouterMetrics(self.telemetry)
+        self.tracing = Tracing("router")
+        self.health = health.aio.HealthServicer()
+        self.core: RouterCore
+        """Built by `start`: whether it has a results store is the configuration's to say."""
+        self.admission: Admission
+        self.alerts: AlertService | None = None
         self.port = 0
+        self.health_port = 0
+        self.metrics_port = 0
+        self.reloads = 0
+        self.reload_failures = 0
         self._digest = ""
-        self._tasks: list[asyncio.Task[None]] = []
+        self._rollout_digest = ""
         self._ready: bool | None = None
         self._draining = False
-        self.reloads = 0
-        self.telemetry: Telemetry | None = None
-        self.alerts: AlertService | None = None
-        self.tracing: Tracing | None = None
-        self.metrics_port = 0
-        self.reload_failures = 0
-        self._rollout_digest = ""
+        self._readiness_changed = asyncio.Event()
+        self._stack = contextlib.AsyncExitStack()
 
     async def _load(self, config: RouterConfig) -> list[str]:
         """Build backends for `config`, check tasks against ModelMetadata, swap if clean."""
@@ -101,8 +109,13 @@ class RouterServer:
         retired = self.core.swap(config, backends)
         if retired:
             # Requests already dispatched to a retired backend may still be running.
-            self._tasks.append(asyncio.get_running_loop().create_task(self._retire(retired)))
+            self._spawn(self._retire(retired), "retire")
+        self._readiness_changed.set()
         return []
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        self._stack.callback(task.cancel)
 
     @staticmethod
     async def _retire(backends: list[ModelBackend], after: float = 30.0) -> None:
@@ -111,58 +124,74 @@ class RouterServer:
             await backend.close()
 
     async def start(self) -> int:
-        try:
-            config = load_config(self.config_path)
-        except ConfigError as exc:
-            raise StartupError(str(exc)) from exc
-        self._digest = self._file_digest()
-        errors = await self._load(config)
-        if not errors and not self.apply_rollout():
-            # No last good state to keep at start: serving the configured coverage instead
-            # would move users between arms, so refuse to start (other replicas keep serving).
-            errors = [f"rollout.state_file: {self.core.policy.state_error}"]
-        if errors:
-            await self.core.close()
-            raise StartupError(
-                f"{self.config_path}: invalid router configuration\n  " + "\n  ".join(errors)
+        """Serve the configuration, or raise StartupError naming what is wrong, with nothing
+        left running."""
+        async with contextlib.AsyncExitStack() as stack:
+            stack.callback(self.tracing.shutdown)
+            stack.callback(self.telemetry.shutdown)
+            try:
+                config = load_config(self.config_path)
+            except ConfigError as exc:
+                raise StartupError(str(exc)) from exc
+            s = config.server
+            host = self.host_override or s.host
+            token = _admin_token(s.admin_token_file, host)
+            self.core = RouterCore(
+                self.metrics,
+                await self._open_results(config),
+                self.tracing.tracer if self.tracing.enabled else None,
+                on_readiness=self._readiness_changed.set,
             )
-        try:
-            await self._open_results(config)
-        except StartupError:
-            await self.core.close()
-            raise
-        s = config.server
-        host = self.host_override or s.host
-        try:
-            token = load_token(s.admin_token_file)
-        except AdminTokenError as exc:
-            await self.core.close()
-            raise StartupError(str(exc)) from exc
-        if token is None and not is_loopback(host):
-            await self.core.close()
-            raise StartupError(
-                f"server.host {host} is reachable beyond loopback and RouterAdmin has no token: "
-                f"set server.admin_token_file (or {TOKEN_ENV}), or listen on 127.0.0.1"
-            )
-        self.admission = Admission(s.max_in_flight)
-        self.health = health.aio.HealthServicer()
-        self.tracing = Tracing("router")
-        if self.tracing.enabled:
-            self.core.dispatcher.tracer = self.tracing.tracer
-        if config.telemetry.prometheus_port is not None:
-            self.telemetry = Telemetry("router")
-            admission = self.admission
+            stack.push_async_callback(self.core.close)
+            self._digest = self._file_digest()
+            errors = await self._load(config)
+            if not errors and not self.apply_rollout():
+                # No last good state to keep at start: serving the configured coverage instead
+                # would move users between arms, so refuse to start (other replicas keep serving).
+                errors = [f"rollout.state_file: {self.core.policy.state_error}"]
+            if errors:
+                raise StartupError(
+                    f"{self.config_path}: invalid router configuration\n  " + "\n  ".join(errors)
+                )
+            self.admission = Admission(s.max_in_flight, self.metrics.shed)
             results = self.core.results
-            metrics = RouterMetrics(
+            observe_router(
                 self.telemetry,
                 self.core.circuits,
-                lambda: admission.in_flight,
+                lambda: self.admission.in_flight,
                 lambda: results.writer.pending if results else 0,
             )
-            self.core.attach_metrics(metrics)
-            admission.on_shed = metrics.shed
+            server = self._grpc_server(s.max_message_bytes, token)
+            port = s.port if self.port_override is None else self.port_override
+            try:
+                self.port = listen(server, f"{host}:{port}", s.tls)
+            except TlsError as exc:
+                raise StartupError(f"server.tls: {exc}") from exc
+            if self.port == 0:
+                raise StartupError(
+                    f"server.port: cannot listen on {host}:{port} (is another process using it?)"
+                )
+            await server.start()
+            stack.push_async_callback(server.stop, 0.5)
+            await self._open_ports(stack, config, host)
+            if config.alerting.enabled:
+                signals = Signals(
+                    self.core, config.alerting.window_seconds, lambda: self.reload_failures
+                )
+                self.alerts = AlertService(config.alerting, signals.sample, port=self.port)
+                self.alerts.start()
+                stack.push_async_callback(self.alerts.stop)
+                stack.push_async_callback(self.alerts.drain)
+            self._stack = stack.pop_all()
+        self._spawn(self._watch_rollout(), "rollout-watch")
+        self._spawn(self._follow_backends(), "readiness")
+        self._spawn(self._watch_file(s.reload_poll_seconds), "config-watch")
+        log.info("router listening on %s:%d", host, self.port)
+        return self.port
+
+    def _grpc_server(self, max_message_bytes: int, token: str | None) -> grpc.aio.Server:
         server = aio_server(
-            s.max_message_bytes,
+            max_message_bytes,
             self.tracing.tracer if self.tracing.enabled else None,
             self.telemetry,
             guards=[AdminAuthInterceptor(token)] if token is not None else None,
@@ -183,46 +212,33 @@ class RouterServer:
             ),
             server,
         )
-        port = s.port if self.port_override is None else self.port_override
+        return server
+
+    async def _open_ports(
+        self, stack: contextlib.AsyncExitStack, config: RouterConfig, host: str
+    ) -> None:
+        """The plaintext health port and /metrics, then liveness and readiness."""
+        s, t = config.server, config.telemetry
         try:
-            self.port = listen(server, f"{host}:{port}", s.tls)
-        except TlsError as exc:
-            raise StartupError(f"server.tls: {exc}") from exc
-        if self.port == 0:
-            raise StartupError(f"cannot listen on {host}:{port}")
-        self.server = server
-        await server.start()
-        if s.health_port is not None:
-            self.health_server, self.health_port = await start_health_port(
-                self.health, host, s.health_port
-            )
+            if s.health_port is not None:
+                health_server, self.health_port = await start_health_port(
+                    self.health, host, s.health_port
+                )
+                stack.push_async_callback(health_server.stop, 0.5)
+            if t.prometheus_port is not None:
+                self.metrics_port = self.telemetry.serve(t.prometheus_host, t.prometheus_port)
+        except OSError as exc:
+            raise StartupError(f"server.health_port or telemetry.prometheus_port: {exc}") from exc
         for name in LIVENESS:
             await self.health.set(name, SERVING)
-        t = config.telemetry
-        if self.telemetry is not None and t.prometheus_port is not None:
-            self.metrics_port = self.telemetry.serve(t.prometheus_host, t.prometheus_port)
         await self._publish_readiness()
-        loop = asyncio.get_running_loop()
-        if config.alerting.enabled:
-            signals = Signals(
-                self.core, config.alerting.window_seconds, lambda: self.reload_failures
-            )
-            self.alerts = AlertService(config.alerting, signals.sample, port=self.port)
-            self.alerts.start()
-        self._tasks = [
-            loop.create_task(self._watch_rollout(), name="rollout-watch"),
-            loop.create_task(self._follow_backends(), name="readiness"),
-            loop.create_task(self._watch_file(s.reload_poll_seconds), name="config-watch"),
-        ]
-        log.info("router listening on %s:%d", host, self.port)
-        return self.port
 
-    async def _open_results(self, config: RouterConfig) -> None:
+    async def _open_results(self, config: RouterConfig) -> ExperimentResults | None:
         """The results store: created on first start; a store that is down only delays the
         writes (events wait in the buffer); a newer schema refuses the start."""
         settings = config.results
         if settings is None:
-            return
+            return None
         try:
             store = ResultsStore(settings.resolved_url())
         except (StoreError, ValueError) as exc:
@@ -235,28 +251,29 @@ class RouterServer:
         except StoreError as exc:
             log.error("results store unavailable at start; events wait for it: %s", exc)
         writer = ResultsWriter(
-            store, settings.flush_ms / 1000, settings.max_buffer, self._results_dropped
+            store, settings.flush_ms / 1000, settings.max_buffer, self.metrics.results_dropped
         )
         writer.start()
-        self.core.attach_results(ExperimentResults(store, writer))
         log.info("results store: %s", store.describe())
-
-    def _results_dropped(self, kind: str, n: int) -> None:
-        if self.core.metrics is not None:
-            self.core.metrics.results_dropped(kind, n)
+        return ExperimentResults(store, writer)
 
     async def _publish_readiness(self) -> None:
         ready = self.core.ready() and not self._draining
-        if ready != self._ready and self.health is not None:
+        if ready != self._ready:
             self._ready = ready
             log.info("router readiness: %s", "SERVING" if ready else "NOT_SERVING")
             for name in READINESS:
                 await self.health.set(name, SERVING if ready else NOT_SERVING)
 
     async def _follow_backends(self) -> None:
+        """Readiness follows the events that can change it (health, circuits, metadata,
+        reloads), and wakes by itself only when an open circuit's wait ends."""
         while True:
+            self._readiness_changed.clear()
             await self._publish_readiness()
-            await asyncio.sleep(0.1)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.core.next_readiness_change()):
+                    await self._readiness_changed.wait()
 
     def _rollout_store(self) -> FileStore | None:
         state = self.core.state
@@ -317,8 +334,7 @@ class RouterServer:
             errors = await self._load(config)
         except ConfigError as exc:
             errors = exc.errors
-        if self.core.metrics is not None:
-            self.core.metrics.reload(not errors)
+        self.metrics.reload(not errors)
         if errors:
             self.reload_failures += 1
             log.error(
@@ -339,7 +355,6 @@ class RouterServer:
         log.info("draining: readiness NOT_SERVING")
         self._draining = True
         await self._publish_readiness()
-        assert self.admission is not None and self.server is not None
         state = self.core.state
         delay = state.config.server.drain_delay_seconds if state else 0.0
         if delay and grace is None:
@@ -349,21 +364,7 @@ class RouterServer:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
                 await self.admission.idle.wait()
-        for task in self._tasks:
-            task.cancel()
-        await self.server.stop(0.5)
-        if self.health_server is not None:
-            await self.health_server.stop(0.5)
-        if self.alerts is not None:
-            await self.alerts.drain()
-            await self.alerts.stop()
-        await self.core.close()
-        if self.telemetry is not None:
-            self.telemetry.shutdown()
-            self.telemetry = None
-        if self.tracing is not None:
-            self.tracing.shutdown()
-            self.tracing = None
+        await self._stack.aclose()
         log.info("stopped")
 
     async def run(self) -> None:
@@ -373,3 +374,16 @@ class RouterServer:
         await self.start()
         await stop.wait()
         await self.drain()
+
+
+def _admin_token(token_file: Path | None, host: str) -> str | None:
+    try:
+        token = load_token(token_file)
+    except AdminTokenError as exc:
+        raise StartupError(str(exc)) from exc
+    if token is None and not is_loopback(host):
+        raise StartupError(
+            f"server.host {host} is reachable beyond loopback and RouterAdmin has no token: "
+            f"set server.admin_token_file (or {TOKEN_ENV}), or listen on 127.0.0.1"
+        )
+    return token

@@ -19,7 +19,8 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (converted from the tiny release in models/gama-release)."""
     from transformers.utils import logging as hf_logging
 
-    from modelserver.tiny import make_tiny_gama_served, make_tiny_wav2vec2
+    from modelserver.tiny.gama import make_tiny_gama_served
+    from modelserver.tiny.wav2vec2 import make_tiny_wav2vec2
 
     hf_logging.disable_progress_bar()
 

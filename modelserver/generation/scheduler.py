@@ -26,10 +26,11 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import grpc
 import numpy as np
 
 from modelserver.config import ContinuousBatching
-from modelserver.errors import ErrorKind, InferenceError, exhausted, unavailable
+from modelserver.errors import InferenceError, exhausted, unavailable
 from modelserver.worker import UNOBSERVED, CallObserver, WorkLoop
 
 
@@ -285,7 +286,7 @@ class GenerationScheduler(WorkLoop):
             self._fail(
                 seq,
                 InferenceError(
-                    ErrorKind.DEADLINE_EXCEEDED,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
                     f"deadline passed after {len(seq.tokens)} tokens; the answer was cut short",
                 ),
             )
@@ -299,7 +300,7 @@ class GenerationScheduler(WorkLoop):
             self._fail(
                 seq,
                 InferenceError(
-                    ErrorKind.DEADLINE_EXCEEDED, "deadline passed while waiting for a slot"
+                    grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed while waiting for a slot"
                 ),
             )
 

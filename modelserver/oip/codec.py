@@ -123,7 +123,7 @@ class _Inputs:
         ) if "sample_rate" in tensor.parameters else None
 
 
-def decode_request(request: pb.ModelInferRequest, task: Task) -> InferRequest:
+def parse_request(request: pb.ModelInferRequest, task: Task) -> InferRequest:
     inputs = _Inputs(request)
     params = params_dict(request.parameters)
     audio = inputs.bytes_scalar(AUDIO)

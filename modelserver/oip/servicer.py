@@ -17,9 +17,9 @@ from gamaserving.oip import set_param
 from gamaserving.telemetry.tracing import ChildSpan
 from modelserver import __version__
 from modelserver.core import InferenceCore
-from modelserver.errors import ErrorKind, InferenceError
+from modelserver.errors import InferenceError
 from modelserver.memory import memory_parameters
-from modelserver.oip.codec import decode_request, encode_response, task_name
+from modelserver.oip.codec import encode_response, parse_request, task_name
 from modelserver.oip.streaming import StreamInfer
 
 log = logging.getLogger(__name__)
@@ -34,12 +34,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         config = self.core.config
         if name != config.name:
             raise InferenceError(
-                ErrorKind.NOT_FOUND,
+                grpc.StatusCode.NOT_FOUND,
                 f"model {name!r} is not served here; this server serves {config.name!r}",
             )
         if version and version != config.version:
             raise InferenceError(
-                ErrorKind.NOT_FOUND,
+                grpc.StatusCode.NOT_FOUND,
                 f"model {name} version {version!r} is not served; version {config.version!r} is",
             )
 
@@ -77,7 +77,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
         self._check_model(request.model_name, request.model_version)
-        plain = decode_request(request, self.core.resolve_task(task_name(request)))
+        plain = parse_request(request, self.core.resolve_task(task_name(request)))
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         result = await self.core.infer(plain, deadline)
@@ -98,7 +98,7 @@ def model_metadata(core: InferenceCore) -> pb.ModelMetadataResponse:
     config = core.config
     family = core.family
     if family is None:
-        raise InferenceError(ErrorKind.UNAVAILABLE, f"model {config.name} is still loading")
+        raise InferenceError(grpc.StatusCode.UNAVAILABLE, f"model {config.name} is still loading")
     meta = pb.ModelMetadataResponse(
         name=config.name,
         versions=[config.version],

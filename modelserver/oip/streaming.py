@@ -26,8 +26,8 @@ from modelserver.generation.result import generated_result
 from modelserver.generation.scheduler import Finished, Piece
 from modelserver.messages import InferResult
 from modelserver.oip.codec import (
-    decode_request,
     final_response,
+    parse_request,
     piece_response,
     task_name,
 )
@@ -103,7 +103,7 @@ class StreamInfer:
         core = self.core
         name, version = core.config.name, core.config.version
         self.check_model(request.model_name, request.model_version)
-        plain = decode_request(request, core.resolve_task(task_name(request)))
+        plain = parse_request(request, core.resolve_task(task_name(request)))
         async with contextlib.aclosing(core.stream(plain, deadline)) as events:
             async for event in events:
                 if isinstance(event, InferResult):

@@ -30,22 +30,10 @@ def route_request(req: rpb.ProcessRequest, metadata_user: str | None) -> RouteRe
         raise _invalid(
             f"task must be one of {', '.join(rpb.Task.Name(t) for t in TASKS)}; got {req.task}"
         )
-    has_raw = req.HasField("raw_audio")
-    if req.audio and has_raw:
-        raise _invalid("send either audio (an encoded file) or raw_audio, not both")
-    if not req.audio and not (has_raw and req.raw_audio.pcm_f32le):
-        raise _invalid(
-            "no audio: set audio (WAV, FLAC or OGG bytes) or raw_audio (float32 PCM and its rate)"
-        )
-    if has_raw:
-        if len(req.raw_audio.pcm_f32le) % 4:
-            raise _invalid(
-                "raw_audio.pcm_f32le must hold whole float32 samples (a multiple of 4 bytes)"
-            )
-        if req.raw_audio.sample_rate <= 0:
-            raise _invalid("raw_audio.sample_rate must be a positive number of Hz")
+    _check_audio(req)
     if task == "describe" and not req.prompt.strip():
         raise _invalid("TASK_DESCRIBE needs a prompt")
+    has_raw = req.HasField("raw_audio")
     return RouteRequest(
         request_id=req.request_id or os.urandom(16).hex(),
         task=task,
@@ -55,6 +43,22 @@ def route_request(req: rpb.ProcessRequest, metadata_user: str | None) -> RouteRe
         prompt=req.prompt,
         user_id=req.user_id or metadata_user or None,
     )
+
+
+def _check_audio(req: rpb.ProcessRequest) -> None:
+    has_raw = req.HasField("raw_audio")
+    if req.audio and has_raw:
+        raise _invalid("send either audio (an encoded file) or raw_audio, not both")
+    if not req.audio and not (has_raw and req.raw_audio.pcm_f32le):
+        raise _invalid(
+            "no audio: set audio (WAV, FLAC or OGG bytes) or raw_audio (float32 PCM and its rate)"
+        )
+    if has_raw and len(req.raw_audio.pcm_f32le) % 4:
+        raise _invalid(
+            "raw_audio.pcm_f32le must hold whole float32 samples (a multiple of 4 bytes)"
+        )
+    if has_raw and req.raw_audio.sample_rate <= 0:
+        raise _invalid("raw_audio.sample_rate must be a positive number of Hz")
 
 
 def process_response(req: RouteRequest, result: RouteResult) -> rpb.ProcessResponse:

@@ -27,14 +27,14 @@ MAX_ASSIGNMENTS = 10_000
 class Admission:
     """In-flight limit: beyond it requests are shed at once, and draining refuses new ones."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, on_shed: Callable[[], None] = lambda: None) -> None:
         self.limit = limit
+        self._on_shed = on_shed
         self.in_flight = 0
         self.shed = 0
         self.draining = False
         self.idle = asyncio.Event()
         self.idle.set()
-        self.on_shed: Callable[[], None] | None = None
 
     def enter(self) -> None:
         if self.draining:
@@ -43,8 +43,7 @@ class Admission:
             )
         if self.in_flight >= self.limit:
             self.shed += 1
-            if self.on_shed is not None:
-                self.on_shed()
+            self._on_shed()
             raise RouteError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"the router has {self.in_flight} requests in flight (limit {self.limit}); "

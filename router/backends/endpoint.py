@@ -63,8 +63,10 @@ class Endpoint:
         max_message_bytes: int,
         clock: Callable[[], float] = time.monotonic,
         on_circuit: Callable[[str, str, State, State], None] | None = None,
+        on_health: Callable[[], None] = lambda: None,
     ) -> None:
         self.model = model
+        self._on_health = on_health
         self.target = target
         self.settings = settings
         self.channel = channel(target, settings.tls, channel_options(settings, max_message_bytes))
@@ -97,6 +99,7 @@ class Endpoint:
             )
             self.serving = serving
             self.health_changed.set()
+            self._on_health()
 
     async def _watch_health(self) -> None:
         """Watch for good; after a stream that worked, the backoff starts afresh."""

@@ -38,12 +38,16 @@ class ModelBackend:
         max_message_bytes: int,
         clock: Callable[[], float] = time.monotonic,
         on_circuit: Callable[[str, str, State, State], None] | None = None,
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
+        """`on_change` hears whatever can change whether this model can serve: an endpoint's
+        health, and the model's metadata arriving (circuit changes come to `on_circuit`)."""
         self.key = key
+        self._on_change = on_change
         self.settings = settings
         self.server_name = settings.model_name or key
         self.endpoints = [
-            Endpoint(key, t, settings, max_message_bytes, clock, on_circuit)
+            Endpoint(key, t, settings, max_message_bytes, clock, on_circuit, on_change)
             for t in settings.endpoints
         ]
         self.budget = RetryBudget(settings.retry_budget)
@@ -67,6 +71,7 @@ class ModelBackend:
             with attempt:
                 self.info = await self._ask_metadata()
         assert self.info is not None
+        self._on_change()
         log.info(
             "model %s: %s v%s does %s",
             self.key,

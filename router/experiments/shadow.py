@@ -71,11 +71,16 @@ def sampled(request_id: str, percent: float) -> bool:
 
 
 class ShadowRunner:
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        on_outcome: Callable[[str, str, str], None] = lambda primary, shadow, outcome: None,
+        on_agreement: Callable[[str, str, str, float], None] = lambda p, s, m, v: None,
+    ) -> None:
         self.stats: dict[tuple[str, str], AgreementStats] = defaultdict(AgreementStats)
-        self.on_agreement: Callable[[str, str, str, float], None] | None = None
-        self.on_outcome: Callable[[str, str, str], None] | None = None
+        self._on_outcome = on_outcome
         """(primary, shadow, outcome: ok, failed or dropped), counted under their own labels."""
+        self._on_agreement = on_agreement
+        """(primary, shadow, measure, value) for each agreement measure a pair has."""
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -124,18 +129,16 @@ class ShadowRunner:
             "text_similarity": text_similarity(served, shadow),
         }
         stats.add(measures)
-        if self.on_agreement is not None:
-            for name, value in measures.items():
-                if value is not None:
-                    self.on_agreement(*pair, name, value)
+        for name, value in measures.items():
+            if value is not None:
+                self._on_agreement(*pair, name, value)
 
     def running(self) -> int:
         """Shadow copies in flight."""
         return len(self._tasks)
 
     def _outcome(self, primary: str, shadow: str, outcome: str) -> None:
-        if self.on_outcome is not None:
-            self.on_outcome(primary, shadow, outcome)
+        self._on_outcome(primary, shadow, outcome)
 
     async def drain(self) -> None:
         if self._tasks:

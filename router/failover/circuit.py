@@ -81,6 +81,13 @@ class CircuitBreaker:
             return self._clock() >= self._since + self.settings.open_seconds
         return True
 
+    def back_in_service_in(self) -> float | None:
+        """Seconds until an OPEN circuit's wait ends and `in_service()` turns true by itself
+        (readiness wakes up then); None when nothing is waiting."""
+        if self._state is not State.OPEN:
+            return None
+        return max(self._since + self.settings.open_seconds - self._clock(), 0.0)
+
     def is_closed(self) -> bool:
         """Whether the circuit is CLOSED, without taking anything (for shadow copies, which
         must never use a probe meant for real traffic)."""

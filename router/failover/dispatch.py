@@ -1,4 +1,4 @@
-"""The attempt loop: try the chosen model, then the fallback chain, within the caller's
+"""The attempt loop: try the first model, then the fallback chain, within the caller's
 deadline. Each attempt gets a share of the time left; unhealthy endpoints and open circuits
 are skipped; retries to another endpoint of the same model spend the retry budget; an output
 that fails a quality check counts as a failure and, where configured, moves on to the next
@@ -90,11 +90,13 @@ class Dispatcher:
         self,
         on_checks: Callable[[str, ModelOutput, list[Check], float], None],
         clock: Callable[[], float] = time.monotonic,
-        on_call: Callable[[str, str, float, str, str], None] | None = None,
+        on_call: Callable[[str, str, float, str, str], None] = lambda *call: None,
+        tracer: Tracer | None = None,
     ) -> None:
         self._on_checks = on_checks
-        self.on_call = on_call
-        self.tracer: Tracer = trace.NoOpTracer()
+        self._on_call = on_call
+        """(model, endpoint, seconds, status name, method) of every call to a model server."""
+        self.tracer: Tracer = tracer or trace.NoOpTracer()
         self._clock = clock
 
     async def run(
@@ -239,9 +241,8 @@ class Dispatcher:
         seconds: float,
         status: grpc.StatusCode | None,
     ) -> None:
-        if self.on_call is not None:
-            name = status.name if status is not None else "OK"
-            self.on_call(backend.key, endpoint.target, seconds, name, method(req))
+        name = status.name if status is not None else "OK"
+        self._on_call(backend.key, endpoint.target, seconds, name, method(req))
 
     def _validate(
         self,

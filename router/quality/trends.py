@@ -20,7 +20,7 @@ MAX_SAMPLES = 5000
 class _Bucket:
     served: int = 0
     passed: int = 0
-    chosen: int = 0
+    first: int = 0
     fell_back: int = 0
     latencies: list[float] = field(default_factory=list)
 
@@ -74,10 +74,10 @@ class TrendTracker:
             per_model[index] = _Bucket()
         return per_model[index]
 
-    def record(self, chosen: str, served: str, latency_ms: float, passed: bool) -> None:
-        first = self._bucket(chosen)
-        first.chosen += 1
-        first.fell_back += served != chosen
+    def record(self, first_model: str, served: str, latency_ms: float, passed: bool) -> None:
+        first = self._bucket(first_model)
+        first.first += 1
+        first.fell_back += served != first_model
         b = self._bucket(served)
         b.served += 1
         b.passed += passed
@@ -107,8 +107,8 @@ class TrendTracker:
                         )
                 if b.served:
                     metrics["pass_rate"].append((start, b.passed / b.served, b.served))
-                if b.chosen:
-                    metrics["fallback_rate"].append((start, b.fell_back / b.chosen, b.chosen))
+                if b.first:
+                    metrics["fallback_rate"].append((start, b.fell_back / b.first, b.first))
             for metric, points in metrics.items():
                 if points:
                     direction, slope, change = trend(points, self.settings.flat_below)

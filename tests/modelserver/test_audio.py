@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import grpc
 import numpy as np
 import pytest
 
 from modelserver.audio import AudioDecoder
 from modelserver.config import Limits
-from modelserver.errors import ErrorKind, InferenceError
+from modelserver.errors import InferenceError
 from modelserver.messages import AudioPayload
 from tests.support.audio import encode, tone
 
@@ -56,4 +57,4 @@ def test_duration_limit_is_checked_from_the_header() -> None:
     decoder = AudioDecoder(16000, Limits(max_audio_seconds=1.0))
     with pytest.raises(InferenceError) as info:
         decoder.decode(AudioPayload(encoded=encode(tone(1.5))))
-    assert info.value.kind is ErrorKind.RESOURCE_EXHAUSTED
+    assert info.value.status is grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -7,11 +7,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import pytest
 
 from modelserver.batching import DynamicBatcher
 from modelserver.config import Batching
-from modelserver.errors import ErrorKind, InferenceError
+from modelserver.errors import InferenceError
 from tests.support.fakes import Calls
 
 
@@ -110,7 +111,7 @@ async def test_full_queue_is_resource_exhausted(executor: ThreadPoolExecutor) ->
     await asyncio.sleep(0.01)
     with pytest.raises(InferenceError) as info:
         await batcher.submit(99)
-    assert info.value.kind is ErrorKind.RESOURCE_EXHAUSTED
+    assert info.value.status is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "queue is full (3 requests waiting)" in info.value.message
     model.gate.set()
     await asyncio.gather(busy, *waiting)
@@ -137,7 +138,7 @@ async def test_expired_and_cancelled_requests_are_never_computed(
     assert (await alive)[0] == 4
     with pytest.raises(InferenceError) as info:
         await expired
-    assert info.value.kind is ErrorKind.DEADLINE_EXCEEDED
+    assert info.value.status is grpc.StatusCode.DEADLINE_EXCEEDED
     assert model.computed == [-1, 2]
     assert (batcher.stats.expired, batcher.stats.cancelled) == (1, 1)
     await batcher.stop()
@@ -150,7 +151,7 @@ async def test_model_fault_fails_the_batch_not_the_batcher(executor: ThreadPoolE
     batcher.start()
     with pytest.raises(InferenceError) as info:
         await batcher.submit(1)
-    assert info.value.kind is ErrorKind.INTERNAL and "RuntimeError" in info.value.message
+    assert info.value.status is grpc.StatusCode.INTERNAL and "RuntimeError" in info.value.message
     model.fail = False
     assert (await batcher.submit(5))[0] == 10
     assert len(calls.failed) == 1 and calls.succeeded == 1 and batcher.faults == 1
@@ -169,7 +170,7 @@ async def test_closed_batcher_refuses_new_work_but_finishes_queued(
     batcher.close()
     with pytest.raises(InferenceError) as info:
         await batcher.submit(5)
-    assert info.value.kind is ErrorKind.UNAVAILABLE
+    assert info.value.status is grpc.StatusCode.UNAVAILABLE
     model.gate.set()
     await busy
     assert (await queued)[0] == 8

@@ -11,7 +11,7 @@ import pytest
 from gamaserving.inference import grpc_predict_v2_pb2 as pb
 from modelserver.config import TAG_PROMPT
 from modelserver.families.gama.tags import match_labels
-from modelserver.tiny import TAG_LABELS
+from modelserver.tiny.vocab import TAG_LABELS
 from tests.modelserver.conftest import Live
 from tests.support.audio import tone, wav
 from tests.support.oip import infer_request, outputs, params

@@ -21,7 +21,8 @@ from modelserver.families.wav2vec2.ctc import greedy_decode
 from modelserver.families.wav2vec2.graph import Wav2Vec2Serving, load_checkpoint
 from modelserver.messages import AudioPayload, InferRequest
 from modelserver.runtime import onnx_runtime, torch_runtime
-from modelserver.tiny import SEED, build_ctc_checkpoint
+from modelserver.tiny.vocab import SEED
+from modelserver.tiny.wav2vec2 import build_ctc_checkpoint
 from tests.support.audio import tone
 
 

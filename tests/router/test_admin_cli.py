@@ -14,6 +14,7 @@ from gamaserving.router.v1 import router_pb2 as rpb
 from router.cli import main
 from tests.router.conftest import base_config, live_router
 from tests.support.audio import wav
+from tests.support.experiments import two_arms
 from tests.support.fault_server import fault_server
 
 
@@ -25,16 +26,7 @@ def _strict(text: str) -> Any:
 
 
 def _config(a: str, b: str) -> dict[str, Any]:
-    experiment = {
-        "name": "ab",
-        "seed": "p1",
-        "coverage": 1.0,
-        "arms": [
-            {"name": "control", "model": "a", "weight": 0.5},
-            {"name": "candidate", "model": "b", "weight": 0.5},
-        ],
-    }
-    return base_config({"a": [a], "b": [b]}, tag={"primary": "a", "experiment": experiment})
+    return base_config({"a": [a], "b": [b]}, tag={"primary": "a", "experiment": two_arms()})
 
 
 async def _admin(

@@ -18,8 +18,9 @@ from router.failover.circuit import State
 from router.failover.dispatch import Dispatcher
 from router.requests import RouteRequest
 from tests.router.conftest import base_config, live_router
-from tests.router.test_failover_units import Clock, breaker
 from tests.support.audio import wav
+from tests.support.breakers import breaker
+from tests.support.fakes import Clock
 from tests.support.fault_server import fault_server
 
 ROUTE = RouteSettings(primary="m")

@@ -11,20 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 import pytest
 import yaml
 
 from gamaserving.router.v1 import router_pb2 as rpb
 from router.config import ExperimentSettings, load_config
-from router.experiments.results import ArmResults, report
-from router.experiments.stats import Moments
+from router.experiments.results import report
 from router.results.store import ResultsStore
 from router.rollout.controller import RolloutController
 from router.rollout.sources import StoreSource
 from router.rollout.store import FileStore
 from tests.router.conftest import base_config, live_router
 from tests.support.audio import wav
+from tests.support.experiments import applied, arm, listed_experiment
 from tests.support.fault_server import fault_server
 
 
@@ -36,20 +35,6 @@ def experiment(**extra: Any) -> ExperimentSettings:
     return ExperimentSettings.model_validate(
         {"name": "e", "seed": "s", "arms": arms, "min_samples": 50, **extra}
     )
-
-
-def arm(
-    n: int, latency: float, error_rate: float = 0.0, fallback_rate: float = 0.0, seed: int = 0
-) -> ArmResults:
-    """An arm of n users with a request each (so units and requests agree)."""
-    rng = np.random.default_rng(seed)
-    values = {
-        "latency_ms": rng.normal(latency, latency * 0.1, n),
-        "error_rate": np.arange(n) < error_rate * n,
-        "fallback_rate": np.arange(n) < fallback_rate * n,
-        "quality_failure_rate": np.zeros(n),
-    }
-    return ArmResults(n, n, {m: Moments.of(v.astype(float)) for m, v in values.items()})
 
 
 def test_guardrail_failure_rolls_back() -> None:
@@ -126,21 +111,6 @@ async def _traffic(router: Any, users: range) -> list[rpb.ProcessResponse]:
     return answers
 
 
-async def _listed(router: Any) -> rpb.Experiment:
-    (listed,) = (await router.admin.ListExperiments(rpb.ListExperimentsRequest())).experiments
-    return listed
-
-
-async def applied(router: Any, coverage: float, within: float = 10.0) -> rpb.Experiment:
-    """Wait for the router to apply the state file (it polls it every 0.05 s)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while (listed := await _listed(router)).coverage != coverage:
-        assert loop.time() < deadline, f"coverage still {listed.coverage}, wanted {coverage}"
-        await asyncio.sleep(0.02)
-    return listed
-
-
 async def test_failing_candidate_is_rolled_back_by_the_controller(tmp_path: Path) -> None:
     async with (
         fault_server("incumbent") as (_, a),
@@ -159,7 +129,7 @@ async def test_failing_candidate_is_rolled_back_by_the_controller(tmp_path: Path
             assert all(r.route.model == "incumbent" for r in first), {
                 (r.route.arm, r.route.model, r.route.fallback_reason) for r in first
             }
-            assert (await _listed(router)).coverage_source == "config"
+            assert (await listed_experiment(router)).coverage_source == "config"
             report_ = await router.admin.GetExperimentReport(
                 rpb.GetExperimentReportRequest(experiment="gama-ab")
             )
@@ -239,7 +209,7 @@ async def test_ramp_advances_one_step_at_a_time_on_healthy_verdicts(tmp_path: Pa
             guardrails=[{"metric": "error_rate", "max_absolute_increase": 0.05}],
         )
         async with live_router(cfg, tmp_path) as router, controller_for(router) as controller:
-            seen = [(await _listed(router)).coverage]
+            seen = [(await listed_experiment(router)).coverage]
             user = 0
             for _ in range(300):
                 await _traffic(router, range(user, user + 20))
@@ -251,7 +221,7 @@ async def test_ramp_advances_one_step_at_a_time_on_healthy_verdicts(tmp_path: Pa
                 if seen[-1] == 1.0:
                     break
             assert seen == [0.05, 0.2, 0.6, 1.0]
-            assert (await _listed(router)).rollout_status == "steady"
+            assert (await listed_experiment(router)).rollout_status == "steady"
 
 
 async def test_a_failing_candidate_never_ramps(tmp_path: Path) -> None:
@@ -274,7 +244,7 @@ async def test_a_failing_candidate_never_ramps(tmp_path: Path) -> None:
                 await _traffic(router, range(start, start + 100))
                 actions += [d.action for d in (await controller.evaluate()).decisions]
             assert actions == ["start"]  # four rounds ran; none ramped (no auto_rollback here)
-            assert (await _listed(router)).coverage == 0.5
+            assert (await listed_experiment(router)).coverage == 0.5
             verdict = await router.admin.GetExperimentReport(
                 rpb.GetExperimentReportRequest(experiment="gama-ab")
             )
@@ -304,7 +274,7 @@ async def test_a_new_seed_starts_a_phase_from_zero(tmp_path: Path) -> None:
                 rpb.GetExperimentReportRequest(experiment="gama-ab", seed="phase-1")
             )
             assert sum(a.count for a in before.arms) == 120 and not before.current_phase
-            assert list((await _listed(router)).phases) == ["phase-2", "phase-1"]
+            assert list((await listed_experiment(router)).phases) == ["phase-2", "phase-1"]
 
 
 def test_a_governed_experiment_needs_a_state_file() -> None:

@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-from router.config import CircuitBreakerSettings, RetryBudgetSettings
+from router.config import RetryBudgetSettings
 from router.failover.budget import RetryBudget
-from router.failover.circuit import CircuitBreaker, State
-from tests.support.fakes import Clock
-
-
-def breaker(**kw: float) -> tuple[CircuitBreaker, Clock, list[tuple[State, State]]]:
-    clock = Clock()
-    changes: list[tuple[State, State]] = []
-    settings = CircuitBreakerSettings.model_validate(
-        {"window": 10, "min_calls": 4, "open_seconds": 5, "half_open_probes": 2, **kw}
-    )
-    return CircuitBreaker(settings, clock, lambda a, b: changes.append((a, b))), clock, changes
+from router.failover.circuit import State
+from tests.support.breakers import breaker
 
 
 def test_opens_on_failure_rate_only_after_min_calls() -> None:

@@ -15,6 +15,7 @@ from gamaserving.router.v1 import router_pb2 as rpb
 from router.results.query import phase_statistics
 from tests.router.conftest import base_config, live_router
 from tests.support.audio import wav
+from tests.support.experiments import two_arms
 from tests.support.fault_server import fault_server
 
 
@@ -34,15 +35,7 @@ async def test_a_retry_is_not_a_fallback_and_every_reader_agrees(tmp_path: Path)
         fault_server("a") as (a_good_model, a_good),
         fault_server("b") as (_, b),
     ):
-        experiment = {
-            "name": "ab",
-            "seed": "p1",
-            "coverage": 1.0,
-            "arms": [
-                {"name": "control", "model": "a", "weight": 0.5},
-                {"name": "candidate", "model": "a", "weight": 0.5},
-            ],
-        }
+        experiment = two_arms("a", "a")
         cfg = base_config(
             {"a": [a_bad, a_good], "b": [b]},
             tag={"primary": "a", "fallbacks": ["b"], "experiment": experiment},

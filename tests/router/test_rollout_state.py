@@ -23,7 +23,7 @@ from router.rollout.state import HISTORY_LIMIT, Decision, RolloutState, StateErr
 from router.rollout.store import CONFIGMAP_KEY, ConfigMapStore, FileStore
 from router.server import StartupError
 from tests.router.conftest import base_config, live_router
-from tests.router.test_experiment_report import applied, arm
+from tests.support.experiments import applied, arm
 from tests.support.fault_server import fault_server
 
 

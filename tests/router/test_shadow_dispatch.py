@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from gamaserving.router.v1 import router_pb2 as rpb
 from router.failover.circuit import State
 from router.requests import RouteRequest
-from tests.router.conftest import LiveRouter, base_config, live_router
+from tests.router.conftest import base_config, live_router
 from tests.support.audio import wav
 from tests.support.fault_server import fault_server
 
@@ -40,16 +40,6 @@ def _config(primary: str, shadow: str) -> dict:  # type: ignore[type-arg]
     return cfg
 
 
-async def every_endpoint_serving(router: LiveRouter) -> None:
-    """Wait for the first health answers (the router starts before they come)."""
-    assert router.core.state is not None
-    for backend in router.core.state.backends.values():
-        for endpoint in backend.endpoints:
-            while not endpoint.serving:
-                endpoint.health_changed.clear()
-                await asyncio.wait_for(endpoint.health_changed.wait(), 10)
-
-
 async def test_a_failing_shadow_opens_no_circuit_and_counts_as_shadow(tmp_path: Path) -> None:
     async with (
         fault_server("primary") as (primary, a),
@@ -58,7 +48,7 @@ async def test_a_failing_shadow_opens_no_circuit_and_counts_as_shadow(tmp_path: 
         cfg = _config(a, b)
         cfg["telemetry"] = {"prometheus_host": "127.0.0.1", "prometheus_port": 0}
         async with live_router(cfg, tmp_path) as router:
-            await every_endpoint_serving(router)
+            await router.all_serving()
             for i in range(12):
                 r = await router.process(rpb.TASK_EMBED, wav(0.2), user_id=f"u{i}")
                 assert r.route.model == "primary" and r.route.shadowed
@@ -90,7 +80,7 @@ async def test_shadow_copies_are_spans_of_their_own_in_the_request_trace(
     async with fault_server("primary") as (_, a), fault_server("shadow") as (_, b):
         async with live_router(_config(a, b), tmp_path) as router:
             router.core.dispatcher.tracer = provider.get_tracer("test")
-            await every_endpoint_serving(router)
+            await router.all_serving()
             parent = provider.get_tracer("test").start_span("caller")
             with trace.use_span(parent, end_on_exit=True):
                 request = RouteRequest(request_id="r-1", task="embed", audio=wav(0.2))

@@ -18,25 +18,15 @@ from router.rollout.controller import RolloutController
 from router.rollout.sources import StoreSource
 from router.rollout.store import FileStore
 from tests.router.conftest import LiveRouter, base_config, live_router
-from tests.router.test_experiment_report import applied
 from tests.support.audio import wav
+from tests.support.experiments import applied, two_arms
 from tests.support.fault_server import fault_server
 
 SAMPLE = [f"sample-{i}" for i in range(300)]
 
 
 def _config(a: str, b: str, state: Path, **extra: Any) -> dict[str, Any]:
-    experiment = {
-        "name": "fleet-ramp",
-        "seed": "s1",
-        "coverage": 0.05,
-        "arms": [
-            {"name": "control", "model": "a", "weight": 0.5},
-            {"name": "candidate", "model": "b", "weight": 0.5},
-        ],
-        "min_samples": 10,
-        **extra,
-    }
+    experiment = two_arms(name="fleet-ramp", seed="s1", coverage=0.05, min_samples=10, **extra)
     cfg = base_config({"a": [a], "b": [b]}, embed={"primary": "a", "experiment": experiment})
     cfg["rollout"] = {"state_file": str(state), "poll_seconds": 0.05}
     # One store for the fleet (both replicas and the controller).

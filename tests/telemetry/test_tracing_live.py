@@ -155,7 +155,7 @@ async def test_one_trace_across_router_and_model_server(
     assert failed["parent"] == ok["parent"] == process["id"]
     (infer,) = by_name["inference.GRPCInferenceService/ModelInfer"]
     assert infer["service"] == "modelserver" and infer["parent"] == ok["id"]
-    for name in ("decode", "queue", "batch_inference", "postprocess"):
+    for name in ("prepare", "queue", "batch_inference", "postprocess"):
         (child,) = by_name[name]
         assert child["service"] == "modelserver" and child["parent"] == infer["id"], name
     assert by_name["batch_inference"][0]["attributes"]["batch_size"] == 1

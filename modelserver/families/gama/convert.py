@@ -21,6 +21,7 @@ import shutil
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -160,33 +161,42 @@ def check(inventory: Inventory, lm_config: LlamaConfig, settings: GamaSettings) 
     with torch.device("meta"):
         audio = GamaAudio(dims)
         lm = LlamaForCausalLM(lm_config)
-    want_audio = {k: v.shape for k, v in audio.state_dict().items()}
-    _expect(inventory.audio, want_audio, "audio")
+    _check_audio(inventory, {k: v.shape for k, v in audio.state_dict().items()})
+    want_lm = {k: v.shape for k, v in lm.state_dict().items()}
+    if lm_config.tie_word_embeddings:
+        want_lm.pop("lm_head.weight", None)
+    _expect(inventory.lm, want_lm, "LLM")
+    _check_lora(inventory, lm_config.num_hidden_layers, want_lm)
+    return audio
+
+
+def _check_audio(inventory: Inventory, want: dict[str, Any]) -> None:
+    _expect(inventory.audio, want, "audio")
     # The base directory's Q-Former predates training; a stage checkpoint always carries the
     # trained one (its name matches `Trainer._save`'s filter), so one without it is damaged.
-    unstaged = sorted(set(want_audio) - inventory.staged)
+    unstaged = sorted(set(want) - inventory.staged)
     if unstaged:
         raise CheckpointError(
             f"missing key {layout.PEFT_PREFIX}{layout.released_audio_name(unstaged[0])} in the "
             "stage checkpoint (the base directory's copy is from before training)"
         )
-    extra = sorted(set(inventory.audio) - set(want_audio))
+    extra = sorted(set(inventory.audio) - set(want))
     if extra:
         raise CheckpointError(f"unexpected key {layout.released_audio_name(extra[0])}")
-    want_lm = {k: v.shape for k, v in lm.state_dict().items()}
-    if lm_config.tie_word_embeddings:
-        want_lm.pop("lm_head.weight", None)
-    _expect(inventory.lm, want_lm, "LLM")
-    for layer in range(lm_config.num_hidden_layers):
+
+
+def _check_lora(inventory: Inventory, layers: int, want_lm: dict[str, Any]) -> None:
+    """Both LoRA factors of every adapted projection, shaped to adapt its weight."""
+    for layer in range(layers):
         for target in layout.LORA_TARGETS:
             name = f"model.layers.{layer}.self_attn.{target}.weight"
             factors = inventory.lora.get(name, {})
-            for part in "AB":
-                if part not in factors:
-                    raise CheckpointError(
-                        f"missing key {layout.PEFT_PREFIX}{name[: -len('.weight')]}"
-                        f".lora_{part}.default.weight"
-                    )
+            missing = [part for part in "AB" if part not in factors]
+            if missing:
+                raise CheckpointError(
+                    f"missing key {layout.PEFT_PREFIX}{name[: -len('.weight')]}"
+                    f".lora_{missing[0]}.default.weight"
+                )
             (a_src, a_key), (b_src, b_key) = factors["A"], factors["B"]
             out_features, in_features = want_lm[name]
             rank = a_src.shape(a_key)[0]
@@ -201,7 +211,6 @@ def check(inventory: Inventory, lm_config: LlamaConfig, settings: GamaSettings) 
     unexpected = sorted(set(inventory.lora) - set(want_lm))
     if unexpected:
         raise CheckpointError(f"LoRA factors for {unexpected[0]}, which the LLM does not have")
-    return audio
 
 
 def lora_alpha(stage: Path) -> float:

@@ -14,8 +14,8 @@ from modelserver.cli import main
 from modelserver.config import load_model_config
 from modelserver.families import load_family
 from modelserver.families.gama.family import GamaFamily
-from modelserver.families.gama.release import BASE_DIR, STAGE_DIR, make_tiny_release
-from modelserver.tiny import build_ctc_checkpoint
+from modelserver.tiny.gama_release import BASE_DIR, STAGE_DIR, make_tiny_release
+from modelserver.tiny.wav2vec2 import build_ctc_checkpoint
 from tests.modelserver.gama.reference import Reference, load_audio
 from tests.support.audio import tone
 

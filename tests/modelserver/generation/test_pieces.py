@@ -8,7 +8,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from modelserver.generation.pieces import TextPieces
-from modelserver.tiny import build_word_tokenizer
+from modelserver.tiny.vocab import build_word_tokenizer
 
 TEXTS = [
     "  Café crème, naïve façade: 日本語 の テキスト and Ünïcödé words.  ",

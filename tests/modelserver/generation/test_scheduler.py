@@ -12,11 +12,12 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 
 from modelserver.config import ContinuousBatching
-from modelserver.errors import ErrorKind, InferenceError
+from modelserver.errors import InferenceError
 from modelserver.generation.scheduler import (
     Event,
     Finished,
@@ -246,7 +247,7 @@ async def test_deadlines_fail_running_and_waiting_sequences() -> None:
     w = await rig.send("W", (1, EOS), deadline=105.0)
     rig.clock.now = 111.0
     await rig.step(1)  # A's step under way; the worker's next pass retires both
-    assert a.error is not None and a.error.kind is ErrorKind.DEADLINE_EXCEEDED
+    assert a.error is not None and a.error.status is grpc.StatusCode.DEADLINE_EXCEEDED
     assert "after 3 tokens" in a.error.message
     assert w.error is not None and "waiting for a slot" in w.error.message
     assert rig.scheduler.stats.expired == 2
@@ -274,7 +275,7 @@ async def test_the_kv_budget_holds_newcomers_until_a_row_leaves_and_refuses_the_
     too_long = GenerationRequest(Script("X", (1,)), 4, 100, Letters)
     with pytest.raises(InferenceError) as info:
         await anext(rig.scheduler.generate(too_long))
-    assert info.value.kind is ErrorKind.RESOURCE_EXHAUSTED
+    assert info.value.status is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "104 KV-cache slots" in info.value.message and "budget is 30" in info.value.message
     await rig.step(2)
     assert b.text == "abc"
@@ -286,11 +287,11 @@ async def test_the_waiting_queue_is_bounded() -> None:
     await rig.send("A", (1, 2, EOS))  # its prefill is held: A runs, B waits
     b = await rig.send("B", (1, EOS))
     c = await rig.send("C", (1, EOS))
-    assert c.error is not None and c.error.kind is ErrorKind.RESOURCE_EXHAUSTED
+    assert c.error is not None and c.error.status is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "1 sequences waiting" in c.error.message
     assert rig.scheduler.stats.rejected == 1 and b.error is None
     await rig.stop()
-    assert b.error is not None and b.error.kind is ErrorKind.UNAVAILABLE
+    assert b.error is not None and b.error.status is grpc.StatusCode.UNAVAILABLE
 
 
 async def test_a_failed_step_fails_its_rows_and_the_next_request_starts_clean() -> None:
@@ -299,7 +300,7 @@ async def test_a_failed_step_fails_its_rows_and_the_next_request_starts_clean() 
     await rig.step(1)
     rig.engine.fail_next = True
     await rig.step(1)
-    assert a.error is not None and a.error.kind is ErrorKind.INTERNAL
+    assert a.error is not None and a.error.status is grpc.StatusCode.INTERNAL
     assert "RuntimeError" in a.error.message
     assert rig.engine.rows == [] and rig.scheduler.faults == 1
     assert [type(e) for e in rig.calls.failed] == [RuntimeError]

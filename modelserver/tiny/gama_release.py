@@ -26,6 +26,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from modelserver.families.gama import layout
 from modelserver.families.gama.audio_model import AudioDims, BertDims, GamaAudio
 from modelserver.families.gama.cavmae import EncoderDims
+from modelserver.tiny.vocab import TAG_LABELS, build_word_tokenizer
 
 BASE_DIR = "Llama-2-7b-chat-hf-qformer"
 STAGE_DIR = "checkpoint-2500"
@@ -140,8 +141,6 @@ def make_tiny_release(
 ) -> TinyRelease:
     """Widths are free (multiples of 64 for the audio path, whose heads are 64 wide); the
     structure is the release's."""
-    from modelserver.tiny import TAG_LABELS, build_word_tokenizer
-
     base, stage_dir = out / BASE_DIR, out / STAGE_DIR
     base.mkdir(parents=True, exist_ok=True)
     stage_dir.mkdir(parents=True, exist_ok=True)
