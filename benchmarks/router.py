@@ -38,6 +38,8 @@ PATHS = ("direct", "proxy", "router", "router, identical copy", *TELEMETRY)
 # differ in latency by several percent for as long as they live (where the scheduler puts
 # them), as much as the telemetry effect this measures; a path pools its instances.
 INSTANCES = 3
+# `--baseline REV`: plain routers of an earlier commit, measured in the same rounds.
+BASELINE = "router @ baseline"
 # Every path runs twice in every position of the rotating order, and on every instance four
 # times; enough rounds to resample for an interval.
 ROUNDS = 12
@@ -100,10 +102,13 @@ def _router_config(path: Path, model_port: int, metrics_port: int | None) -> Pat
     return path
 
 
-def _start_routers(d: Path, model_port: int, sink_port: int) -> dict[str, list[ServerProcess]]:
+def _start_routers(
+    d: Path, model_port: int, sink_port: int, baseline: Path | None
+) -> dict[str, list[ServerProcess]]:
     """INSTANCES router processes per router path, started. Telemetry on: Prometheus
     metrics, and traces and metrics sent by OTLP to a sink; traces sampled as the Kubernetes
-    manifests ship, and, for the last path, all of them."""
+    manifests ship, and, for the last path, all of them. With `baseline` (another checkout),
+    plain routers of that code too."""
     otel = {
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}",
         "OTEL_EXPORTER_OTLP_INSECURE": "true",
@@ -127,13 +132,20 @@ def _start_routers(d: Path, model_port: int, sink_port: int) -> dict[str, list[S
             )
             process = ServerProcess(router_args(config, port), d / f"{name}.log", port)
             routers[path].append(process.start(env=env))
+    if baseline is not None:
+        routers[BASELINE] = []
+        for i in range(INSTANCES):
+            port, name = free_port(), f"base-{i}"
+            config = _router_config(d / f"{name}.yaml", model_port, None)
+            process = ServerProcess(router_args(config, port), d / f"{name}.log", port)
+            routers[BASELINE].append(process.start(cwd=baseline))
     return routers
 
 
 Rounds = dict[tuple[str, int], list[Load]]
 
 
-def run(models: Path, seconds: float) -> Rounds:
+def run(models: Path, seconds: float, baseline: Path | None = None) -> Rounds:
     """Every path's rounds at every concurrency, in the order they ran."""
     clip = wav(0.5)
     measured: Rounds = {}
@@ -157,7 +169,8 @@ def run(models: Path, seconds: float) -> Rounds:
         sink = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.otlp_sink", "--port", str(sink_port)]
         )
-        routers = _start_routers(d, mport, sink_port)
+        routers = _start_routers(d, mport, sink_port, baseline)
+        paths = (*PATHS, BASELINE) if baseline is not None else PATHS
         try:
             model.wait_status()
             for instances in routers.values():
@@ -179,7 +192,7 @@ def run(models: Path, seconds: float) -> Rounds:
                 for i in range(ROUNDS):
                     # The order rotates: whichever path ran first in every round would
                     # carry that position's bias alone.
-                    order = PATHS[i % len(PATHS) :] + PATHS[: i % len(PATHS)]
+                    order = paths[i % len(paths) :] + paths[: i % len(paths)]
                     for path in order:
                         run_cell = cells[path][i % len(cells[path])]
                         rounds[path].append(asyncio.run(run_cell(c, seconds / ROUNDS)))
@@ -284,12 +297,78 @@ def table(rounds: Rounds) -> str:
     return "\n".join(lines)
 
 
+def baseline_table(rounds: Rounds, rev: str) -> str:
+    """This commit's router against `rev`'s, measured in the same rounds."""
+    lines = [
+        f"| measure | router / router @ {rev} | noise floor: identical copy / router | "
+        f"router / proxy | router @ {rev} / proxy |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for c in CONCURRENCY:
+        cells = [
+            _ratio_cell(rounds, c, TELEMETRY_OFF, (BASELINE,)),
+            _ratio_cell(rounds, c, ("router, identical copy",), ("router",)),
+            _ratio_cell(rounds, c, TELEMETRY_OFF, ("proxy",)),
+            _ratio_cell(rounds, c, (BASELINE,), ("proxy",)),
+        ]
+        lines.append(f"| added p50 latency, c={c} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def _worktree(rev: str, into: Path) -> Path:
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(into), rev],
+        check=True,
+        capture_output=True,
+    )
+    return into
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", type=Path, default=Path("models"))
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
     parser.add_argument("--seconds", type=float, default=24.0, help="per cell")
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run plain routers of this commit (a git worktree) in the same rounds, and "
+        "write their comparison instead of the usual section",
+    )
     args = parser.parse_args()
+    if args.baseline:
+        with tempfile.TemporaryDirectory() as tmp:
+            checkout = _worktree(args.baseline, Path(tmp) / "baseline")
+            try:
+                results = run(args.models, args.seconds, checkout)
+            finally:
+                subprocess.run(
+                    ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(checkout)],
+                    check=False,
+                )
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        body = "\n".join(
+            [
+                f"## Router: this commit against {args.baseline}",
+                "",
+                f"`python -m benchmarks.router --baseline {args.baseline}` at {head}, "
+                f"{time.strftime('%Y-%m-%d')}, {machine()}. The paths of the section above, "
+                f"plus {INSTANCES} plain routers of {args.baseline} (a git worktree), every path "
+                f"in the same {ROUNDS} interleaved rounds of {args.seconds:g} s per cell. "
+                "Ratios of added p50 latency (against direct), with 95% bootstrap intervals "
+                "over the rounds; this commit's routers are both plain router paths pooled.",
+                "",
+                baseline_table(results, args.baseline),
+            ]
+        )
+        write_section(args.out, "router-baseline", body)
+        print(body)
+        return
     results = run(args.models, args.seconds)
     body = "\n".join(
         [

@@ -31,10 +31,13 @@ class ServerProcess:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, env: dict[str, str] | None = None) -> ServerProcess:
+    def start(self, env: dict[str, str] | None = None, cwd: Path | None = None) -> ServerProcess:
+        """`cwd` runs another checkout's code (`python -m` imports from it first)."""
         log = self.log_path.open("wb")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(
+            self.args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd
+        )
         return self
 
     def log(self) -> str:

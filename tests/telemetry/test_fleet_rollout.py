@@ -26,7 +26,9 @@ SAMPLE = [f"sample-{i}" for i in range(300)]
 
 
 def _config(a: str, b: str, state: Path, **extra: Any) -> dict[str, Any]:
-    experiment = two_arms(name="fleet-ramp", seed="s1", coverage=0.05, min_samples=10, **extra)
+    experiment = two_arms(
+        name="fleet-ramp", seed="s1", **{"coverage": 0.05, "min_samples": 10, **extra}
+    )
     cfg = base_config({"a": [a], "b": [b]}, embed={"primary": "a", "experiment": experiment})
     cfg["rollout"] = {"state_file": str(state), "poll_seconds": 0.05}
     # One store for the fleet (both replicas and the controller).
