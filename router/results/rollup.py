@@ -7,7 +7,7 @@ recomputes a phase from the events."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Float, and_, case, cast, delete, func, insert, literal, select
@@ -42,7 +42,7 @@ class Deltas:
         )
         self.outcomes: dict[tuple[Phase, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
 
-    def exposure(self, phase: Phase, row: dict[str, Any]) -> None:
+    def exposure(self, phase: Phase, row: Mapping[str, Any]) -> None:
         totals = self.requests[phase]
         totals["requests"] += 1.0
         for metric, field in _FIELDS.items():
@@ -72,7 +72,7 @@ def _phase(row: Any) -> Phase:
     return (row["experiment"], row["seed"], row["arm"], row["unit"])
 
 
-def new_exposures(conn: Connection, rows: Sequence[dict[str, Any]], deltas: Deltas) -> None:
+def new_exposures(conn: Connection, rows: Sequence[Mapping[str, Any]], deltas: Deltas) -> None:
     """Exposures just inserted (re-sent ones excluded by the caller): their request metrics,
     and the outcomes already stored for them (reported before the exposure arrived)."""
     in_phase = {r["request_id"]: r for r in rows if r["experiment"]}
@@ -84,6 +84,16 @@ def new_exposures(conn: Connection, rows: Sequence[dict[str, Any]], deltas: Delt
         )
         for request_id, metric, value in conn.execute(earlier):
             deltas.outcome(_phase(in_phase[request_id]), metric, float(value), 1.0)
+
+
+def stored_ids(conn: Connection, ids: Sequence[str]) -> set[str]:
+    """Which of these exposures the store already holds (a batch re-sent after a flush whose
+    commit went through, or a retry)."""
+    found: set[str] = set()
+    for chunk in _chunks(ids):
+        query = select(exposures.c.request_id).where(exposures.c.request_id.in_(chunk))
+        found.update(conn.execute(query).scalars())
+    return found
 
 
 def previous_outcomes(

@@ -103,3 +103,13 @@ unit_outcomes = Table(
 # one after another and an outcome and its exposure written at once by two replicas are never
 # both missed by the rollup. SQLite has one writer anyway.
 writer_lock = Table("results_writer_lock", metadata, Column("id", Integer, primary_key=True))
+
+# Each writer's batch of exposures, bulk-loaded (COPY on PostgreSQL) before one INSERT ... SELECT
+# moves the new ones into `exposures`. A temporary table: private to the connection, never
+# logged, not part of the schema (created on demand, emptied after every batch).
+staged_exposures = Table(
+    "staged_exposures",
+    MetaData(),
+    *(Column(c.name, c.type, nullable=False) for c in exposures.columns),
+    prefixes=["TEMPORARY"],
+)

@@ -5,10 +5,10 @@ restarts re-send); reads aggregate per unit, then per arm (router/results/query.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     Connection,
@@ -22,10 +22,12 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    true,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.schema import CreateTable
 
 from router.results.rollup import (
     REQUEST_METRICS,
@@ -34,6 +36,7 @@ from router.results.rollup import (
     new_outcomes,
     previous_outcomes,
     rebuild,
+    stored_ids,
 )
 from router.results.schema import (
     SCHEMA_VERSION,
@@ -41,6 +44,7 @@ from router.results.schema import (
     metadata,
     outcomes,
     schema_info,
+    staged_exposures,
     unit_outcomes,
     unit_requests,
     writer_lock,
@@ -178,14 +182,7 @@ class ResultsStore:
                 conn.execute(select(writer_lock).with_for_update())
                 deltas = Deltas()
                 if exposure_rows:
-                    returning = (
-                        self._upsert(exposures)
-                        .on_conflict_do_nothing(index_elements=["request_id"])
-                        .returning(exposures.c.request_id)
-                    )
-                    inserted = set(conn.execute(returning, exposure_rows).scalars())
-                    fresh = [r for r in exposure_rows if r["request_id"] in inserted]
-                    new_exposures(conn, fresh, deltas)
+                    new_exposures(conn, self._insert_exposures(conn, exposure_rows), deltas)
                 if outcome_rows:
                     previous = previous_outcomes(conn, outcome_rows)
                     up = self._upsert(outcomes)
@@ -202,6 +199,36 @@ class ResultsStore:
                 self._add_totals(conn, deltas)
         except SQLAlchemyError as exc:
             raise StoreError(f"{self.describe()}: {_reason(exc)}") from exc
+
+    def _insert_exposures(
+        self, conn: Connection, rows: list[dict[str, Any]]
+    ) -> Sequence[Mapping[str, Any]]:
+        """Insert a batch; returns the exposures that were new (a re-sent one is skipped).
+        Not one multi-row INSERT with RETURNING: that statement is as long as the batch, and
+        psycopg parses it anew every time (two thirds of a PostgreSQL write's CPU, in the
+        router's process). PostgreSQL gets the batch by COPY into a staging table and one
+        INSERT ... SELECT; SQLite, in-process, by an executemany after asking which rows it
+        already holds (the writer lock keeps other writers out meanwhile). Both measured in
+        docs/benchmarks.md (results)."""
+        if conn.dialect.name != "postgresql":
+            stored = stored_ids(conn, [r["request_id"] for r in rows])
+            plain = self._upsert(exposures).on_conflict_do_nothing(index_elements=["request_id"])
+            conn.execute(plain, rows)
+            return [r for r in rows if r["request_id"] not in stored]
+        conn.execute(CreateTable(staged_exposures, if_not_exists=True))
+        _copy(conn, rows)
+        moved = (
+            self._upsert(exposures)
+            .from_select(
+                [c.name for c in exposures.columns], select(staged_exposures).where(true())
+            )
+            .on_conflict_do_nothing(index_elements=["request_id"])
+            .returning(*(exposures.c[n] for n in ("request_id", *_ROLLED)))
+        )
+        # RowMapping is a Mapping keyed by column name (typed with Any keys).
+        fresh = cast(Sequence[Mapping[str, Any]], conn.execute(moved).mappings().all())
+        conn.execute(delete(staged_exposures))
+        return fresh
 
     def _add_totals(self, conn: Connection, deltas: Deltas) -> None:
         """Add a batch's sums to the per-user rollup (one upsert per table)."""
@@ -276,6 +303,22 @@ class ResultsStore:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+# What the rollup needs of a new exposure (router/results/rollup.py).
+_ROLLED = ("experiment", "seed", "arm", "unit", "latency_ms", "error", "fallback", "quality_failed")
+
+
+def _copy(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """PostgreSQL's COPY into the connection's staging table: one stream, rows adapted in C."""
+    names = [c.name for c in staged_exposures.columns]
+    driver: Any = conn.connection.driver_connection
+    with (
+        driver.cursor() as cursor,
+        cursor.copy(f"COPY {staged_exposures.name} ({', '.join(names)}) FROM STDIN") as copy,
+    ):
+        for row in rows:
+            copy.write_row([row[n] for n in names])
 
 
 def _row(event: Exposure | Outcome) -> dict[str, Any]:
