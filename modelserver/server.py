@@ -19,7 +19,7 @@ from gamaserving.telemetry import Telemetry
 from gamaserving.telemetry.tracing import Tracing
 from gamaserving.tls import listen
 from modelserver.config import ModelConfig, ServerSettings
-from modelserver.core import UNMEASURED, InferenceCore
+from modelserver.core import InferenceCore
 from modelserver.health import HealthReporter
 from modelserver.lifecycle import Lifecycle, ModelState
 from modelserver.metrics import ModelServerMetrics, observe_workers
@@ -36,16 +36,16 @@ class ModelServer:
         self.settings = settings
         self.config = config
         self.tracing = Tracing("modelserver")
-        self.telemetry = Telemetry("modelserver") if settings.metrics_port is not None else None
+        # Metrics are always recorded; `metrics_port` decides whether they are served.
+        self.telemetry = Telemetry("modelserver")
         self.lifecycle = Lifecycle(config.name, settings.fault_threshold, [self._state_changed])
         self.core = InferenceCore(
             config,
             self.lifecycle,
-            ModelServerMetrics(self.telemetry, config.name) if self.telemetry else UNMEASURED,
+            ModelServerMetrics(self.telemetry, config.name),
             self.tracing.tracer,
         )
-        if self.telemetry is not None:
-            observe_workers(self.telemetry, self.core)
+        observe_workers(self.telemetry, self.core)
         self.health = HealthReporter(self.core, settings.stuck_after_seconds)
         self.port = 0
         self.health_port = 0
@@ -73,8 +73,7 @@ class ModelServer:
         """Listen (NOT_SERVING until warm); on any failure everything started is closed."""
         async with contextlib.AsyncExitStack() as stack:
             stack.callback(self.tracing.shutdown)
-            if self.telemetry is not None:
-                stack.callback(self.telemetry.shutdown)
+            stack.callback(self.telemetry.shutdown)
             stack.push_async_callback(self.core.close)
             # grpc.aio objects bind to the running loop: build them inside it.
             server = aio_server(
@@ -96,7 +95,7 @@ class ModelServer:
                     self.health.servicer, self.settings.host, self.settings.health_port
                 )
                 stack.push_async_callback(health_server.stop, 0.5)
-            if self.telemetry is not None and self.settings.metrics_port is not None:
+            if self.settings.metrics_port is not None:
                 self.telemetry.serve(self.settings.host, self.settings.metrics_port)
             self._server = server
             self._stack = stack.pop_all()

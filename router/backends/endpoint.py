@@ -62,7 +62,7 @@ class Endpoint:
         settings: ModelSettings,
         max_message_bytes: int,
         clock: Callable[[], float] = time.monotonic,
-        on_circuit: Callable[[str, str, State, State], None] | None = None,
+        on_circuit: Callable[[str, str, State, State], None] = lambda *change: None,
         on_health: Callable[[], None] = lambda: None,
     ) -> None:
         self.model = model
@@ -75,9 +75,7 @@ class Endpoint:
         self.breaker = CircuitBreaker(
             settings.circuit_breaker,
             clock,
-            on_change=(lambda old, new: on_circuit(model, target, old, new))
-            if on_circuit
-            else None,
+            on_change=lambda old, new: on_circuit(model, target, old, new),
         )
         self.serving: bool | None = None  # None until the first health answer
         self.in_flight = 0

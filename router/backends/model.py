@@ -37,7 +37,7 @@ class ModelBackend:
         settings: ModelSettings,
         max_message_bytes: int,
         clock: Callable[[], float] = time.monotonic,
-        on_circuit: Callable[[str, str, State, State], None] | None = None,
+        on_circuit: Callable[[str, str, State, State], None] = lambda *change: None,
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
         """`on_change` hears whatever can change whether this model can serve: an endpoint's

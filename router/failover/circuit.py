@@ -36,7 +36,7 @@ class CircuitBreaker:
         self,
         settings: CircuitBreakerSettings,
         clock: Callable[[], float] = time.monotonic,
-        on_change: Callable[[State, State], None] | None = None,
+        on_change: Callable[[State, State], None] = lambda old, new: None,
     ) -> None:
         self.settings = settings
         self._clock = clock
@@ -128,5 +128,5 @@ class CircuitBreaker:
         old, self._state = self._state, state
         self._since = self._clock()
         self._probes_out = self._probes_ok = 0
-        if old is not state and self._on_change is not None:
+        if old is not state:
             self._on_change(old, state)

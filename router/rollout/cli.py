@@ -7,6 +7,7 @@ import asyncio
 import getpass
 import logging
 import sys
+from collections.abc import Awaitable, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2
@@ -22,6 +23,8 @@ from router.rollout.state import StateError
 from router.rollout.store import ConfigMapStore, FileStore, StateStore
 
 log = logging.getLogger(__name__)
+
+RoundHook = Callable[[Round], Awaitable[None]]
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
@@ -66,8 +69,9 @@ def _by_hand(args: argparse.Namespace, config: RouterConfig, store: StateStore) 
     return 0
 
 
-async def _serve_health(controller: RolloutController, port: int) -> grpc.aio.Server:
-    """Liveness while the process runs; readiness while its rounds succeed."""
+async def _health(port: int | None) -> tuple[grpc.aio.Server | None, RoundHook]:
+    """Liveness while the process runs; readiness while its rounds succeed (the hook the
+    controller calls after each round)."""
     servicer = health.aio.HealthServicer()
     for name in ("", "liveness"):
         await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -77,9 +81,10 @@ async def _serve_health(controller: RolloutController, port: int) -> grpc.aio.Se
         ok = health_pb2.HealthCheckResponse.NOT_SERVING if result.errors else SERVING
         await servicer.set("readiness", ok)
 
-    controller.on_round = judged
+    if port is None:
+        return None, judged
     server, _ = await start_health_port(servicer, "0.0.0.0", port)
-    return server
+    return server, judged
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,16 +102,14 @@ def run(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         source = StoreSource(results)
-        telemetry = None
-        controller = RolloutController(args.config, source, store)
+        telemetry = Telemetry("rollout-controller")
+        health_server, judged = await _health(args.health_port)
+        controller = RolloutController(
+            args.config, source, store, metrics=ControllerMetrics(telemetry), on_round=judged
+        )
         if args.metrics_port is not None:
-            telemetry = Telemetry("rollout-controller")
-            controller.metrics = ControllerMetrics(telemetry, lambda: controller.state)
             port = telemetry.serve("0.0.0.0", args.metrics_port)
             log.info("rollout controller metrics on :%d", port)
-        health_server = None
-        if args.health_port is not None:
-            health_server = await _serve_health(controller, args.health_port)
         log.info(
             "rollout controller: statistics from %s, state in %s",
             source.describe(),
@@ -120,8 +123,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         finally:
             results.close()
-            if telemetry is not None:
-                telemetry.shutdown()
+            telemetry.shutdown()
             if health_server is not None:
                 await health_server.stop(0.5)
 

@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 
 
 class ControllerMetrics:
-    def __init__(self, telemetry: Telemetry, state: Callable[[], RolloutState]) -> None:
-        meter = telemetry.meter
+    def __init__(self, telemetry: Telemetry) -> None:
+        self._meter = meter = telemetry.meter
         self._decisions = meter.create_counter(
             "gamaserving.rollout.decisions",
             unit="{decision}",
@@ -40,6 +40,9 @@ class ControllerMetrics:
             description="Controller evaluation rounds by outcome",
         )
 
+    def observe(self, state: Callable[[], RolloutState]) -> None:
+        """The coverage gauge, read from the controller's state whenever it is scraped."""
+
         def coverage(_: CallbackOptions) -> list[Observation]:
             return [
                 Observation(
@@ -49,7 +52,7 @@ class ControllerMetrics:
                 for p in state().phases
             ]
 
-        meter.create_observable_gauge(
+        self._meter.create_observable_gauge(
             "gamaserving.rollout.coverage",
             [coverage],
             unit="1",
@@ -69,6 +72,10 @@ class Round:
     errors: list[str]
 
 
+async def _ignore_round(result: Round) -> None:
+    return None
+
+
 class RolloutController:
     def __init__(
         self,
@@ -77,14 +84,18 @@ class RolloutController:
         store: StateStore,
         clock: Callable[[], float] = time.time,
         metrics: ControllerMetrics | None = None,
+        on_round: Callable[[Round], Awaitable[None]] | None = None,
     ) -> None:
+        """`metrics` defaults to instruments nobody reads; `on_round` hears every round's
+        result (the health port's readiness)."""
         self.config_path = config_path
         self.source = source
         self.store = store
         self.clock = clock
-        self.metrics = metrics
+        self.metrics = metrics or ControllerMetrics(Telemetry("rollout-controller"))
+        self.metrics.observe(lambda: self.state)
         self.state = RolloutState()
-        self.on_round: Callable[[Round], Awaitable[None]] | None = None
+        self._on_round = on_round or _ignore_round
 
     def experiments(self) -> list[ExperimentSettings]:
         return governed_experiments(load_config(self.config_path))
@@ -151,12 +162,10 @@ class RolloutController:
         return Round(decisions, errors)
 
     def _count(self, outcome: str) -> None:
-        if self.metrics is not None:
-            self.metrics.evaluation(outcome)
+        self.metrics.evaluation(outcome)
 
     def _announce(self, d: Decision) -> None:
-        if self.metrics is not None:
-            self.metrics.decision(d)
+        self.metrics.decision(d)
         level = logging.ERROR if d.action == "rollback" else logging.INFO
         log.log(
             level,
@@ -188,8 +197,7 @@ class RolloutController:
         stop = stop or asyncio.Event()
         while not stop.is_set():
             result = await self.evaluate()
-            if self.on_round is not None:
-                await self.on_round(result)
+            await self._on_round(result)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.period())
 
