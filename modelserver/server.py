@@ -15,11 +15,11 @@ from grpc_reflection.v1alpha import reflection
 from gamaserving.grpcutil import aio_server, start_health_port, stop_event
 from gamaserving.inference import grpc_predict_v2_pb2 as pb
 from gamaserving.inference import grpc_predict_v2_pb2_grpc as pb_grpc
-from gamaserving.telemetry import Telemetry
+from gamaserving.telemetry import Telemetry, otlp_wanted
 from gamaserving.telemetry.tracing import Tracing
 from gamaserving.tls import listen
 from modelserver.config import ModelConfig, ServerSettings
-from modelserver.core import InferenceCore
+from modelserver.core import UNMEASURED, InferenceCore
 from modelserver.health import HealthReporter
 from modelserver.lifecycle import Lifecycle, ModelState
 from modelserver.metrics import ModelServerMetrics, observe_workers
@@ -36,13 +36,14 @@ class ModelServer:
         self.settings = settings
         self.config = config
         self.tracing = Tracing("modelserver")
-        # Metrics are always recorded; `metrics_port` decides whether they are served.
         self.telemetry = Telemetry("modelserver")
+        # Recorded when they go somewhere: a metrics port or OTLP (recording costs serving).
+        self._measured = settings.metrics_port is not None or otlp_wanted()
         self.lifecycle = Lifecycle(config.name, settings.fault_threshold, [self._state_changed])
         self.core = InferenceCore(
             config,
             self.lifecycle,
-            ModelServerMetrics(self.telemetry, config.name),
+            ModelServerMetrics(self.telemetry, config.name) if self._measured else UNMEASURED,
             self.tracing.tracer,
         )
         observe_workers(self.telemetry, self.core)
@@ -79,7 +80,7 @@ class ModelServer:
             server = aio_server(
                 self.settings.max_message_bytes,
                 self.tracing.tracer if self.tracing.enabled else None,
-                self.telemetry,
+                self.telemetry if self._measured else None,
             )
             self._servicers(server)
             address = f"{self.settings.host}:{self.settings.port}"

@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from gamaserving.grpcutil import aio_server, start_health_port, stop_event
 from gamaserving.router.v1 import router_pb2 as rpb
 from gamaserving.router.v1 import router_pb2_grpc as rpb_grpc
-from gamaserving.telemetry import Telemetry
+from gamaserving.telemetry import Telemetry, otlp_wanted
 from gamaserving.telemetry.tracing import Tracing
 from gamaserving.tls import TlsError, listen
 from router.alerts.service import AlertService
@@ -35,7 +35,7 @@ from router.api.servicers import Admission, AudioRouterServicer, RouterAdminServ
 from router.backends.model import ModelBackend
 from router.config import ConfigError, RouterConfig, load_config
 from router.core import RouterCore
-from router.metrics import RouterMetrics, observe_router
+from router.metrics import RouterMetrics, Unmeasured, observe_router
 from router.results.service import ExperimentResults
 from router.results.store import ResultsStore, SchemaError, StoreError
 from router.results.writer import ResultsWriter
@@ -70,9 +70,9 @@ class RouterServer:
         self.port_override = port
         self.host_override = host
         self.metadata_wait = metadata_wait
-        # Metrics are always recorded; telemetry.prometheus_port decides whether they are served.
         self.telemetry = Telemetry("router")
-        self.metrics = RouterMetrics(self.telemetry)
+        self.metrics: RouterMetrics = Unmeasured()
+        """Recorded when they go somewhere (`start` decides: a Prometheus port or OTLP)."""
         self.tracing = Tracing("router")
         self.health = health.aio.HealthServicer()
         self.core: RouterCore
@@ -135,6 +135,9 @@ class RouterServer:
                 raise StartupError(str(exc)) from exc
             s = config.server
             host = self.host_override or s.host
+            measured = config.telemetry.prometheus_port is not None or otlp_wanted()
+            if measured:
+                self.metrics = RouterMetrics(self.telemetry)
             token = _admin_token(s.admin_token_file, host)
             self.core = RouterCore(
                 self.metrics,
@@ -161,7 +164,7 @@ class RouterServer:
                 lambda: self.admission.in_flight,
                 lambda: results.writer.pending if results else 0,
             )
-            server = self._grpc_server(s.max_message_bytes, token)
+            server = self._grpc_server(s.max_message_bytes, token, measured)
             port = s.port if self.port_override is None else self.port_override
             try:
                 self.port = listen(server, f"{host}:{port}", s.tls)
@@ -189,11 +192,13 @@ class RouterServer:
         log.info("router listening on %s:%d", host, self.port)
         return self.port
 
-    def _grpc_server(self, max_message_bytes: int, token: str | None) -> grpc.aio.Server:
+    def _grpc_server(
+        self, max_message_bytes: int, token: str | None, measured: bool
+    ) -> grpc.aio.Server:
         server = aio_server(
             max_message_bytes,
             self.tracing.tracer if self.tracing.enabled else None,
-            self.telemetry,
+            self.telemetry if measured else None,
             guards=[AdminAuthInterceptor(token)] if token is not None else None,
         )
         rpb_grpc.add_AudioRouterServicer_to_server(

@@ -71,7 +71,8 @@ RATIO_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1
 SCOPE = InstrumentationScope("gamaserving")
 
 
-def _otlp_wanted() -> bool:
+def otlp_wanted() -> bool:
+    """Whether metrics are exported by OTLP (the standard OTEL_* variables say where)."""
     if os.environ.get("OTEL_METRICS_EXPORTER", "").lower() == "none":
         return False
     return bool(
@@ -166,7 +167,7 @@ class Telemetry:
         resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service)})
         exporter: Any = None
         interval_s = 60.0
-        if _otlp_wanted():
+        if otlp_wanted():
             from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
             exporter = OTLPMetricExporter()

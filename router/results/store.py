@@ -22,12 +22,13 @@ from sqlalchemy import (
     func,
     insert,
     select,
-    true,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.schema import CreateTable
+from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.elements import ColumnElement
 
 from router.results.rollup import (
     REQUEST_METRICS,
@@ -203,30 +204,40 @@ class ResultsStore:
     def _insert_exposures(
         self, conn: Connection, rows: list[dict[str, Any]]
     ) -> Sequence[Mapping[str, Any]]:
-        """Insert a batch; returns the exposures that were new (a re-sent one is skipped).
-        Not one multi-row INSERT with RETURNING: that statement is as long as the batch, and
-        psycopg parses it anew every time (two thirds of a PostgreSQL write's CPU, in the
-        router's process). PostgreSQL gets the batch by COPY into a staging table and one
-        INSERT ... SELECT; SQLite, in-process, by an executemany after asking which rows it
-        already holds (the writer lock keeps other writers out meanwhile). Both measured in
-        docs/benchmarks.md (results)."""
+        """Insert a batch; returns the new exposures of experiment phases (what the rollup
+        adds; a re-sent one is skipped). Not one multi-row INSERT with RETURNING: that
+        statement is as long as the batch, and psycopg parses it anew every time (two thirds
+        of a PostgreSQL write's CPU, in the router's process). PostgreSQL gets the batch by
+        COPY into a staging table and INSERT ... SELECT; SQLite, in-process, by an
+        executemany after asking which phase rows it already holds (the writer lock keeps
+        other writers out meanwhile). Both measured in docs/benchmarks.md (results)."""
+        phase_ids = [r["request_id"] for r in rows if r["experiment"]]
         if conn.dialect.name != "postgresql":
-            stored = stored_ids(conn, [r["request_id"] for r in rows])
+            stored = stored_ids(conn, phase_ids)
             plain = self._upsert(exposures).on_conflict_do_nothing(index_elements=["request_id"])
             conn.execute(plain, rows)
-            return [r for r in rows if r["request_id"] not in stored]
+            return [r for r in rows if r["experiment"] and r["request_id"] not in stored]
         conn.execute(CreateTable(staged_exposures, if_not_exists=True))
         _copy(conn, rows)
-        moved = (
-            self._upsert(exposures)
-            .from_select(
-                [c.name for c in exposures.columns], select(staged_exposures).where(true())
+        names = [c.name for c in exposures.columns]
+        in_phase = staged_exposures.c.experiment != ""
+
+        def move(where: ColumnElement[bool]) -> Insert:
+            return (
+                self._upsert(exposures)
+                .from_select(names, select(staged_exposures).where(where))
+                .on_conflict_do_nothing(index_elements=["request_id"])
             )
-            .on_conflict_do_nothing(index_elements=["request_id"])
-            .returning(*(exposures.c[n] for n in ("request_id", *_ROLLED)))
-        )
-        # RowMapping is a Mapping keyed by column name (typed with Any keys).
-        fresh = cast(Sequence[Mapping[str, Any]], conn.execute(moved).mappings().all())
+
+        fresh: Sequence[Mapping[str, Any]] = []
+        if len(phase_ids) < len(rows):  # rows outside experiments: nothing to return
+            conn.execute(move(~in_phase))
+        if phase_ids:
+            returning = move(in_phase).returning(
+                *(exposures.c[n] for n in ("request_id", *_ROLLED))
+            )
+            # RowMapping is a Mapping keyed by column name (typed with Any keys).
+            fresh = cast(Sequence[Mapping[str, Any]], conn.execute(returning).mappings().all())
         conn.execute(delete(staged_exposures))
         return fresh
 
