@@ -4,6 +4,8 @@ it)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 import grpc
 from opentelemetry import trace
 
@@ -32,7 +34,7 @@ def attempt_attributes(
     }
 
 
-async def call(
+def call(
     backend: ModelBackend,
     endpoint: Endpoint,
     req: RouteRequest,
@@ -41,28 +43,44 @@ async def call(
     progress: Progress | None = None,
     on_piece: OnPiece | None = None,
     answer_seconds: float | None = None,
-) -> pb.ModelInferResponse:
+) -> Awaitable[pb.ModelInferResponse]:
     """One call carrying the attempt span's trace context to the model server: ModelInfer
     with a deadline `seconds` away, or for a generated answer a stream whose first response
-    is due within `seconds` and whose end within `answer_seconds`."""
+    is due within `seconds` and whose end within `answer_seconds`. The unary call is returned
+    as it is, not wrapped in a coroutine of its own (a layer on every request)."""
     request = infer_request(backend.server_name, req)
     if method(req) == MODEL_STREAM_INFER:
-        progress = progress or Progress()
-        try:
-            return await stream_infer(
-                endpoint.stub,
-                request,
-                first_timeout=seconds,
-                answer_seconds=max(seconds, answer_seconds or seconds),
-                metadata=inject(span),
-                progress=progress,
-                on_piece=on_piece,
-            )
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.UNIMPLEMENTED or progress.first_response_s:
-                raise
-        # An OIP server without Triton's streaming RPC: the whole answer, unary.
-        span.set_attribute("rpc.method", MODEL_INFER)
+        return _streamed(endpoint, request, seconds, span, progress, on_piece, answer_seconds)
+    return endpoint.stub.ModelInfer(  # type: ignore[no-any-return]
+        request, timeout=seconds, metadata=inject(span)
+    )
+
+
+async def _streamed(
+    endpoint: Endpoint,
+    request: pb.ModelInferRequest,
+    seconds: float,
+    span: trace.Span,
+    progress: Progress | None,
+    on_piece: OnPiece | None,
+    answer_seconds: float | None,
+) -> pb.ModelInferResponse:
+    progress = progress or Progress()
+    try:
+        return await stream_infer(
+            endpoint.stub,
+            request,
+            first_timeout=seconds,
+            answer_seconds=max(seconds, answer_seconds or seconds),
+            metadata=inject(span),
+            progress=progress,
+            on_piece=on_piece,
+        )
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() != grpc.StatusCode.UNIMPLEMENTED or progress.first_response_s:
+            raise
+    # An OIP server without Triton's streaming RPC: the whole answer, unary.
+    span.set_attribute("rpc.method", MODEL_INFER)
     return await endpoint.stub.ModelInfer(  # type: ignore[no-any-return]
         request, timeout=seconds, metadata=inject(span)
     )
