@@ -96,3 +96,35 @@ def write_section(page: Path, key: str, body: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     page.write_text(text)
+
+
+Rounds = dict[tuple[str, int], list[Load]]
+"""Every path's rounds at every concurrency, in the order they ran."""
+
+# Ratios' intervals: the rounds resampled with replacement, the same rounds
+# for every path (rounds that ran side by side share the machine's state).
+BOOTSTRAP_DRAWS = 2000
+
+
+def _p50(loads: list[Load]) -> float:
+    return float(np.percentile(np.concatenate([x.latencies_ms for x in loads]), 50))
+
+
+def added_ratio(rounds: Rounds, c: int, top: tuple[str, ...], bottom: tuple[str, ...]) -> float:
+    """Added p50 latency (against direct) of the paths `top` pooled, over that of `bottom`."""
+    direct = _p50(rounds[("direct", c)])
+    num = _p50([x for path in top for x in rounds[(path, c)]]) - direct
+    return num / max(_p50([x for path in bottom for x in rounds[(path, c)]]) - direct, 1e-9)
+
+
+def ratio_cell(rounds: Rounds, c: int, top: tuple[str, ...], bottom: tuple[str, ...]) -> str:
+    """The ratio in bold and its 95% bootstrap interval over rounds."""
+    rng = np.random.default_rng(0)
+    n = len(rounds[("direct", c)])
+    draws = []
+    for _ in range(BOOTSTRAP_DRAWS):
+        pick = rng.integers(0, n, n)
+        sample = {key: [loads[i] for i in pick] for key, loads in rounds.items() if key[1] == c}
+        draws.append(added_ratio(sample, c, top, bottom))
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return f"**{added_ratio(rounds, c, top, bottom):.2f}** ({low:.2f}-{high:.2f})"

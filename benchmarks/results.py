@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from sqlalchemy import text
 
-from benchmarks.common import Load, machine, merge, write_section
+from benchmarks.common import Load, Rounds, machine, merge, ratio_cell, write_section
 from benchmarks.router import oip_load, router_load
 from router.results.query import phase_statistics
 from router.results.store import Exposure, ResultsStore
@@ -55,9 +55,9 @@ def _router(d: Path, name: str, model_port: int, results: str | None) -> ServerP
     return ServerProcess(router_args(path, port), d / f"{name}.log", port).start()
 
 
-def overhead(models: Path, postgres: Postgres, seconds: float) -> dict[tuple[str, int], Load]:
+def overhead(models: Path, postgres: Postgres, seconds: float) -> Rounds:
     clip = wav(0.5)
-    out: dict[tuple[str, int], Load] = {}
+    out: Rounds = {}
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         mport = free_port()
@@ -90,8 +90,8 @@ def overhead(models: Path, postgres: Postgres, seconds: float) -> dict[tuple[str
                             cell = router_load(address, clip, c, seconds / ROUNDS)
                         rounds[path].append(asyncio.run(cell))
                 for path, loads in rounds.items():
-                    out[(path, c)] = merge(loads)
-                    r = out[(path, c)]
+                    out[(path, c)] = loads
+                    r = merge(loads)
                     print(f"{path:22s} c={c:2d} p50 {r.p50_ms:6.2f} ms {r.throughput:7.1f}/s")
         finally:
             for instances in routers.values():
@@ -161,13 +161,6 @@ def report_times(store: ResultsStore, sizes: tuple[int, ...]) -> dict[int, tuple
     return out
 
 
-def _ratio(results: dict[tuple[str, int], Load], path: str, c: int) -> float:
-    direct = results[("direct", c)].p50_ms
-    return (results[(path, c)].p50_ms - direct) / max(
-        results[("store off", c)].p50_ms - direct, 1e-9
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", type=Path, default=Path("models"))
@@ -177,7 +170,8 @@ def main() -> None:
     args = parser.parse_args()
     postgres = Postgres()
     try:
-        latency = overhead(args.models, postgres, args.seconds)
+        rounds = overhead(args.models, postgres, args.seconds)
+        latency = {key: merge(loads) for key, loads in rounds.items()}
         store = ResultsStore(postgres.url)
         store.create()
         rate = ingest(store, 10.0)
@@ -208,14 +202,16 @@ def main() -> None:
             r = latency[(path, c)]
             added = r.p50_ms - latency[("direct", c)].p50_ms
             lines.append(f"| {path} | {c} | {r.throughput:.1f} | {r.p50_ms:.2f} | {added:+.2f} |")
-    lines += ["", "| measure | value | goal |", "| --- | ---: | --- |"]
+    lines += [
+        "",
+        "| measure | value (95% bootstrap interval over the rounds) | goal |",
+        "| --- | ---: | --- |",
+    ]
     for c in CONCURRENCY:
         for path in PATHS[2:]:
             goal = "(noise floor)" if path.startswith("store off") else "<= 1.05"
-            lines.append(
-                f"| added p50, {path} / store off, c={c} | **{_ratio(latency, path, c):.2f}** "
-                f"| {goal} |"
-            )
+            cell = ratio_cell(rounds, c, (path,), ("store off",))
+            lines.append(f"| added p50, {path} / store off, c={c} | {cell} | {goal} |")
     lines.append(f"| PostgreSQL ingest, one replica | **{rate:,.0f} events/s** | |")
     for n, (seconds, units) in times.items():
         goal = "< 2 s" if n == 10**7 else ""

@@ -18,10 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 import yaml
 
-from benchmarks.common import Load, closed_loop, machine, merge, write_section
+from benchmarks.common import (
+    Load,
+    Rounds,
+    added_ratio,
+    closed_loop,
+    machine,
+    merge,
+    ratio_cell,
+    write_section,
+)
 from gamaserving.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from gamaserving.router.v1 import router_pb2 as rpb
 from gamaserving.router.v1 import router_pb2_grpc as rpb_grpc
@@ -142,9 +150,6 @@ def _start_routers(
     return routers
 
 
-Rounds = dict[tuple[str, int], list[Load]]
-
-
 def run(models: Path, seconds: float, baseline: Path | None = None) -> Rounds:
     """Every path's rounds at every concurrency, in the order they ran."""
     clip = wav(0.5)
@@ -212,35 +217,6 @@ def run(models: Path, seconds: float, baseline: Path | None = None) -> Rounds:
     return measured
 
 
-# The telemetry ratios' intervals: the rounds resampled with replacement, the same rounds
-# for every path (rounds that ran side by side share the machine's state).
-BOOTSTRAP_DRAWS = 2000
-
-
-def _p50(loads: list[Load]) -> float:
-    return float(np.percentile(np.concatenate([x.latencies_ms for x in loads]), 50))
-
-
-def _added_ratio(rounds: Rounds, c: int, top: tuple[str, ...], bottom: tuple[str, ...]) -> float:
-    """Added p50 latency (against direct) of the paths `top` pooled, over that of `bottom`."""
-    direct = _p50(rounds[("direct", c)])
-    num = _p50([x for path in top for x in rounds[(path, c)]]) - direct
-    return num / max(_p50([x for path in bottom for x in rounds[(path, c)]]) - direct, 1e-9)
-
-
-def _ratio_cell(rounds: Rounds, c: int, top: tuple[str, ...], bottom: tuple[str, ...]) -> str:
-    """The ratio in bold and its 95% bootstrap interval over rounds."""
-    rng = np.random.default_rng(0)
-    n = len(rounds[("direct", c)])
-    draws = []
-    for _ in range(BOOTSTRAP_DRAWS):
-        pick = rng.integers(0, n, n)
-        sample = {key: [loads[i] for i in pick] for key, loads in rounds.items() if key[1] == c}
-        draws.append(_added_ratio(sample, c, top, bottom))
-    low, high = np.percentile(draws, [2.5, 97.5])
-    return f"**{_added_ratio(rounds, c, top, bottom):.2f}** ({low:.2f}-{high:.2f})"
-
-
 # Telemetry off: both plain router paths pooled, every plain process there is.
 TELEMETRY_OFF = ("router", "router, identical copy")
 
@@ -266,7 +242,7 @@ def table(rounds: Rounds) -> str:
         "| --- | ---: | --- |",
     ]
     for c in CONCURRENCY:
-        added = _added_ratio(rounds, c, ("router",), ("proxy",))
+        added = added_ratio(rounds, c, ("router",), ("proxy",))
         lines.append(f"| added p50 latency, c={c} | **{added:.2f}** | <= 1.2 |")
     ratio = results[("router", 16)].throughput / results[("proxy", 16)].throughput
     lines.append(f"| throughput, c=16 | **{ratio:.2f}** | >= 0.8 |")
@@ -279,8 +255,8 @@ def table(rounds: Rounds) -> str:
         "| --- | ---: | ---: | ---: | --- |",
     ]
     for c in CONCURRENCY:
-        cells = [_ratio_cell(rounds, c, (path,), TELEMETRY_OFF) for path in TELEMETRY]
-        cells.append(_ratio_cell(rounds, c, ("router, identical copy",), ("router",)))
+        cells = [ratio_cell(rounds, c, (path,), TELEMETRY_OFF) for path in TELEMETRY]
+        cells.append(ratio_cell(rounds, c, ("router, identical copy",), ("router",)))
         lines.append(f"| router's added p50 latency, c={c} | {' | '.join(cells)} | <= 1.10 |")
     off = merge([x for path in TELEMETRY_OFF for x in rounds[(path, 16)]])
     row = " | ".join(
@@ -306,10 +282,10 @@ def baseline_table(rounds: Rounds, rev: str) -> str:
     ]
     for c in CONCURRENCY:
         cells = [
-            _ratio_cell(rounds, c, TELEMETRY_OFF, (BASELINE,)),
-            _ratio_cell(rounds, c, ("router, identical copy",), ("router",)),
-            _ratio_cell(rounds, c, TELEMETRY_OFF, ("proxy",)),
-            _ratio_cell(rounds, c, (BASELINE,), ("proxy",)),
+            ratio_cell(rounds, c, TELEMETRY_OFF, (BASELINE,)),
+            ratio_cell(rounds, c, ("router, identical copy",), ("router",)),
+            ratio_cell(rounds, c, TELEMETRY_OFF, ("proxy",)),
+            ratio_cell(rounds, c, (BASELINE,), ("proxy",)),
         ]
         lines.append(f"| added p50 latency, c={c} | {' | '.join(cells)} |")
     return "\n".join(lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 
@@ -122,6 +123,9 @@ class ModelServer:
         started = time.perf_counter()
         await self.core.warm_up()
         log.info("warm-up done in %.2fs", time.perf_counter() - started)
+        # The model and everything loaded so far live as long as the process: out of the
+        # collector's reach, full collections under load no longer walk them.
+        gc.freeze()
         self.lifecycle.set_state(ModelState.READY)
         self._recovery = asyncio.get_running_loop().create_task(self._recover(), name="self-test")
 
