@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import re
 
-from benchmarks.common import Load
-from benchmarks.router import CONCURRENCY, PATHS, ROUNDS, Rounds, _added_ratio, table
+from benchmarks.common import Load, Rounds, added_ratio
+from benchmarks.router import CONCURRENCY, PATHS, ROUNDS, table
 
 
 def _load(ms: float) -> Load:
@@ -40,11 +40,11 @@ BASE = {
 
 def test_ratios_are_of_latency_added_to_the_direct_path() -> None:
     rounds = _rounds(BASE)
-    assert _added_ratio(rounds, 1, ("router+telemetry",), ("router",)) == 1.1
-    assert _added_ratio(rounds, 1, ("router",), ("proxy",)) == 2.0
+    assert added_ratio(rounds, 1, ("router+telemetry",), ("router",)) == 1.1
+    assert added_ratio(rounds, 1, ("router",), ("proxy",)) == 2.0
     # The baseline pools its paths' rounds: one plain group slower moves the pooled p50.
     slower = _rounds(BASE | {"router, identical copy": 3.0})
-    pooled = _added_ratio(slower, 1, ("router+telemetry",), ("router", "router, identical copy"))
+    pooled = added_ratio(slower, 1, ("router+telemetry",), ("router", "router, identical copy"))
     assert 0.55 <= pooled < 1.1
 
 
