@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import psycopg
 from sqlalchemy import (
     Connection,
     Engine,
@@ -198,7 +199,8 @@ class ResultsStore:
                     conn.execute(stmt, outcome_rows)
                     new_outcomes(conn, outcome_rows, previous, deltas)
                 self._add_totals(conn, deltas)
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, psycopg.Error) as exc:
+            # psycopg's own errors come from the COPY, which goes to the driver directly.
             raise StoreError(f"{self.describe()}: {_reason(exc)}") from exc
 
     def _insert_exposures(
@@ -338,7 +340,7 @@ def _row(event: Exposure | Outcome) -> dict[str, Any]:
     return dict(vars(event))
 
 
-def _reason(exc: SQLAlchemyError) -> str:
+def _reason(exc: SQLAlchemyError | psycopg.Error) -> str:
     """The driver's own words, without SQL or parameters (which may hold user ids)."""
     orig = getattr(exc, "orig", None)
     text = str(orig if orig is not None else exc).strip().splitlines()

@@ -16,6 +16,10 @@ from router.results.store import Exposure, Outcome, ResultsStore, StoreError
 
 log = logging.getLogger(__name__)
 
+# How long a drain waits for a flush already under way (a store that hangs must not hold the
+# process forever; the drain's grace period is the outer bound).
+CLOSE_WAIT_S = 10.0
+
 
 @dataclass
 class WriterStats:
@@ -49,6 +53,7 @@ class ResultsWriter:
         self._exposures: list[Exposure] = []
         self._outcomes: list[Outcome] = []
         self._task: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
         self._flushing = asyncio.Lock()
         self._down_since_logged = False
         self._in_flight = 0
@@ -77,8 +82,9 @@ class ResultsWriter:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="results-writer")
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_seconds)
+        while not self._closing.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), self.flush_seconds)
             await self.flush()
 
     async def flush(self) -> bool:
@@ -119,9 +125,12 @@ class ResultsWriter:
         """Stop the timer and write everything buffered (at drain: a SIGTERM loses nothing
         while the store answers)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Not cancelled: a flush under way runs to its end (a cancelled one would leave
+            # its batch in a thread the drain no longer waits for, and lose it).
+            self._closing.set()
+            _, running = await asyncio.wait({self._task}, timeout=CLOSE_WAIT_S)
+            if running:
+                log.error("results store: a flush still running after %.0f s", CLOSE_WAIT_S)
             self._task = None
         for _ in range(attempts):
             if await self.flush():
