@@ -52,7 +52,6 @@ class ModelServer:
         self.port = 0
         self.health_port = 0
         self._stack = contextlib.AsyncExitStack()
-        self._server: grpc.aio.Server | None = None
         self._recovery: asyncio.Task[None] | None = None
         self._refresh: asyncio.Task[None] | None = None
 
@@ -99,7 +98,6 @@ class ModelServer:
                 stack.push_async_callback(health_server.stop, 0.5)
             if self.settings.metrics_port is not None:
                 self.telemetry.serve(self.settings.host, self.settings.metrics_port)
-            self._server = server
             self._stack = stack.pop_all()
         log.info("listening on %s:%d (NOT_SERVING until warm)", self.settings.host, self.port)
         return self.port
