@@ -51,6 +51,17 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--results", required=True, help="the results store URL")
     prune.add_argument("--experiment", required=True)
     prune.add_argument("--seed", default=None, help="one phase (default: every phase)")
+    letters = results_sub.add_parser(
+        "dead-letters",
+        help="events the store refused on their own; --replay writes them again",
+        description="Events the results store refused for what they held (a constraint, a "
+        "value it cannot hold), kept in its results_dead_letters table so that they never held "
+        "the rest back. List them; after fixing the cause, --replay writes them again and "
+        "forgets those the store takes (exit 1 while some are still refused).",
+    )
+    letters.add_argument("--results", required=True, help="the results store URL")
+    letters.add_argument("--replay", action="store_true", help="write them again")
+    letters.add_argument("--json", action="store_true", help="the list as JSON")
     rollout = sub.add_parser(
         "rollout",
         help="the rollout controller: decide ramps and rollbacks once, for the fleet",
@@ -112,8 +123,10 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _results(args: argparse.Namespace) -> int:
-    from router.results.cli import prune_command
+    from router.results.cli import dead_letters_command, prune_command
 
+    if args.results_command == "dead-letters":
+        return dead_letters_command(args)
     return prune_command(args)
 
 

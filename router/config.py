@@ -28,8 +28,13 @@ from gamaserving.settings import (
 )
 from gamaserving.tls import ClientTls, ServerTls
 from router.alerts.settings import AlertingSettings
+from router.ids import MAX_ID_LENGTH
 
 TaskName = Literal["transcribe", "tag", "embed", "describe"]
+
+# Names the results store keeps in every row (models, experiments, seeds, arms): its columns'
+# width, so that no configuration can make a row the store refuses.
+Name = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
 
 
 class CircuitBreakerSettings(StrictSettings):
@@ -92,7 +97,7 @@ class ModelSettings(StrictSettings):
 
 
 class ArmSettings(StrictSettings):
-    name: str = Field(min_length=1)
+    name: Name
     """Arm name, reported in responses."""
     model: str
     """Model key serving this arm."""
@@ -115,6 +120,10 @@ REQUEST_METRICS = ("latency_ms", "error_rate", "fallback_rate", "quality_failure
 """Metrics every routed request of an experiment carries (lower is better for each)."""
 
 
+MAX_RELATIVE_INCREASE = 10.0
+"""A relative bound above this (+1000 %) is surely a percentage written as a number."""
+
+
 class Criterion(StrictSettings):
     """A bound on how much worse an arm may be than the control arm, on one metric."""
 
@@ -125,7 +134,19 @@ class Criterion(StrictSettings):
     """How much worse the arm's mean may be, absolutely (e.g. 0.01 = one percentage point).
     Worse is higher, except for an outcome declared `better: higher`, where it is lower."""
     max_relative_increase: float | None = Field(None, ge=0)
-    """How much worse, relative to the control mean (e.g. 0.5 = half as bad again)."""
+    """How much worse, relative to the control mean, as a fraction: 0.2 = +20 % (at most
+    MAX_RELATIVE_INCREASE, 10 = +1000 %)."""
+
+    @field_validator("max_relative_increase")
+    @classmethod
+    def _fraction(cls, value: float | None) -> float | None:
+        if value is not None and value > MAX_RELATIVE_INCREASE:
+            raise ValueError(
+                f"{value:g} is a factor of {value + 1:g} times the control mean; relative "
+                f"bounds are fractions (0.2 = +20 %): did you mean a percentage, "
+                f"{value / 100:g}?"
+            )
+        return value
 
     @model_validator(mode="after")
     def _bound(self) -> Criterion:
@@ -135,8 +156,8 @@ class Criterion(StrictSettings):
 
 
 class ExperimentSettings(StrictSettings):
-    name: str = Field(min_length=1)
-    seed: str = Field(min_length=1)
+    name: Name
+    seed: Name
     """Hash seed; change it (a new phase) when weights change."""
     coverage: float = Field(1.0, ge=0, le=1)
     """Share of users in the experiment; the rest get the route's primary."""
@@ -294,6 +315,9 @@ class ResultsSettings(StrictSettings):
     """Events are written in a batch this often (and all of them at drain)."""
     max_buffer: int = Field(100_000, ge=1)
     """Events kept while the store is down; beyond, new ones are dropped and counted."""
+    max_dead_letters: int = Field(10_000, ge=0)
+    """Events the store refused on their own (a constraint, a value it cannot hold) kept in
+    its results_dead_letters table for replay; beyond, they are dropped and counted."""
 
     @model_validator(mode="after")
     def _one_url(self) -> ResultsSettings:
@@ -348,13 +372,15 @@ class RouterConfig(StrictSettings):
     rollout: RolloutSettings = RolloutSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     alerting: AlertingSettings = AlertingSettings()
-    models: dict[str, ModelSettings] = Field(min_length=1)
+    models: dict[Name, ModelSettings] = Field(min_length=1)
     routes: dict[TaskName, RouteSettings] = Field(min_length=1)
     anomaly: AnomalySettings = AnomalySettings()
     trends: TrendSettings = TrendSettings()
     results: ResultsSettings | None = None
     """Required by any experiment: its statistics come from this store, and only from it."""
-    outcomes: dict[str, OutcomeSettings] = Field(default_factory=dict)
+    outcomes: dict[Annotated[str, Field(min_length=1, max_length=64)], OutcomeSettings] = Field(
+        default_factory=dict
+    )
     """Outcome metrics callers may report (RecordOutcome), by name."""
 
     @model_validator(mode="after")

@@ -51,6 +51,18 @@ class RouterMetrics:
             "Exposures and outcomes dropped because the results store was down too long",
             ("kind",),
         )
+        self._results_set_aside = telemetry.tally(
+            "gamaserving.router.results.set_aside",
+            "{event}",
+            "Exposures and outcomes the results store refused on their own, kept as dead letters",
+            ("kind",),
+        )
+        self._reused_ids = telemetry.tally(
+            "gamaserving.router.request_ids.reused",
+            "{request}",
+            "Requests that reused an earlier request's id (only the first exposure counts)",
+            (),
+        )
         self._shed = telemetry.tally(
             "gamaserving.router.shed",
             "{request}",
@@ -135,6 +147,14 @@ class RouterMetrics:
         for _ in range(n):
             self._results_dropped.add(kind)
 
+    def results_set_aside(self, kind: str, n: int) -> None:
+        for _ in range(n):
+            self._results_set_aside.add(kind)
+
+    def request_ids_reused(self, n: int) -> None:
+        for _ in range(n):
+            self._reused_ids.add()
+
     def exposure(self, experiment: str, arm: str) -> None:
         self._exposures.add(experiment, arm)
 
@@ -182,6 +202,12 @@ class Unmeasured(RouterMetrics):
         pass
 
     def results_dropped(self, kind: str, n: int) -> None:
+        pass
+
+    def results_set_aside(self, kind: str, n: int) -> None:
+        pass
+
+    def request_ids_reused(self, n: int) -> None:
         pass
 
     def exposure(self, experiment: str, arm: str) -> None:

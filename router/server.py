@@ -261,7 +261,11 @@ class RouterServer:
         except StoreError as exc:
             log.error("results store unavailable at start; events wait for it: %s", exc)
         writer = ResultsWriter(
-            store, settings.flush_ms / 1000, settings.max_buffer, self.metrics.results_dropped
+            store,
+            settings.flush_ms / 1000,
+            settings.max_buffer,
+            self.metrics,
+            settings.max_dead_letters,
         )
         writer.start()
         log.info("results store: %s", store.describe())

@@ -23,6 +23,8 @@ Signal = Literal[
     "experiment_ramped",
     "rollout_state_invalid",
     "results_dropped",
+    "results_set_aside",
+    "request_ids_reused",
 ]
 
 
@@ -161,6 +163,22 @@ BUILT_IN_RULES = [
         severity="warning",
         summary="{value:g} experiment events dropped: the results store was down past "
         "results.max_buffer",
+    ),
+    AlertRule(
+        name="ResultsSetAside",
+        signal="results_set_aside",
+        threshold=0,
+        severity="warning",
+        summary="{value:g} experiment events refused by the results store on their own, kept "
+        "as dead letters (router results dead-letters)",
+    ),
+    AlertRule(
+        name="RequestIdsReused",
+        signal="request_ids_reused",
+        threshold=0,
+        severity="warning",
+        summary="{value:g} requests reused an earlier request's id: only the first counts in "
+        "experiment results",
     ),
     AlertRule(
         name="ConfigReloadFailed",

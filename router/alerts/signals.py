@@ -64,7 +64,7 @@ class Signals:
         self._validated = Windowed(lambda: Counter(stats.validated), window, clock)
         self._failed = Windowed(lambda: Counter(stats.quality_failed), window, clock)
         self._reloads = Windowed(lambda: Counter({"failed": reload_failures()}), window, clock)
-        self._drops = Windowed(lambda: Counter({"dropped": _dropped(core)}), window, clock)
+        self._writer = Windowed(lambda: _writer_counts(core), window, clock)
         self._process = psutil.Process()
 
     def sample(self, signal: str) -> list[Sample]:
@@ -150,11 +150,20 @@ class Signals:
         return [({}, float(bool(self.core.policy.state_error)))]
 
     def _results_dropped(self) -> list[Sample]:
-        return [({}, float(self._drops.delta().get("dropped", 0)))]
+        return [({}, float(self._writer.delta().get("dropped", 0)))]
+
+    def _results_set_aside(self) -> list[Sample]:
+        return [({}, float(self._writer.delta().get("set_aside", 0)))]
+
+    def _request_ids_reused(self) -> list[Sample]:
+        return [({}, float(self._writer.delta().get("reused", 0)))]
 
     def _config_reload_failures(self) -> list[Sample]:
         return [({}, float(self._reloads.delta().get("failed", 0)))]
 
 
-def _dropped(core: RouterCore) -> int:
-    return core.results.writer.stats.dropped if core.results is not None else 0
+def _writer_counts(core: RouterCore) -> Counter[Hashable]:
+    if core.results is None:
+        return Counter()
+    stats = core.results.writer.stats
+    return Counter({"dropped": stats.dropped, "set_aside": stats.set_aside, "reused": stats.reused})

@@ -8,6 +8,7 @@ import grpc
 
 from gamaserving.router.v1 import router_pb2 as rpb
 from router.errors import RouteError
+from router.ids import id_problem
 from router.record import RouteResult
 from router.requests import RouteRequest
 
@@ -33,6 +34,11 @@ def route_request(req: rpb.ProcessRequest, metadata_user: str | None) -> RouteRe
     _check_audio(req)
     if task == "describe" and not req.prompt.strip():
         raise _invalid("TASK_DESCRIBE needs a prompt")
+    user_id = req.user_id or metadata_user or None
+    check_ids(
+        ("request_id", req.request_id),
+        ("user_id" if req.user_id else "x-user-id metadata", user_id or ""),
+    )
     has_raw = req.HasField("raw_audio")
     return RouteRequest(
         request_id=req.request_id or os.urandom(16).hex(),
@@ -41,8 +47,16 @@ def route_request(req: rpb.ProcessRequest, metadata_user: str | None) -> RouteRe
         pcm_f32le=req.raw_audio.pcm_f32le if has_raw else None,
         sample_rate=req.raw_audio.sample_rate if has_raw else 0,
         prompt=req.prompt,
-        user_id=req.user_id or metadata_user or None,
+        user_id=user_id,
     )
+
+
+def check_ids(*fields: tuple[str, str]) -> None:
+    """INVALID_ARGUMENT for the first id the results store could not hold (router/ids.py)."""
+    for field, value in fields:
+        problem = id_problem(field, value)
+        if problem is not None:
+            raise _invalid(problem)
 
 
 def _check_audio(req: rpb.ProcessRequest) -> None:

@@ -15,7 +15,7 @@ from gamaserving.router.v1 import router_pb2 as rpb
 from gamaserving.router.v1 import router_pb2_grpc as rpb_grpc
 from router.alerts.engine import Alert
 from router.alerts.service import AlertService
-from router.api.convert import TASK_ENUMS, TASKS, process_response, route_request
+from router.api.convert import TASK_ENUMS, TASKS, check_ids, process_response, route_request
 from router.core import RouterCore
 from router.errors import RouteError
 
@@ -119,6 +119,7 @@ class AudioRouterServicer(rpb_grpc.AudioRouterServicer):
     ) -> rpb.RecordOutcomeResponse:
         self.admission.enter()
         try:
+            check_ids(("request_id", request.request_id))
             results, declared = self.core.outcome_sink()
             results.record_outcome(request.request_id, request.metric, request.value, declared)
             return rpb.RecordOutcomeResponse()

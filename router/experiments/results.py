@@ -59,6 +59,22 @@ def _allowed(criterion: Criterion, control_mean: float) -> float:
     return min(bounds)
 
 
+def _bound(criterion: Criterion, control_mean: float) -> str:
+    """The allowed difference as a person reads it: `0.05`, `+20 % of control (2.41)`."""
+    limit = _allowed(criterion, control_mean)
+    parts = []
+    if criterion.max_absolute_increase is not None:
+        parts.append(f"{criterion.max_absolute_increase:.4g}")
+    if criterion.max_relative_increase is not None:
+        parts.append(f"{criterion.max_relative_increase:+.0%} of control")
+    return f"{' and '.join(parts)}, here {limit:.4g}"
+
+
+def per_arm(counts: Mapping[str, int]) -> str:
+    """`control 24, candidate 23`: counts per arm, as text (never a Python dict)."""
+    return ", ".join(f"{arm} {n}" for arm, n in counts.items())
+
+
 def _worse(x: Comparison, higher_is_better: bool) -> tuple[float, float]:
     """The always-valid interval of how much worse the arm is than the control."""
     low, high = x.cs
@@ -106,33 +122,37 @@ def report(
             if x is None:
                 continue
             low, high = _worse(x, better.get(g.metric, False))
-            if low > (limit := _allowed(g, x.control_mean)):
+            if low > _allowed(g, x.control_mean):
                 failing.append(
                     f"guardrail {g.metric}: {arm.name} is worse than {control} by at least "
                     f"{low:.4g} (always-valid interval [{low:.4g}, {high:.4g}]; "
-                    f"allowed {limit:.4g})"
+                    f"allowed {_bound(g, x.control_mean)})"
                 )
         for criterion in settings.success:
             x = by_metric.get(criterion.metric)
             worst = _worse(x, better.get(criterion.metric, False))[1] if x else math.nan
             if x is None or not math.isfinite(worst) or worst > _allowed(criterion, x.control_mean):
-                upper = f"{worst:.4g}" if x is not None else "unknown"
-                limit = _allowed(criterion, x.control_mean) if x else float("nan")
+                if x is None:
+                    unproven.append(
+                        f"success {criterion.metric}: no comparison of {arm.name} with "
+                        f"{control} yet"
+                    )
+                    continue
                 unproven.append(
-                    f"success {criterion.metric}: {arm.name} not yet shown within {limit:.4g} "
-                    f"of {control} (upper bound {upper})"
+                    f"success {criterion.metric}: {arm.name} not yet shown within "
+                    f"{_bound(criterion, x.control_mean)} of {control} (upper bound {worst:.4g})"
                 )
     if srm < SRM_ALPHA:
         reasons.append(
             f"sample ratio mismatch (chi-square p = {srm:.2g} < {SRM_ALPHA}): users per arm "
-            f"{units} do not match the weights; results are not trustworthy"
+            f"{per_arm(units)} do not match the weights; results are not trustworthy"
         )
     if failing:
         verdict = "ROLL_BACK"
         reasons += failing
     elif not enough:
         verdict = "KEEP_RUNNING"
-        reasons.append(f"fewer than {settings.min_samples} requests in some arm: {counts}")
+        reasons.append(f"fewer than {settings.min_samples} requests in some arm: {per_arm(counts)}")
     elif srm < SRM_ALPHA or unproven or not settings.success:
         verdict = "KEEP_RUNNING"
         reasons += unproven or (

@@ -11,7 +11,7 @@ from router.config import ConfigError, RouterConfig, find_experiment, load_confi
 from router.experiments.results import ArmResults, Report
 from router.experiments.results import report as judge_phase
 from router.results.query import outcome_metrics, phase_statistics, phases
-from router.results.store import ResultsStore, StoreError
+from router.results.store import Exposure, ResultsStore, RowsRejected, StoreError, event_kind
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -96,7 +96,7 @@ def report_command(args: argparse.Namespace) -> int:
             raise ConfigError("pass --results URL, --config FILE, or both")
         url = args.results if config is None else store_url(args.results, config)
         base = args.config.parent.resolve() if args.config else None
-        store = ResultsStore(url, base)
+        store = ResultsStore.existing(url, base)
     except (ConfigError, StoreError, ValueError) as exc:
         return _fail(str(exc))
     try:
@@ -115,11 +115,46 @@ def report_command(args: argparse.Namespace) -> int:
 
 def prune_command(args: argparse.Namespace) -> int:
     try:
-        store = ResultsStore(args.results)
+        store = ResultsStore.existing(args.results)
         deleted = store.prune(args.experiment, args.seed)
     except StoreError as exc:
         return _fail(str(exc), 3)
     phase = f"seed {args.seed}" if args.seed else "every phase"
     print(f"deleted {deleted} exposures of {args.experiment} ({phase}) and their outcomes")
+    store.close()
+    return 0
+
+
+def dead_letters_command(args: argparse.Namespace) -> int:
+    """List the events the store refused on their own; with --replay, write them again (after
+    the cause is fixed) and forget those the store now takes."""
+    try:
+        store = ResultsStore.existing(args.results)
+        letters = store.dead_letters()
+        if args.replay:
+            written = []
+            for letter in letters:
+                event = letter.event
+                try:
+                    if isinstance(event, Exposure):
+                        store.write([event], [])
+                    else:
+                        store.write([], [event])
+                except RowsRejected:
+                    continue
+                written.append(letter.id)
+            store.forget_dead_letters(written)
+            print(f"replayed {len(written)} of {len(letters)} dead letters; "
+                  f"{len(letters) - len(written)} are still refused")  # fmt: skip
+            return 0 if len(written) == len(letters) else 1
+    except StoreError as exc:
+        return _fail(str(exc), 3)
+    if args.json:
+        print(dumps([{"id": d.id, "at": d.at, "reason": d.reason, "kind": event_kind(d.event),
+                      "event": vars(d.event)} for d in letters]))  # fmt: skip
+    else:
+        for d in letters:
+            print(f"{d.id}  {event_kind(d.event)}  request {d.event.request_id[:64]!r}: {d.reason}")
+        print(f"{len(letters)} dead letters")
     store.close()
     return 0

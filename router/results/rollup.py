@@ -86,13 +86,16 @@ def new_exposures(conn: Connection, rows: Sequence[Mapping[str, Any]], deltas: D
             deltas.outcome(_phase(in_phase[request_id]), metric, float(value), 1.0)
 
 
-def stored_ids(conn: Connection, ids: Sequence[str]) -> set[str]:
-    """Which of these exposures the store already holds (a batch re-sent after a flush whose
-    commit went through, or a retry)."""
-    found: set[str] = set()
+def stored_times(conn: Connection, ids: Sequence[str]) -> dict[str, float]:
+    """Which of these exposures the store already holds, and when each was made: the same
+    time is the same event sent again (a batch re-sent after a flush whose commit went
+    through); another time is another request that reused the id."""
+    found: dict[str, float] = {}
     for chunk in _chunks(ids):
-        query = select(exposures.c.request_id).where(exposures.c.request_id.in_(chunk))
-        found.update(conn.execute(query).scalars())
+        query = select(exposures.c.request_id, exposures.c.at).where(
+            exposures.c.request_id.in_(chunk)
+        )
+        found.update((i, at) for i, at in conn.execute(query).tuples())
     return found
 
 

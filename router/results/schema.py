@@ -12,7 +12,10 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     String,
     Table,
+    Text,
 )
+
+from router.ids import MAX_ID_LENGTH
 
 SCHEMA_VERSION = 1
 """Raised with every change to the tables; a store written by a newer router refuses to start
@@ -33,13 +36,14 @@ exposures = Table(
     metadata,
     # Unique per request (callers send UUIDs, or the router makes one): a re-sent event after a
     # retry or a restart is the same row, never a second one.
-    Column("request_id", String(128), primary_key=True),
+    Column("request_id", String(MAX_ID_LENGTH), primary_key=True),
     Column("experiment", String(128), nullable=False),
     Column("seed", String(128), nullable=False),
     Column("arm", String(128), nullable=False),
     # The model that answered; empty when the request failed.
     Column("model", String(128), nullable=False),
-    # What was randomised: the user id, or the request id when there was none.
+    # What was randomised: the user id, or the request id when there was none (either at most
+    # MAX_ID_LENGTH, checked at the door; the column is wider since schema 1).
     Column("unit", String(256), nullable=False),
     Column("at", Float, nullable=False),
     Column("latency_ms", Float, nullable=False),
@@ -55,7 +59,7 @@ exposures = Table(
 outcomes = Table(
     "outcomes",
     metadata,
-    Column("request_id", String(128), nullable=False),
+    Column("request_id", String(MAX_ID_LENGTH), nullable=False),
     Column("metric", String(64), nullable=False),
     Column("value", Float, nullable=False),
     Column("at", Float, nullable=False),
@@ -97,6 +101,20 @@ unit_outcomes = Table(
     Column("metric", String(64), nullable=False),
     *_sums("x", "y"),
     PrimaryKeyConstraint("experiment", "seed", "arm", "unit", "metric"),
+)
+
+# Events the store refused on their own (a value it cannot hold, a constraint), set aside by the
+# writer so that they never hold the rest back (docs/operations.md, "Dead letters"). The event
+# is ASCII JSON text, which every engine stores whatever the event held. Not versioned: a new
+# table, created where missing, that an older router never reads.
+dead_letters = Table(
+    "results_dead_letters",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),  # exposure or outcome
+    Column("reason", Text, nullable=False),
+    Column("at", Float, nullable=False),
+    Column("event", Text, nullable=False),
 )
 
 # One row; every write transaction locks it first, so writers (replicas) apply their batches

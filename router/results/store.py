@@ -4,6 +4,7 @@ restarts re-send); reads aggregate per unit, then per arm (router/results/query.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.schema import CreateTable
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
@@ -38,10 +39,11 @@ from router.results.rollup import (
     new_outcomes,
     previous_outcomes,
     rebuild,
-    stored_ids,
+    stored_times,
 )
 from router.results.schema import (
     SCHEMA_VERSION,
+    dead_letters,
     exposures,
     metadata,
     outcomes,
@@ -64,6 +66,21 @@ _UPSERT: dict[str, Callable[[Table], sqlite.Insert | postgresql.Insert]] = {
 
 class StoreError(Exception):
     """The store cannot be used; the message says why (never the URL's password)."""
+
+
+class RowsRejected(StoreError):
+    """The database refused what the batch holds (a value too long, a NUL in text, a
+    constraint), not the connection: the same rows would fail again, so the writer splits the
+    batch to find them (router/results/writer.py)."""
+
+    def __init__(self, store: str, reason: str) -> None:
+        super().__init__(f"{store}: {reason}")
+        self.reason = reason
+
+
+# Errors in the rows, from SQLAlchemy's statements and from psycopg's COPY (which goes to the
+# driver directly). Anything else (a connection refused or lost) is the store being down.
+_ROW_ERRORS = (DataError, IntegrityError, psycopg.DataError, psycopg.IntegrityError)
 
 
 class SchemaError(StoreError):
@@ -99,6 +116,19 @@ class Outcome:
     at: float
 
 
+Event = Exposure | Outcome
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An event the store refused on its own, and the database's words for why."""
+
+    id: int
+    event: Event
+    reason: str
+    at: float
+
+
 def engine_url(url: str, base_dir: Path | None = None) -> str:
     """The SQLAlchemy URL for `sqlite:///PATH` (a relative PATH is relative to `base_dir`) or
     `postgresql://USER@HOST:PORT/DB` (driven by psycopg 3)."""
@@ -130,11 +160,14 @@ def _sqlite_pragmas(connection: Any, _: object) -> None:
 
 
 class ResultsStore:
-    def __init__(self, url: str, base_dir: Path | None = None) -> None:
+    def __init__(self, url: str, base_dir: Path | None = None, create_file: bool = True) -> None:
         self.url = engine_url(url, base_dir)
         parsed = make_url(self.url)
         if parsed.get_backend_name() == "sqlite":
-            Path(parsed.database or "").parent.mkdir(parents=True, exist_ok=True)
+            path = Path(parsed.database or "")
+            if not create_file and not path.is_file():
+                raise StoreError(f"no results store at {path}")
+            path.parent.mkdir(parents=True, exist_ok=True)
         # A database that is down must fail a flush within seconds, not hang it on TCP.
         connect = {"connect_timeout": 5} if parsed.get_backend_name() == "postgresql" else {}
         self.engine: Engine = create_engine(self.url, pool_pre_ping=True, connect_args=connect)
@@ -142,6 +175,26 @@ class ResultsStore:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._upsert = _UPSERT[self.engine.dialect.name]
         self.ready = False
+
+    @classmethod
+    def existing(cls, url: str, base_dir: Path | None = None) -> ResultsStore:
+        """A store a router has written, for reading: StoreError, never a new empty store,
+        when there is none at `url`."""
+        store = cls(url, base_dir, create_file=False)
+        try:
+            with store.engine.connect() as conn:
+                if not conn.dialect.has_table(conn, exposures.name):
+                    raise StoreError(
+                        f"no results store at {store.describe()} (no {exposures.name} table: a "
+                        "router creates it when it first starts with this results.url)"
+                    )
+        except SQLAlchemyError as exc:
+            store.close()
+            raise StoreError(f"{store.describe()}: {_reason(exc)}") from exc
+        except StoreError:
+            store.close()
+            raise
+        return store
 
     def describe(self) -> str:
         return make_url(self.url).render_as_string(hide_password=True)
@@ -165,12 +218,21 @@ class ResultsStore:
             raise StoreError(f"{self.describe()}: {_reason(exc)}") from exc
         self.ready = True
 
-    def write(self, rows: Sequence[Exposure], reports: Sequence[Outcome]) -> None:
+    def write(self, rows: Sequence[Exposure], reports: Sequence[Outcome]) -> list[str]:
         """One transaction: new exposures (a re-sent one is ignored), outcomes (a repeat
-        replaces the earlier value)."""
+        replaces the earlier value). Returns the request ids that another exposure already
+        holds (a caller reused the id; this one is not stored and its outcomes join the
+        first). RowsRejected when the database refuses a row's data."""
         if not self.ready:
             self.create()
-        exposure_rows = list({e.request_id: _row(e) for e in reversed(rows)}.values())
+        first: dict[str, dict[str, Any]] = {}
+        reused: list[str] = []
+        for e in rows:
+            row = _row(e)
+            seen = first.setdefault(e.request_id, row)
+            if seen is not row and seen != row:
+                reused.append(e.request_id)
+        exposure_rows = list(first.values())
         # The latest report per (request, metric) wins, inside a batch as across batches.
         latest: dict[tuple[str, str], Outcome] = {}
         for o in reports:
@@ -184,7 +246,8 @@ class ResultsStore:
                 conn.execute(select(writer_lock).with_for_update())
                 deltas = Deltas()
                 if exposure_rows:
-                    new_exposures(conn, self._insert_exposures(conn, exposure_rows), deltas)
+                    fresh = self._insert_exposures(conn, exposure_rows, reused)
+                    new_exposures(conn, fresh, deltas)
                 if outcome_rows:
                     previous = previous_outcomes(conn, outcome_rows)
                     up = self._upsert(outcomes)
@@ -199,15 +262,18 @@ class ResultsStore:
                     conn.execute(stmt, outcome_rows)
                     new_outcomes(conn, outcome_rows, previous, deltas)
                 self._add_totals(conn, deltas)
+        except _ROW_ERRORS as exc:
+            raise RowsRejected(self.describe(), _reason(exc)) from exc
         except (SQLAlchemyError, psycopg.Error) as exc:
-            # psycopg's own errors come from the COPY, which goes to the driver directly.
             raise StoreError(f"{self.describe()}: {_reason(exc)}") from exc
+        return reused
 
     def _insert_exposures(
-        self, conn: Connection, rows: list[dict[str, Any]]
+        self, conn: Connection, rows: list[dict[str, Any]], reused: list[str]
     ) -> Sequence[Mapping[str, Any]]:
         """Insert a batch; returns the new exposures of experiment phases (what the rollup
-        adds; a re-sent one is skipped). Not one multi-row INSERT with RETURNING: that
+        adds; a re-sent one is skipped), and adds to `reused` the ids another request's
+        exposure already holds. Not one multi-row INSERT with RETURNING: that
         statement is as long as the batch, and psycopg parses it anew every time (two thirds
         of a PostgreSQL write's CPU, in the router's process). PostgreSQL gets the batch by
         COPY into a staging table and INSERT ... SELECT; SQLite, in-process, by an
@@ -215,7 +281,8 @@ class ResultsStore:
         other writers out meanwhile). Both measured in docs/benchmarks.md (results)."""
         phase_ids = [r["request_id"] for r in rows if r["experiment"]]
         if conn.dialect.name != "postgresql":
-            stored = stored_ids(conn, phase_ids)
+            stored = stored_times(conn, [r["request_id"] for r in rows])
+            reused += [i for r in rows if stored.get(i := r["request_id"], r["at"]) != r["at"]]
             plain = self._upsert(exposures).on_conflict_do_nothing(index_elements=["request_id"])
             conn.execute(plain, rows)
             return [r for r in rows if r["experiment"] and r["request_id"] not in stored]
@@ -232,14 +299,23 @@ class ResultsStore:
             )
 
         fresh: Sequence[Mapping[str, Any]] = []
+        moved = 0
         if len(phase_ids) < len(rows):  # rows outside experiments: nothing to return
-            conn.execute(move(~in_phase))
+            moved += conn.execute(move(~in_phase)).rowcount
         if phase_ids:
             returning = move(in_phase).returning(
                 *(exposures.c[n] for n in ("request_id", *_ROLLED))
             )
             # RowMapping is a Mapping keyed by column name (typed with Any keys).
             fresh = cast(Sequence[Mapping[str, Any]], conn.execute(returning).mappings().all())
+            moved += len(fresh)
+        if moved < len(rows):
+            # Some ids were stored already: a re-sent event (the same time) or a reused id.
+            held = exposures.alias("held")
+            clash = select(staged_exposures.c.request_id).join(
+                held, held.c.request_id == staged_exposures.c.request_id
+            )
+            reused += conn.execute(clash.where(held.c.at != staged_exposures.c.at)).scalars()
         conn.execute(delete(staged_exposures))
         return fresh
 
@@ -270,6 +346,49 @@ class ResultsStore:
                 ),
                 reports,
             )
+
+    def set_aside(self, letters: Sequence[tuple[Event, str]], at: float, limit: int) -> int:
+        """Keep events the store refused, with the reason, while it holds fewer than `limit`;
+        returns how many were kept (the first ones)."""
+        if not letters:
+            return 0
+        try:
+            with self.engine.begin() as conn:
+                count = select(func.count()).select_from(dead_letters)
+                held = int(conn.execute(count).scalar_one())
+                kept = letters[: max(limit - held, 0)]
+                if kept:
+                    conn.execute(
+                        insert(dead_letters),
+                        [
+                            {
+                                "kind": event_kind(event),
+                                "reason": reason.replace("\x00", "\\x00")[:1000],
+                                "at": at,
+                                # ensure_ascii: a NUL or any other character becomes an escape.
+                                "event": json.dumps(_row(event), ensure_ascii=True),
+                            }
+                            for event, reason in kept
+                        ],
+                    )
+                return len(kept)
+        except (SQLAlchemyError, psycopg.Error) as exc:
+            raise StoreError(f"{self.describe()}: {_reason(exc)}") from exc
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """Every event set aside, oldest first."""
+        query = select(dead_letters).order_by(dead_letters.c.id)
+        return [
+            DeadLetter(r.id, _event(r.kind, json.loads(r.event)), r.reason, r.at)
+            for r in self.read(query)
+        ]
+
+    def forget_dead_letters(self, ids: Sequence[int]) -> None:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(delete(dead_letters).where(dead_letters.c.id.in_(list(ids))))
+        except SQLAlchemyError as exc:
+            raise StoreError(f"{self.describe()}: {_reason(exc)}") from exc
 
     def rebuild(self, experiment: str, seed: str, outcome_metrics: Sequence[str]) -> None:
         """Recompute a phase's per-user totals from its events."""
@@ -338,6 +457,15 @@ def _row(event: Exposure | Outcome) -> dict[str, Any]:
     """An event's fields as a row. Not `dataclasses.asdict`, which deep-copies every field and
     was two thirds of a write's CPU (it shares the router's GIL with serving)."""
     return dict(vars(event))
+
+
+def event_kind(event: Event) -> str:
+    """`exposure` or `outcome`: the `kind` of the metrics and of a dead letter."""
+    return "exposure" if isinstance(event, Exposure) else "outcome"
+
+
+def _event(kind: str, fields: dict[str, Any]) -> Event:
+    return Exposure(**fields) if kind == "exposure" else Outcome(**fields)
 
 
 def _reason(exc: SQLAlchemyError | psycopg.Error) -> str:

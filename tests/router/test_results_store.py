@@ -22,17 +22,8 @@ from router.results.query import phase_statistics, phase_statistics_from_events
 from router.results.schema import SCHEMA_VERSION, schema_info
 from router.results.store import Exposure, Outcome, ResultsStore, StoreError
 from router.results.writer import ResultsWriter
+from tests.support.fakes import Observed
 from tests.support.postgres import Postgres
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    server = Postgres()
-    try:
-        yield server
-    finally:
-        server.close()
-
 
 _fresh = iter(range(1_000_000))
 
@@ -157,10 +148,8 @@ def test_one_heavy_user_counts_as_one_unit_and_intervals_agree_with_statsmodels(
 async def test_the_writer_waits_out_an_outage_and_counts_drops(postgres: Postgres) -> None:
     store = ResultsStore(postgres.url)
     store.create()
-    dropped: list[str] = []
-    writer = ResultsWriter(
-        store, 3600, max_buffer=50, on_dropped=lambda kind, n: dropped.append(kind)
-    )
+    seen = Observed()
+    writer = ResultsWriter(store, 3600, max_buffer=50, observer=seen)
     seed = f"outage-{next(_fresh)}"
     try:
         postgres.stop()
@@ -172,7 +161,7 @@ async def test_the_writer_waits_out_an_outage_and_counts_drops(postgres: Postgre
             writer.add_exposure(exposure(f"{seed}-{i}", "control", f"u{i}", seed=seed))
         writer.add_outcome(Outcome(f"{seed}-0", "accepted", 1.0, 2.0))
         assert writer.pending == 50 and writer.stats.dropped == 11
-        assert dropped == ["exposure"] * 10 + ["outcome"]
+        assert seen.dropped == ["exposure"] * 10 + ["outcome"]
         postgres.start()
         await writer.close()
         assert writer.pending == 0 and writer.stats.written == 50

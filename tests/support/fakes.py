@@ -28,3 +28,21 @@ class Calls:
 
     def call_succeeded(self) -> None:
         self.succeeded += 1
+
+
+class Observed:
+    """What a results writer reported (router/results/writer.py's WriterObserver)."""
+
+    def __init__(self) -> None:
+        self.dropped: list[str] = []
+        self.set_aside: list[str] = []
+        self.reused = 0
+
+    def results_dropped(self, kind: str, n: int) -> None:
+        self.dropped += [kind] * n
+
+    def results_set_aside(self, kind: str, n: int) -> None:
+        self.set_aside += [kind] * n
+
+    def request_ids_reused(self, n: int) -> None:
+        self.reused += n
