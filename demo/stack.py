@@ -199,7 +199,8 @@ class Stack:
                             {"metric": "quality_failure_rate", "max_absolute_increase": 0.05},
                         ],
                         "success": [
-                            {"metric": "latency_ms", "max_relative_increase": 20},
+                            # A fraction: at most +100 % (twice as slow).
+                            {"metric": "latency_ms", "max_relative_increase": 1.0},
                             # Reported by the simulated users: did the answer help them?
                             {"metric": "accepted", "max_absolute_increase": 0.1},
                         ],

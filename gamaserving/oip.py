@@ -7,6 +7,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
@@ -57,14 +58,26 @@ def join_bytes(items: list[bytes]) -> bytes:
 
 
 @dataclass(frozen=True)
+class InputLimits:
+    """What a model server accepts (its `limits`), from ModelMetadata; 0 where it did not say
+    (a server without our metadata extension)."""
+
+    max_audio_bytes: int = 0
+    max_audio_seconds: float = 0.0
+    max_prompt_chars: int = 0
+
+
+@dataclass(frozen=True)
 class ModelInfo:
-    """From ModelMetadata: what quality checks and task routing need."""
+    """From ModelMetadata: what quality checks, task routing and the router's input checks
+    need."""
 
     name: str
     version: str
     tasks: frozenset[str]
     embedding_size: int
     labels: frozenset[str]
+    limits: InputLimits = InputLimits()
 
 
 @dataclass(frozen=True)
@@ -144,6 +157,9 @@ def parse_response(resp: pb.ModelInferResponse) -> ModelOutput:
     )
 
 
+_Num = TypeVar("_Num", int, float)
+
+
 def parse_metadata(meta: pb.ModelMetadataResponse) -> ModelInfo:
     params = params_dict(meta.parameters)
     tasks = str(params.get("tasks") or "")
@@ -171,4 +187,17 @@ def parse_metadata(meta: pb.ModelMetadataResponse) -> ModelInfo:
         tasks=frozenset(t for t in tasks.split(",") if t),
         embedding_size=max(int(size), 0),
         labels=frozenset(label for label in labels.split(",") if label),
+        limits=InputLimits(
+            max_audio_bytes=_number(params.get("max_audio_bytes"), int),
+            max_audio_seconds=_number(params.get("max_audio_seconds"), float),
+            max_prompt_chars=_number(params.get("max_prompt_chars"), int),
+        ),
     )
+
+
+def _number(value: object, kind: type[_Num]) -> _Num:
+    """A metadata parameter as a number; 0 (unknown) when absent or not a number."""
+    try:
+        return kind(value) if isinstance(value, int | float | str) else kind(0)
+    except ValueError:
+        return kind(0)

@@ -10,7 +10,7 @@ import soundfile as sf
 import soxr
 
 from modelserver.config import Limits
-from modelserver.errors import exhausted, invalid
+from modelserver.errors import invalid
 from modelserver.messages import AudioPayload
 
 MIN_SAMPLE_RATE = 1000
@@ -32,8 +32,9 @@ class Audio:
 
 
 class AudioDecoder:
-    """Turns an `AudioPayload` into model-ready `Audio` or raises INVALID_ARGUMENT /
-    RESOURCE_EXHAUSTED with a message that says what is wrong."""
+    """Turns an `AudioPayload` into model-ready `Audio` or raises INVALID_ARGUMENT with a
+    message that says what is wrong (a clip over the limits too: it is the caller's to fix,
+    and no other model should be tried with it)."""
 
     def __init__(self, target_rate: int, limits: Limits) -> None:
         self.target_rate = target_rate
@@ -66,7 +67,7 @@ class AudioDecoder:
     def _check_duration(self, frames: int, rate: int) -> None:
         seconds = frames / rate
         if seconds > self.limits.max_audio_seconds:
-            raise exhausted(
+            raise invalid(
                 f"audio is {seconds:.2f} s long; this model accepts at most "
                 f"{self.limits.max_audio_seconds:g} s"
             )
@@ -82,7 +83,7 @@ class AudioDecoder:
 
     def _check_size(self, nbytes: int, what: str) -> None:
         if nbytes > self.limits.max_audio_bytes:
-            raise exhausted(
+            raise invalid(
                 f"{what} is {nbytes} bytes; this model accepts at most "
                 f"{self.limits.max_audio_bytes} bytes"
             )

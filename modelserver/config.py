@@ -39,7 +39,7 @@ class Limits(StrictSettings):
     min_audio_seconds: float = Field(0.05, ge=0)
     """Shortest accepted clip: the models need a few frames."""
     max_audio_bytes: int = Field(16 * 1024 * 1024, gt=0)
-    """Largest accepted encoded file or raw waveform, in bytes (RESOURCE_EXHAUSTED beyond)."""
+    """Largest accepted encoded file or raw waveform, in bytes (INVALID_ARGUMENT beyond)."""
     max_prompt_chars: int = Field(2000, gt=0)
     """Longest accepted prompt."""
 

@@ -25,6 +25,7 @@ from router.experiments.results import Report, report
 from router.experiments.shadow import ShadowRunner, sampled
 from router.failover.circuit import State
 from router.failover.dispatch import Dispatcher
+from router.limits import limit_problem
 from router.metrics import RouterMetrics
 from router.quality.tracker import AnomalyMonitor, QualityTracker
 from router.quality.trends import Series, TrendTracker, trend
@@ -286,6 +287,7 @@ class RouterCore:
             req.request_id, req.task, first, unit, assignment, route.experiment, total_ms=0.0
         )
         try:
+            self._check_limits(req, backends[0])
             dispatched = await self.dispatcher.run(route, req, backends, deadline, on_piece)
         except RouteError as exc:
             self.recorder.routed(replace(base, total_ms=(self.clock() - started) * 1000, error=exc))
@@ -300,6 +302,15 @@ class RouterCore:
         )
         self.recorder.routed(result)
         return result
+
+    @staticmethod
+    def _check_limits(req: RouteRequest, backend: ModelBackend) -> None:
+        """The first model's declared limits, checked before anything is sent."""
+        if backend.info is None:
+            return
+        problem = limit_problem(req, backend.key, backend.info.limits)
+        if problem is not None:
+            raise RouteError(grpc.StatusCode.INVALID_ARGUMENT, problem)
 
     def _maybe_shadow(
         self,

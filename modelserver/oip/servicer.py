@@ -123,7 +123,10 @@ def model_metadata(core: InferenceCore) -> pb.ModelMetadataResponse:
         "label_count": len(config.labels),
         "sample_rate": config.sample_rate,
         "max_batch_size": config.batching.max_batch_size,
+        # The router refuses what the server would, before sending it (gamaserving/oip.py).
         "max_audio_seconds": str(config.limits.max_audio_seconds),
+        "max_audio_bytes": config.limits.max_audio_bytes,
+        "max_prompt_chars": config.limits.max_prompt_chars,
     }
     if config.labels:
         values["labels"] = ",".join(config.labels)

@@ -29,6 +29,11 @@ def interval(low: float, high: float) -> str:
     return f"[{num(low)}, {num(high)}]"
 
 
+def pct(x: float) -> str:
+    """A relative change as a signed percentage (`+12.3 %`), or `-` where it is undefined."""
+    return f"{x * 100:+.1f} %" if math.isfinite(x) else "-"
+
+
 def when(unix: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(unix)) if unix else "-"
 
@@ -65,7 +70,7 @@ def report(r: rpb.GetExperimentReportResponse) -> str:
             num(c.control_mean),
             num(c.arm_mean),
             f"{num(c.difference)} {interval(c.ci_low, c.ci_high)}",
-            f"{num(c.relative)} {interval(c.relative_ci_low, c.relative_ci_high)}",
+            f"{pct(c.relative)} [{pct(c.relative_ci_low)}, {pct(c.relative_ci_high)}]",
             num(c.p_value),
             interval(c.cs_low, c.cs_high),
         ]

@@ -60,14 +60,14 @@ def _allowed(criterion: Criterion, control_mean: float) -> float:
 
 
 def _bound(criterion: Criterion, control_mean: float) -> str:
-    """The allowed difference as a person reads it: `0.05`, `+20 % of control (2.41)`."""
+    """The allowed difference as a person reads it: `0.05`, `+20 % of control (2.408)`."""
+    absolute, relative = criterion.max_absolute_increase, criterion.max_relative_increase
+    if relative is None:
+        return f"{absolute:.4g}"
     limit = _allowed(criterion, control_mean)
-    parts = []
-    if criterion.max_absolute_increase is not None:
-        parts.append(f"{criterion.max_absolute_increase:.4g}")
-    if criterion.max_relative_increase is not None:
-        parts.append(f"{criterion.max_relative_increase:+.0%} of control")
-    return f"{' and '.join(parts)}, here {limit:.4g}"
+    if absolute is None:
+        return f"{relative:+.0%} of control ({limit:.4g})"
+    return f"{absolute:.4g} or {relative:+.0%} of control, the smaller ({limit:.4g})"
 
 
 def per_arm(counts: Mapping[str, int]) -> str:

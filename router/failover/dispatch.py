@@ -371,7 +371,10 @@ def _give_up(req: RouteRequest, attempts: list[Attempt]) -> Dispatched:
         and errors[-1].code == grpc.StatusCode.RESOURCE_EXHAUSTED
         and all(a.reason in ("overloaded", "unsupported_task") for a in attempts)
     ):
-        raise RouteError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"every model refused: {tried}")
+        raise RouteError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"every model refused: {tried}; last: {errors[-1].message}",
+        )
     raise RouteError(
         grpc.StatusCode.UNAVAILABLE, f"no model could serve {req.task}: tried {tried or 'nothing'}"
     )

@@ -160,11 +160,11 @@ W2V_CASES: list[Case] = [
         INVALID,
         "at least",
     ),
-    ("too long", lambda: infer_request("wav2vec2", audio=wav(31.0)), EXHAUSTED, "at most 30 s"),
+    ("too long", lambda: infer_request("wav2vec2", audio=wav(31.0)), INVALID, "at most 30 s"),
     (
         "too long waveform",
         lambda: infer_request("wav2vec2", waveform=tone(31.0, rate=8000), sample_rate=8000),
-        EXHAUSTED,
+        INVALID,
         "at most 30 s",
     ),
     (
@@ -272,11 +272,11 @@ async def test_gama_bad_input(
     assert "LABELS" in outputs(ok)
 
 
-async def test_byte_limit_is_resource_exhausted(serve, tiny_models) -> None:  # type: ignore[no-untyped-def]
+async def test_byte_limit_is_the_callers_fault(serve, tiny_models) -> None:  # type: ignore[no-untyped-def]
     async with serve(tiny_models / "wav2vec2", limits={"max_audio_bytes": 10_000}) as live:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await live.stub.ModelInfer(infer_request("wav2vec2", audio=wav(2.0)))
-        assert info.value.code() == EXHAUSTED
+        assert info.value.code() == INVALID
         assert "at most 10000 bytes" in (info.value.details() or "")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,29 @@ def test_too_few_samples_or_a_ratio_mismatch_keep_it_running() -> None:
     skewed = report(e, {"control": arm(10_400, 100), "candidate": arm(9_600, 100, seed=4)})
     assert skewed.verdict == "KEEP_RUNNING" and skewed.srm_p_value < 0.001
     assert "sample ratio mismatch" in skewed.reasons[0]
+
+
+def test_relative_bounds_are_fractions_and_reasons_are_text() -> None:
+    with pytest.raises(ValueError, match=r"did you mean a percentage, 0\.2\?"):
+        experiment(success=[{"metric": "latency_ms", "max_relative_increase": 20}])
+    e = experiment(
+        success=[{"metric": "latency_ms", "max_relative_increase": 0.2}],
+        guardrails=[
+            {"metric": "latency_ms", "max_absolute_increase": 1000, "max_relative_increase": 0.1}
+        ],
+    )
+    slow = report(e, {"control": arm(3000, 100), "candidate": arm(3000, 150, seed=5)})
+    # +10 % of a control mean of about 100 ms allows about 10 ms, not 1,000 (a factor of 10).
+    assert slow.verdict == "ROLL_BACK"
+    allowed = re.search(
+        r"allowed 1000 or \+10% of control, the smaller \(([\d.]+)\)", slow.reasons[0]
+    )
+    assert allowed and 9 < float(allowed[1]) < 11, slow.reasons
+    few = report(e, {"control": arm(20, 100), "candidate": arm(21, 100, seed=6)})
+    assert "some arm: control 20, candidate 21" in few.reasons[0], few.reasons
+    pending = report(e, {"control": arm(60, 100), "candidate": arm(60, 110, seed=7)})
+    within = re.search(r"within \+20% of control \(([\d.]+)\)", pending.reasons[0])
+    assert within and 18 < float(within[1]) < 22, pending.reasons
 
 
 def _config(

@@ -77,7 +77,8 @@ def _refuse_poison(store: ResultsStore) -> None:
                               "CHECK (unit <> 'poison')"))  # fmt: skip
         else:
             conn.execute(text("CREATE TRIGGER no_poison BEFORE INSERT ON exposures "
-                              "WHEN NEW.unit = 'poison' BEGIN SELECT RAISE(ABORT, 'poison'); END"))  # fmt: skip
+                              "WHEN NEW.unit = 'poison' "
+                              "BEGIN SELECT RAISE(ABORT, 'poison'); END"))  # fmt: skip
 
 
 def _accept_poison(store: ResultsStore) -> None:

@@ -14,6 +14,7 @@ from router.server import StartupError
 from tests.router.conftest import base_config, live_router
 from tests.support.audio import tone, wav
 from tests.support.processes import ServerProcess, free_port
+from tests.support.waiting import until
 
 
 def config(servers: dict[str, ServerProcess], **extra: object) -> dict[str, object]:
@@ -84,7 +85,8 @@ async def test_every_task_fills_the_response(
                 task=rpb.TASK_EMBED,
             )
         )
-        assert len(raw.features) == 64
+        # No user id: the request id (generated) is the unit, so either arm may answer.
+        assert len(raw.features) == {"wav2vec2": 64, "gama": 128}[raw.route.model]
 
 
 async def test_user_id_from_metadata_is_sticky(
@@ -138,6 +140,38 @@ async def test_bad_input_is_invalid_argument_without_fallback(
         assert router.core.stats.fallbacks == {}
         ok = await router.process(rpb.TASK_TRANSCRIBE, wav(0.5))
         assert ok.quality.passed
+
+
+async def test_a_request_over_a_models_limits_is_the_callers_fault(
+    model_servers: dict[str, ServerProcess], tmp_path: Path
+) -> None:
+    """Over the model's limits: INVALID_ARGUMENT in words the caller can act on, never another
+    model tried; refused by the router before sending where the metadata shows it."""
+    cfg = config(model_servers)
+    cfg["routes"]["embed"] = {"primary": "wav2vec2", "fallbacks": ["gama"]}  # type: ignore[index]
+    async with live_router(cfg, tmp_path) as router:
+        await router.all_serving()
+        assert router.core.state is not None
+        backend = router.core.state.backends["wav2vec2"]
+        await until(lambda: backend.info is not None, "wav2vec2's metadata")
+        assert backend.info.limits.max_audio_bytes == 16 * 1024 * 1024
+        long_pcm = rpb.RawAudio(pcm_f32le=tone(31.0).astype("<f4").tobytes(), sample_rate=16000)
+        for fields, needle in [
+            # The router cannot decode a file: the model server says it, the router passes it on.
+            ({"audio": wav(31.0)}, "wav2vec2: audio is 31.00 s long; this model accepts at most"),
+            # What the metadata shows, the router refuses before sending.
+            ({"raw_audio": long_pcm}, "audio is 31.00 s long; model wav2vec2 accepts at most 30 s"),
+            ({"audio": b"RIFF" + b"\0" * (17 * 1024 * 1024)},
+             "the AUDIO file is 17825796 bytes; model wav2vec2 accepts at most 16777216 bytes"),
+        ]:  # fmt: skip
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await router.stub.Process(
+                    rpb.ProcessRequest(task=rpb.TASK_EMBED, **fields),  # type: ignore[arg-type]
+                    timeout=10,
+                )
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert needle in (info.value.details() or ""), info.value.details()
+        assert router.core.stats.fallbacks == {}
 
 
 async def test_in_flight_limit_sheds_with_resource_exhausted(
