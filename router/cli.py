@@ -98,6 +98,12 @@ def _parser() -> argparse.ArgumentParser:
         help="override the coverage in force (the phase is paused until --resume)",
     )
     rollout.add_argument("--reason", default="", help="recorded with a manual action")
+    rollout.add_argument(
+        "--resume-rolled-back",
+        action="store_true",
+        help="with --set: let a rolled-back phase serve again (it otherwise stays at coverage "
+        "0 until the seed changes)",
+    )
     admin_cli.add_parser(sub)
     for moved in MOVED:
         sub.add_parser(moved, help=f"moved: `evaluation {moved}`")

@@ -140,7 +140,7 @@ BUILT_IN_RULES = [
         signal="experiment_rolled_back",
         threshold=0.5,
         severity="critical",
-        summary="experiment {experiment} was rolled back: its guardrails failed",
+        summary="experiment {experiment} was rolled back by {by}",
     ),
     AlertRule(
         name="ExperimentRamped",

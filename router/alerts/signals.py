@@ -133,7 +133,10 @@ class Signals:
     def _experiment_rolled_back(self) -> list[Sample]:
         policy = self.core.policy
         return [
-            ({"experiment": e.name}, float(policy.rolled_back(e)))
+            (
+                {"experiment": e.name, "by": policy.rollout.rolled_back_by(e.name, e.seed)},
+                float(policy.rolled_back(e)),
+            )
             for _, e in self.core.experiments()
         ]
 

@@ -59,11 +59,30 @@ def _by_hand(args: argparse.Namespace, config: RouterConfig, store: StateStore) 
     if experiment is None:
         return _fail(f"no experiment {name!r} in {args.config}")
     try:
-        d = manual(store, experiment, action, getpass.getuser(), coverage, args.reason)
+        d = manual(
+            store,
+            experiment,
+            action,
+            getpass.getuser(),
+            coverage,
+            args.reason,
+            resume_rolled_back=args.resume_rolled_back,
+        )
     except StateError as exc:
         return _fail(str(exc), 3)
+    what = (
+        f"rolled back by hand by {d.by}"
+        if action == "override" and d.to_coverage == 0
+        else d.action
+    )
+    if args.resume_rolled_back and d.from_coverage == 0 and d.to_coverage > 0:
+        print(
+            f"router rollout: warning: {d.experiment} (seed {d.seed}) was rolled back and is "
+            "serving again in the same phase; its results mix users from before and after",
+            file=sys.stderr,
+        )
     print(
-        f"{d.experiment} (seed {d.seed}): {d.action}, coverage {d.from_coverage:g} -> "
+        f"{d.experiment} (seed {d.seed}): {what}, coverage {d.from_coverage:g} -> "
         f"{d.to_coverage:g}, written to {store.describe()}"
     )
     return 0

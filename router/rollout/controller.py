@@ -44,12 +44,18 @@ class ControllerMetrics:
         """The coverage gauge, read from the controller's state whenever it is scraped."""
 
         def coverage(_: CallbackOptions) -> list[Observation]:
+            now = state()
             return [
                 Observation(
                     p.coverage,
-                    {"experiment": p.experiment, "seed": p.seed, "status": p.status},
+                    {"experiment": p.experiment, "seed": p.seed, "status": p.status}
+                    | (
+                        {"by": now.rolled_back_by(p.experiment, p.seed) or "unknown"}
+                        if p.status == "rolled_back"
+                        else {}
+                    ),
                 )
-                for p in state().phases
+                for p in now.phases
             ]
 
         self._meter.create_observable_gauge(
@@ -210,15 +216,24 @@ def manual(
     coverage: float | None = None,
     reason: str = "",
     clock: Callable[[], float] = time.time,
+    resume_rolled_back: bool = False,
 ) -> Decision:
     """An operator's pause, resume or coverage override of the experiment's current phase,
-    recorded in the history like the controller's own decisions."""
+    recorded in the history like the controller's own decisions. A rolled-back phase keeps
+    coverage 0 unless `resume_rolled_back` says otherwise."""
     state = store.read()
     now = clock()
     phase = state.phase(experiment.name, experiment.seed)
     if phase is None:
         phase, _ = start(experiment, now)
     before = phase.coverage
+    if phase.status == "rolled_back" and action == "override" and not resume_rolled_back:
+        raise StateError(
+            f"{experiment.name} (seed {experiment.seed}) was rolled back "
+            f"({state.rolled_back_by(experiment.name, experiment.seed) or 'earlier'}); it stays "
+            "at coverage 0 until the seed changes (a new phase). To bring this phase back, pass "
+            "--resume-rolled-back as well"
+        )
     if action == "pause":
         phase = phase.model_copy(update={"paused": True, "updated_at": now})
     elif action == "resume":

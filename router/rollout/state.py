@@ -70,6 +70,24 @@ class RolloutState(StrictSettings):
             history=history[-HISTORY_LIMIT:],
         )
 
+    def rolled_back_by(self, experiment: str, seed: str) -> str:
+        """Who set the phase's coverage to 0, as the ExperimentRolledBack alert says it:
+        `controller (guardrails failed)` or `USER (by hand)`; empty when the history no longer
+        holds the decision."""
+        d = next(
+            (
+                d
+                for d in reversed(self.history)
+                if (d.experiment, d.seed) == (experiment, seed)
+                and d.action in ("rollback", "override")
+                and d.to_coverage == 0
+            ),
+            None,
+        )
+        if d is None:
+            return ""
+        return "controller (guardrails failed)" if d.action == "rollback" else f"{d.by} (by hand)"
+
     def last(self, experiment: str, seed: str, action: Action) -> Decision | None:
         return next(
             (

@@ -290,3 +290,49 @@ def test_rollout_cli_names_what_is_wrong(
     assert "unsupported database 'mysql'" in capsys.readouterr().err
     assert main([*base, "--set", "e=0.3"]) == 0
     assert FileStore(tmp_path / "rollout.json").read().phase("e", "s1").coverage == 0.3  # type: ignore[union-attr]
+
+
+def test_a_manual_rollback_says_who_and_holds_until_the_seed_changes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from router.alerts.settings import BUILT_IN_RULES
+    from router.cli import main
+
+    cfg = base_config(
+        {"a": ["127.0.0.1:1"], "b": ["127.0.0.1:2"]},
+        embed={"primary": "a", "experiment": experiment().model_dump(mode="json")},
+    )
+    cfg["rollout"] = {"state_file": "rollout.json"}
+    path = tmp_path / "router.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    monkeypatch.setattr("getpass.getuser", lambda: "alice")
+    base = ["rollout", "--config", str(path)]
+    assert main([*base, "--set", "e=0"]) == 0
+    assert "e (seed s1): rolled back by hand by alice, coverage 0.1 -> 0" in capsys.readouterr().out
+    state = FileStore(tmp_path / "rollout.json").read()
+    assert state.rolled_back_by("e", "s1") == "alice (by hand)"
+    # What the router's alert says of it.
+    (rule,) = [r for r in BUILT_IN_RULES if r.name == "ExperimentRolledBack"]
+    assert rule.summary.format(experiment="e", by=state.rolled_back_by("e", "s1")) == (
+        "experiment e was rolled back by alice (by hand)"
+    )
+
+    # A rolled-back phase does not come back by a plain --set ...
+    assert main([*base, "--set", "e=0.5"]) == 3
+    err = capsys.readouterr().err
+    assert "stays at coverage 0 until the seed changes" in err and "--resume-rolled-back" in err
+    assert FileStore(tmp_path / "rollout.json").read().phase("e", "s1").coverage == 0  # type: ignore[union-attr]
+    # ... only when asked to, with a warning.
+    assert main([*base, "--set", "e=0.5", "--resume-rolled-back"]) == 0
+    captured = capsys.readouterr()
+    assert "warning" in captured.err and "coverage 0 -> 0.5" in captured.out
+    phase = FileStore(tmp_path / "rollout.json").read().phase("e", "s1")
+    assert phase is not None and phase.coverage == 0.5 and phase.status == "ramping"
+
+    # The controller's own rollback names the controller.
+    decided = RolloutState().with_phase(
+        start(experiment(), 0.0)[0].model_copy(update={"coverage": 0.0, "status": "rolled_back"}),
+        Decision(at=1.0, experiment="e", seed="s1", action="rollback", from_coverage=0.1,
+                 to_coverage=0.0),
+    )  # fmt: skip
+    assert decided.rolled_back_by("e", "s1") == "controller (guardrails failed)"
