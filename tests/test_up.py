@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -21,7 +22,7 @@ import pytest
 from tests.support.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED_PORTS = (50051, 50061, 50062)
+SHIPPED_PORTS = (50051, 50061, 50062, 9464)  # the router, the model servers, /metrics
 STAYS_UP_SECONDS = 30  # `make up` used to stop itself after about 13 s
 
 
@@ -105,6 +106,10 @@ def test_make_up_serves_the_docs_commands_and_make_down_cleans_up(
         assert re.match(r"(wav2vec2|gama) \S* False True\n", done.stdout), done.stdout
         assert re.search(r"\n (stop|length) True\n$", done.stdout), done.stdout
 
+        # The observability guide's first step works as written: the router's /metrics.
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports[9464]}/metrics", timeout=10) as r:
+            assert "gamaserving_router_requests_total" in r.read().decode()
+
         env = {**os.environ, "ROUTER_ADMIN_TARGET": router}
         admin = [sys.executable, "-m", "router.cli", "admin"]
         # An alert to acknowledge: a broken file makes ConfigReloadFailed fire.
@@ -129,7 +134,9 @@ def test_make_up_serves_the_docs_commands_and_make_down_cleans_up(
             words = [w.replace("ALERT_ID", alert_id).replace("50051", str(ports[50051]))
                      for w in words]  # fmt: skip
             words = [sys.executable, "-m", "router.cli", *words[1:]]
-            words = [str(config) if w == "config/router.yaml" else w for w in words]
+            words = [str(config) if w == "config/router.yaml" else
+                     w.replace("sqlite:///config/state/", f"sqlite:///{config.parent}/state/")
+                     for w in words]  # fmt: skip
             result = _run(words, env)
             said = result.stdout + result.stderr
             assert result.returncode == 0, f"{shlex.join(words)}:\n{said}"

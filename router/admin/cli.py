@@ -4,6 +4,7 @@ tables for people or `--json` for programs, so nobody needs grpcurl or stubs of 
 from __future__ import annotations
 
 import argparse
+import functools
 import getpass
 import os
 import sys
@@ -18,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gamaserving.jsonout import dumps, message_to_plain
 from gamaserving.router.v1 import router_pb2 as rpb
 from gamaserving.router.v1 import router_pb2_grpc as rpb_grpc
+from gamaserving.terminal import DefaultsHelp, print_out
 from gamaserving.tls import ClientTls, TlsError
 from router.admin import render
 from router.api.auth import AdminTokenError, load_token
@@ -32,7 +34,7 @@ def add_parser(sub: Any) -> None:
         help="ask a running router: experiments, reports, assignments, quality, alerts, health",
         description="Call a router's RouterAdmin API (and its health checks). Tables by "
         "default; --json prints strict JSON (undefined numbers as null).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelp,
     )
     admin.add_argument(
         "--target",
@@ -50,23 +52,34 @@ def add_parser(sub: Any) -> None:
     admin.add_argument("--tls-server-name", help="TLS: the name in the router's certificate")
     admin.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
     admin.add_argument("--json", action="store_true", help="print strict JSON instead of tables")
+    # --json is accepted after the command too (`admin report E --json`); SUPPRESS keeps a
+    # command's parser from resetting what came before it.
+    json_flag = argparse.ArgumentParser(add_help=False)
+    json_flag.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print strict JSON"
+    )
     what = admin.add_subparsers(dest="admin_command", required=True, metavar="COMMAND")
-    what.add_parser("experiments", help="experiments, their coverage in force and arms")
-    report = what.add_parser("report", help="an experiment's verdict and comparisons")
+    parser = functools.partial(what.add_parser, parents=[json_flag], formatter_class=DefaultsHelp)
+    parser("experiments", help="experiments, their coverage in force and arms")
+    report = parser("report", help="an experiment's verdict and comparisons")
     report.add_argument("experiment")
     report.add_argument("--seed", default="", help="an earlier phase (default: the current one)")
-    assignment = what.add_parser("assignment", help="which arm users get now (records nothing)")
+    assignment = parser("assignment", help="which arm users get now (records nothing)")
     assignment.add_argument("experiment")
     assignment.add_argument("users", nargs="+", metavar="USER")
-    quality = what.add_parser("quality", help="quality checks, anomalies, shadow agreement, trends")
+    quality = parser("quality", help="quality checks, anomalies, shadow agreement, trends")
     quality.add_argument("--model", default="", help="one model (default: every model)")
-    alerts = what.add_parser("alerts", help="the alert history, newest first")
+    alerts = parser("alerts", help="the alert history, newest first")
     alerts.add_argument("--all", action="store_true", help="resolved alerts too")
     alerts.add_argument("--limit", type=int, default=0, help="at most this many (0: all)")
-    ack = what.add_parser("ack", help="acknowledge an alert")
+    ack = parser("ack", help="acknowledge an alert")
     ack.add_argument("id", help="the alert's id (from `router admin alerts`)")
-    ack.add_argument("--by", default=getpass.getuser(), help="who acknowledges it")
-    health = what.add_parser("health", help="liveness and readiness (exit 1 unless SERVING)")
+    ack.add_argument(
+        "--by",
+        default=getpass.getuser(),
+        help="who acknowledges it (default: you; the first acknowledgement stands)",
+    )
+    health = parser("health", help="liveness and readiness (exit 1 unless SERVING)")
     health.add_argument(
         "--service",
         action="append",
@@ -194,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
             return _fail(str(exc), 1)
         except grpc.RpcError as exc:
             return _fail(f"{args.target}: {exc.code().name}: {exc.details()}", 1)
-    print(dumps(plain) if args.json else text)
+    print_out(dumps(plain) if args.json else text)
     if args.admin_command == "health" and any(s != "SERVING" for s in plain.values()):
         return 1
     return 0

@@ -18,6 +18,14 @@ CREATE TABLE IF NOT EXISTS alerts (
 """
 
 
+class AlreadyAcknowledged(Exception):
+    """An alert someone acknowledged before: who did stays on record."""
+
+    def __init__(self, alert: Alert) -> None:
+        super().__init__(f"alert {alert.id} was already acknowledged by {alert.acknowledged_by}")
+        self.alert = alert
+
+
 class AlertHistory:
     """The latest state of each alert (by fingerprint and start), newest last, bounded."""
 
@@ -72,8 +80,12 @@ class AlertHistory:
         self._write(key, alert)
 
     def acknowledge(self, alert_id: str, by: str) -> Alert | None:
+        """Record who acknowledged the alert; the first acknowledgement stands
+        (AlreadyAcknowledged for a second one)."""
         for key in reversed(self.items):
             if key.split("@")[0] == alert_id:
+                if self.items[key].acknowledged_by:
+                    raise AlreadyAcknowledged(self.items[key])
                 alert = replace(self.items[key], acknowledged_by=by or "someone")
                 self.items[key] = alert
                 self._write(key, alert)

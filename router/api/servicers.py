@@ -14,6 +14,7 @@ from gamaserving.grpcutil import grpc_errors, stream_errors
 from gamaserving.router.v1 import router_pb2 as rpb
 from gamaserving.router.v1 import router_pb2_grpc as rpb_grpc
 from router.alerts.engine import Alert
+from router.alerts.history import AlreadyAcknowledged
 from router.alerts.service import AlertService
 from router.api.convert import TASK_ENUMS, TASKS, check_ids, process_response, route_request
 from router.core import RouterCore
@@ -269,6 +270,15 @@ class RouterAdminServicer(rpb_grpc.RouterAdminServicer):
                 f"no experiment {request.experiment!r} in the configuration",
             )
         seed = request.seed or settings.seed
+        if seed != settings.seed:
+            stored = await self.core.phases(settings.name)
+            if seed not in stored:
+                known = ", ".join([settings.seed, *(p for p in stored if p != settings.seed)])
+                raise RouteError(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"experiment {settings.name!r} has no phase with seed {seed!r}; its "
+                    f"phases: {known} (the first is the current one)",
+                )
         policy = self.core.policy
         result = await self.core.experiment_report(settings, seed)
         phase = policy.rollout.phase(settings.name, seed)
@@ -320,7 +330,10 @@ class RouterAdminServicer(rpb_grpc.RouterAdminServicer):
     ) -> rpb.AcknowledgeAlertResponse:
         if not request.id:
             raise RouteError(grpc.StatusCode.INVALID_ARGUMENT, "id is required (from ListAlerts)")
-        alert = self._service().acknowledge(request.id, request.by)
+        try:
+            alert = self._service().acknowledge(request.id, request.by)
+        except AlreadyAcknowledged as exc:
+            raise RouteError(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from exc
         if alert is None:
             raise RouteError(grpc.StatusCode.NOT_FOUND, f"no alert {request.id!r} in the history")
         return rpb.AcknowledgeAlertResponse(alert=_alert_message(alert))

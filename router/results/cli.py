@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from gamaserving.jsonout import dumps
+from gamaserving.terminal import print_out
 from router.config import ConfigError, RouterConfig, find_experiment, load_config
 from router.experiments.results import ArmResults, Report
 from router.experiments.results import report as judge_phase
@@ -63,6 +64,13 @@ def report_json(config: RouterConfig, store: ResultsStore, name: str, seed: str 
     if settings is None:
         raise ConfigError(f"no experiment {name!r} in the configuration")
     phase = seed or settings.seed
+    stored = phases(store, name)
+    if phase != settings.seed and phase not in stored:
+        known = ", ".join([settings.seed, *(p for p in stored if p != settings.seed)])
+        raise ConfigError(
+            f"experiment {name!r} has no phase with seed {phase!r} in {store.describe()}; its "
+            f"phases: {known} (the first is the current one)"
+        )
     arms = phase_statistics(store, name, phase, sorted(config.outcomes))
     better = {m: o.better == "higher" for m, o in config.outcomes.items()}
     # Strict JSON: an undefined number (a relative change from a zero control mean) is null.
@@ -72,9 +80,15 @@ def report_json(config: RouterConfig, store: ResultsStore, name: str, seed: str 
 def counts_json(store: ResultsStore, name: str, seed: str | None) -> str:
     """Without the configuration (no arms' weights, no criteria): what the store holds for the
     phase (the latest one when no seed is given): requests, users and means per arm."""
-    phase = seed or next(iter(phases(store, name)), None)
+    stored = phases(store, name)
+    phase = seed or next(iter(stored), None)
     if phase is None:
         raise ConfigError(f"no exposures of experiment {name!r} in {store.describe()}")
+    if phase not in stored:
+        raise ConfigError(
+            f"experiment {name!r} has no phase with seed {phase!r} in {store.describe()}; its "
+            f"phases: {', '.join(stored)}"
+        )
     arms = phase_statistics(store, name, phase, outcome_metrics(store, name, phase))
     return dumps(
         {
@@ -101,9 +115,9 @@ def report_command(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     try:
         if config is None:
-            print(counts_json(store, args.experiment, args.seed))
+            print_out(counts_json(store, args.experiment, args.seed))
         else:
-            print(report_json(config, store, args.experiment, args.seed))
+            print_out(report_json(config, store, args.experiment, args.seed))
     except ConfigError as exc:
         return _fail(str(exc))
     except StoreError as exc:

@@ -5,7 +5,7 @@ verdict with `min_samples` fresh requests per arm since the last change."""
 from __future__ import annotations
 
 from router.config import ExperimentSettings
-from router.experiments.results import SRM_ALPHA, Report
+from router.experiments.results import SRM_ALPHA, Report, per_arm
 from router.rollout.state import Decision, PhaseState, Status
 
 
@@ -94,7 +94,7 @@ def judge(
     )
     reasons = [
         f"healthy: verdict {result.verdict}, sample-ratio p = {result.srm_p_value:.3g}, "
-        f"fresh requests per arm {fresh} >= {e.min_samples}"
+        f"fresh requests per arm ({per_arm(fresh)}) >= {e.min_samples}"
     ]
     return ramped, decision("ramp", nxt, reasons), ""
 
@@ -123,7 +123,7 @@ def _held(
         (
             any(n < e.min_samples for n in fresh.values()),
             f"waiting for {e.min_samples} fresh requests per arm since the last step "
-            f"(have {fresh})",
+            f"(have {per_arm(fresh)})",
         ),
     ]
     return next((why for held, why in rules if held), "")

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,8 @@ from tests.router.conftest import base_config, live_router
 from tests.support.audio import wav
 from tests.support.experiments import two_arms
 from tests.support.fault_server import fault_server
+
+ROUTER = str(Path(sys.executable).with_name("router"))
 
 
 def _strict(text: str) -> Any:
@@ -114,3 +119,42 @@ async def test_admin_commands_with_a_token(
                 capsys, target, "--token-file", str(tmp_path / "absent"), "alerts"
             )
             assert code == 2 and "--token-file: cannot read" in err
+
+
+async def test_what_a_newcomer_tripped_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--json after the command, an unknown seed named, reasons as text, a closed pipe."""
+    async with fault_server("a") as (_, a), fault_server("b") as (_, b):
+        async with live_router(_config(a, b), tmp_path) as router:
+            for i in range(20):
+                await router.process(rpb.TASK_TAG, wav(0.2), user_id=f"u{i}")
+            await router.flush()
+            target = f"127.0.0.1:{router.server.port}"
+            code, out, _ = await _admin(capsys, target, "report", "ab", "--json")
+            assert code == 0 and _strict(out)["experiment"] == "ab"
+            code, out, _ = await _admin(capsys, target, "report", "ab")
+            assert code == 0 and "{'" not in out
+            assert re.search(r"requests in some arm: control \d+, candidate \d+", out), out
+            code, _, err = await _admin(capsys, target, "report", "ab", "--seed", "nope")
+            assert code == 1 and (
+                "NOT_FOUND: experiment 'ab' has no phase with seed 'nope'; its phases: p1" in err
+            ), err
+
+            # The reader is gone before the first line is written.
+            closed = await asyncio.to_thread(
+                subprocess.run,
+                ["bash", "-c", f"{ROUTER} admin --target {target} report ab | true"],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert "Traceback" not in closed.stderr and "BrokenPipe" not in closed.stderr
+
+
+def test_admin_help_says_each_default_once() -> None:
+    helps = [" ".join(subprocess.run([ROUTER, "admin", *words, "--help"], capture_output=True,
+                                     text=True, check=True).stdout.split())
+             for words in ([], ["ack"])]  # fmt: skip
+    for text in helps:
+        assert "(default: None)" not in text and "(default: False)" not in text, text
+    assert "(default: $ROUTER_ADMIN_TOKEN, if set) --tls-ca" in helps[0], helps[0]
+    assert "(default: 127.0.0.1:50051)" in helps[0]

@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from gamaserving.router.v1 import router_pb2 as rpb
-from router.alerts.engine import AlertEngine, AlertState
+from router.alerts.engine import Alert, AlertEngine, AlertState
+from router.alerts.history import AlertHistory, AlreadyAcknowledged
 from router.alerts.service import AlertService
 from router.alerts.settings import AlertingSettings, AlertRule
 from tests.router.conftest import base_config, live_router
@@ -276,3 +277,17 @@ def test_a_change_before_the_first_evaluation_counts() -> None:
     reloads.delta()
     now[0] = 75.0
     assert reloads.delta() == Counter()
+
+
+def test_the_first_acknowledgement_stands(tmp_path: Path) -> None:
+    history = AlertHistory(10, tmp_path / "alerts.sqlite")
+    history.record(
+        Alert("a1", "CircuitOpen", {"model": "m"}, "warning", AlertState.FIRING, "open", 1.0, 5.0)
+    )
+    assert history.acknowledge("a1", "alice") is not None
+    with pytest.raises(AlreadyAcknowledged, match="already acknowledged by alice"):
+        history.acknowledge("a1", "bob")
+    history.close()
+    reopened = AlertHistory(10, tmp_path / "alerts.sqlite")
+    assert [a.acknowledged_by for a in reopened.list(True, 0)] == ["alice"]
+    reopened.close()

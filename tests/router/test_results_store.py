@@ -252,7 +252,28 @@ def test_report_and_prune_from_the_command_line(
     assert (
         out["means"]["control"]["accepted"] == 0.5 and out["means"]["candidate"]["accepted"] is None
     )
+    assert main(["report", "--results", url, "--experiment", "e", "--seed", "nope"]) == 2
+    assert f"no phase with seed 'nope' in sqlite:///{tmp_path}/cli.sqlite; its phases: {seed}" in (
+        capsys.readouterr().err
+    )
     assert main(["results", "prune", "--results", url, "--experiment", "e", "--seed", seed]) == 0
     assert "deleted 9 exposures of e (seed " in capsys.readouterr().out
     assert main(["report", "--results", url, "--experiment", "e", "--json"]) == 2
     assert "no exposures of experiment 'e'" in capsys.readouterr().err
+
+
+def test_reading_commands_never_create_a_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], postgres: Postgres
+) -> None:
+    from router.cli import main
+
+    missing = tmp_path / "nonexistent.sqlite"
+    for words in (["report", "--experiment", "e"], ["results", "prune", "--experiment", "e"],
+                  ["results", "dead-letters"]):  # fmt: skip
+        assert main([*words, "--results", f"sqlite:///{missing}"]) in (2, 3)
+        assert f"no results store at {missing}" in capsys.readouterr().err
+        assert not missing.exists()
+    # A PostgreSQL database no router has written: said so, not "no such table".
+    assert main(["report", "--experiment", "e", "--results", postgres.url.rsplit("/", 1)[0]
+                 + "/template1"]) == 2  # fmt: skip
+    assert "no results store at postgresql" in capsys.readouterr().err

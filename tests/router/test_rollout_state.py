@@ -89,8 +89,7 @@ def test_every_hold_says_why() -> None:
     _, nothing, why = judge(e, phase, report(e, healthy(40)), 1.0)
     assert nothing is None
     assert why == (
-        "waiting for 50 fresh requests per arm since the last step "
-        "(have {'control': 40, 'candidate': 40})"
+        "waiting for 50 fresh requests per arm since the last step (have control 40, candidate 40)"
     )
     paused = phase.model_copy(update={"paused": True})
     assert "paused by hand" in judge(e, paused, report(e, healthy(60)), 1.0)[2]
