@@ -57,4 +57,4 @@ def test_duration_limit_is_checked_from_the_header() -> None:
     decoder = AudioDecoder(16000, Limits(max_audio_seconds=1.0))
     with pytest.raises(InferenceError) as info:
         decoder.decode(AudioPayload(encoded=encode(tone(1.5))))
-    assert info.value.status is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert info.value.status is grpc.StatusCode.INVALID_ARGUMENT

@@ -55,6 +55,9 @@ async def observed(router: LiveRouter) -> int:
 async def replica(cfg: dict[str, Any], home: Path) -> AsyncIterator[LiveRouter]:
     await asyncio.to_thread(home.mkdir, exist_ok=True)
     async with live_router(cfg, home) as router:
+        # An endpoint not yet known SERVING is skipped as unhealthy: wait for every first
+        # health answer before traffic (seen in a full run on a loaded machine).
+        await router.all_serving()
         yield router
 
 
