@@ -1,10 +1,20 @@
 # Every target does its own set-up: `install` is idempotent and the others depend on it.
 SHELL := /bin/bash
 PYTHON ?= python3.11
-VENV := .venv
+PY_VERSION := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+# Python 3.11 gets everything. Other Pythons (3.12, 3.13) get the router, the evaluation and the
+# tools, and their tests: the model servers' tests stay on 3.11 here, where torch lies on disk
+# (for 3.13 it would be gigabytes of download). `make install EXTRAS=...` chooses otherwise.
+ifeq ($(PY_VERSION),3.11)
+VENV ?= .venv
+EXTRAS ?= router,compare,modelserver,reference,dev
+else
+VENV ?= .venv-$(PY_VERSION)
+EXTRAS ?= router,compare,dev
+endif
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-EXTRAS ?= router,compare,modelserver,dev
+MODELSERVING := $(findstring modelserver,$(EXTRAS))
 PROTO_SRC := $(shell find protos -name '*.proto' | sort)
 MODELS ?= models
 DATASET ?= data/demo
@@ -14,6 +24,7 @@ PYTEST_ARGS ?=
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
+	@case "$(PY_VERSION)" in 3.11|3.12|3.13) ;; *) echo "need Python 3.11 to 3.13; $(PYTHON) is $(PY_VERSION)"; exit 1;; esac
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	$(BIN)/pip install -q -c constraints.txt --config-settings editable_mode=compat -e '.[$(EXTRAS)]'
@@ -103,7 +114,7 @@ $(NODE_CLIENT)/node_modules/.package-lock.json: $(NODE_CLIENT)/package-lock.json
 
 node-client: $(NODE_CLIENT)/node_modules/.package-lock.json
 
-test: install tools node-client models
+test: install tools node-client $(if $(MODELSERVING),models)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install models
@@ -114,12 +125,14 @@ bench: install models
 	$(BIN)/python -m benchmarks.overload --models $(MODELS) --out docs/benchmarks.md
 	$(BIN)/python -m benchmarks.results --models $(MODELS) --out docs/benchmarks.md
 
-# Re-resolve pins after editing dependencies in pyproject.toml.
+# Re-resolve pins after editing dependencies in pyproject.toml: one universal resolution (uv)
+# for every platform and Python from 3.11 on, with environment markers; every cap lives in
+# pyproject.toml. tests/test_install.py checks that the extras resolve on each platform.
 lock:
-	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
-	.venv-lock/bin/pip install -q -e '.[$(EXTRAS)]' 'protobuf<7'
-	( head -n 2 constraints.txt; .venv-lock/bin/pip freeze --exclude-editable | sed -e 's/+cpu$$//' ) > constraints.new
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock && .venv-lock/bin/pip install -q uv
+	( head -n 3 constraints.txt; .venv-lock/bin/uv pip compile -q --universal --python-version 3.11 \
+		pyproject.toml --all-extras --no-header --no-annotate ) > constraints.new
 	mv constraints.new constraints.txt && rm -rf .venv-lock
 
 clean:
-	rm -rf $(VENV) $(MODELS) $(DATASET) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .venv .venv-3.* $(MODELS) $(DATASET) .pytest_cache .mypy_cache .ruff_cache

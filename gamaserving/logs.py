@@ -1,4 +1,6 @@
-"""One JSON object per log line, for log pipelines; shared by the router and the model server."""
+"""One JSON object per log line, for log pipelines; shared by the router and the model server.
+A line written while a span is current carries its `trace_id` and `span_id` (W3C hex, as Jaeger
+and Tempo show them), so an operator goes from a trace to its log lines and back."""
 
 from __future__ import annotations
 
@@ -6,6 +8,8 @@ import json
 import logging
 import time
 from typing import Any
+
+from opentelemetry import trace
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -19,6 +23,11 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        # Formatted in the thread that logged (a StreamHandler), so the span is the caller's.
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            entry["trace_id"] = trace.format_trace_id(span.trace_id)
+            entry["span_id"] = trace.format_span_id(span.span_id)
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)

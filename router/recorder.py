@@ -67,6 +67,21 @@ class Recorder:
         arm = r.assignment.arm if r.assignment else ""
         if r.error is not None:
             self._count(r.first_model, arm, r.task, r.status.name.lower(), r.total_ms)
+            # The caller's own faults are theirs to see; the rest are the operator's.
+            log.log(
+                logging.INFO if r.callers_fault else logging.WARNING,
+                "request %s failed: %s: %s",
+                r.request_id,
+                r.status.name,
+                r.error.message,
+                extra={
+                    "event": "request_failed",
+                    "request_id": r.request_id,
+                    "task": r.task,
+                    "model": r.first_model,
+                    "status": r.status.name,
+                },
+            )
         else:
             served, quality_failed = r.served_model, bool(r.failed_checks)
             outcome = "quality_failed" if quality_failed else "ok"

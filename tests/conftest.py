@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,11 +13,36 @@ from tests.support.processes import ServerProcess, modelserver
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+MODEL_SERVERS = all(
+    importlib.util.find_spec(m) is not None for m in ("torch", "transformers", "soxr")
+)
+"""Whether the modelserver extra is installed: on Python 3.11 `make install` installs it; on
+3.12 and 3.13 it installs the router's side only (README, "Supported platforms")."""
+NEEDS_MODEL_SERVERS = "needs the modelserver extra (torch, transformers): Python 3.11's install"
+
+# Modules that start model servers in this process: not collected without the extra. Tests
+# elsewhere that need model-server processes skip through the fixtures below, naming why.
+collect_ignore_glob = [] if MODEL_SERVERS else [
+    "modelserver", "router/test_process_stream.py", "telemetry/test_metrics_live.py",
+    "telemetry/test_prometheus.py", "test_failed_start.py",
+]  # fmt: skip
+
+
+def pytest_report_header() -> str | None:
+    if MODEL_SERVERS:
+        return None
+    return (
+        f"{NEEDS_MODEL_SERVERS}: not collected: {', '.join(collect_ignore_glob)}; tests that "
+        "start model-server processes skip"
+    )
+
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """models/wav2vec2 (ONNX), models/wav2vec2-torch (same weights, torch runtime), models/gama
     (converted from the tiny release in models/gama-release)."""
+    if not MODEL_SERVERS:
+        pytest.skip(NEEDS_MODEL_SERVERS)
     from transformers.utils import logging as hf_logging
 
     from modelserver.tiny.gama import make_tiny_gama_served

@@ -4,6 +4,7 @@ OTLP/gRPC receiver built from opentelemetry-proto's service definitions."""
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -264,3 +265,47 @@ async def test_a_streamed_answer_is_one_trace_with_a_generation_span(
     assert a["gen_ai.usage.output_tokens"] == usage.output_tokens > 0
     assert a["gen_ai.response.finish_reasons"] == [usage.finish_reason]
     assert a["gen_ai.request.model"] == "gama"
+
+
+async def test_a_failed_requests_log_line_carries_its_trace(
+    tmp_path: Path, receiver: tuple[Receiver, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From a failed request in Jaeger to its log line: the router's JSON line names the trace
+    and the span it was written in."""
+    collector, otlp_port = receiver
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{otlp_port}")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "200")
+    trace_id = secrets.token_hex(16)
+    async with fault_server("broken", mode="unavailable") as (_, address):
+        rport = free_port()
+        config = {
+            "models": {"broken": {"endpoints": [address]}},
+            "routes": {"embed": {"primary": "broken"}},
+        }
+        (tmp_path / "router.yaml").write_text(yaml.safe_dump(config))
+        router = ServerProcess(
+            router_args(tmp_path / "router.yaml", rport), tmp_path / "r.log", rport
+        ).start()
+        try:
+            await asyncio.to_thread(router.wait_status)
+            async with grpc.aio.insecure_channel(router.address) as channel:
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await rpb_grpc.AudioRouterStub(channel).Process(
+                        rpb.ProcessRequest(audio=wav(0.2), task=rpb.TASK_EMBED, request_id="r1"),
+                        metadata=(("traceparent", f"00-{trace_id}-{secrets.token_hex(8)}-01"),),
+                        timeout=10,
+                    )
+                assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        finally:
+            await asyncio.to_thread(router.stop)
+        assert router.wait() == 0
+    lines = [json.loads(line) for line in (tmp_path / "r.log").read_text().splitlines()
+             if line.startswith("{")]  # fmt: skip
+    (failed,) = [x for x in lines if x.get("event") == "request_failed"]
+    assert failed["request_id"] == "r1" and failed["status"] == "UNAVAILABLE"
+    (process,) = [s for s in collector.spans if s["name"].endswith("AudioRouter/Process")]
+    assert failed["trace_id"] == trace_id == process["trace"]
+    assert failed["span_id"] == process["id"]
+    # Lines outside any request carry no ids.
+    assert any("trace_id" not in x for x in lines)
