@@ -9,17 +9,20 @@ caps notifications. Every transition is recorded in the history.
 from __future__ import annotations
 
 import hashlib
+import logging
 import operator
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from router.alerts.settings import AlertingSettings, AlertRule
+from router.alerts.settings import RULE_FAILING, AlertingSettings, AlertRule, Signal
+
+log = logging.getLogger(__name__)
 
 Sample = tuple[dict[str, str], float]
-Source = Callable[[str], list[Sample]]
+Source = Callable[[Signal], list[Sample]]
 OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 
 
@@ -77,25 +80,47 @@ class AlertEngine:
     active: dict[str, _Active] = field(default_factory=dict)
     transitions: list[Alert] = field(default_factory=list)
     dropped: int = 0
+    rule_failures: Counter[str] = field(default_factory=Counter)
+    """Passes in which a rule's signal raised, by rule name."""
     _sent: deque[float] = field(default_factory=deque)
 
     def evaluate(self) -> list[Notification]:
-        """One evaluation of every rule; returns what should be notified now."""
+        """One evaluation of every rule; returns what should be notified now. A rule whose
+        signal raises is skipped for this pass (its alerts hold as they were) and raises
+        AlertRuleFailing; every other rule fires and resolves as usual."""
         now = self.clock()
         self.transitions = []
         notes: list[Notification] = []
         seen: set[str] = set()
+        failing: list[AlertRule] = []
         for rule in self.settings.rules:
-            for labels, value in self.source(rule.signal):
-                labels = {**labels, **rule.labels}
-                key = fingerprint(rule.name, labels)
-                if OPS[rule.op](value, rule.threshold):
-                    seen.add(key)
-                    notes += self._holds(rule, key, labels, value, now)
+            try:
+                samples = self.source(rule.signal)
+            except Exception:
+                log.exception("alert rule %s: its signal %s failed", rule.name, rule.signal)
+                self.rule_failures[rule.name] += 1
+                failing.append(rule)
+                seen |= {k for k, e in self.active.items() if e.alert.name == rule.name}
+                continue
+            notes += self._apply(rule, samples, seen, now)
+        failures = [({"rule": r.name, "signal": r.signal}, 1.0) for r in failing]
+        notes += self._apply(RULE_FAILING, failures, seen, now)
         for key in list(self.active):
             if key not in seen:
                 notes += self._clears(key, now)
         return [n for n in notes if not self._inhibited(n.alert) and self._admit(now)]
+
+    def _apply(
+        self, rule: AlertRule, samples: list[Sample], seen: set[str], now: float
+    ) -> list[Notification]:
+        notes: list[Notification] = []
+        for labels, value in samples:
+            labels = {**labels, **rule.labels}
+            key = fingerprint(rule.name, labels)
+            if OPS[rule.op](value, rule.threshold):
+                seen.add(key)
+                notes += self._holds(rule, key, labels, value, now)
+        return notes
 
     def firing(self) -> list[Alert]:
         """The alerts firing now (inhibited ones included)."""

@@ -25,6 +25,7 @@ Signal = Literal[
     "results_dropped",
     "results_set_aside",
     "request_ids_reused",
+    "alert_rules_failing",
 ]
 
 
@@ -188,6 +189,17 @@ BUILT_IN_RULES = [
         summary="{value:g} configuration reloads rejected; the previous one is still served",
     ),
 ]
+
+
+RULE_FAILING = AlertRule(
+    name="AlertRuleFailing",
+    signal="alert_rules_failing",
+    threshold=0.5,
+    severity="warning",
+    summary="alert rule {rule} cannot be evaluated: its signal {signal} fails (see the router's "
+    "log); its alerts hold as they were",
+)
+"""Raised by the engine itself for a rule whose signal raises: never configured, always on."""
 
 
 class AlertingSettings(StrictSettings):

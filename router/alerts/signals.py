@@ -6,12 +6,13 @@ from __future__ import annotations
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 import numpy as np
 import psutil
 
 from router.alerts.engine import Sample
+from router.alerts.settings import Signal
 from router.failover.circuit import State
 
 if TYPE_CHECKING:
@@ -66,9 +67,32 @@ class Signals:
         self._reloads = Windowed(lambda: Counter({"failed": reload_failures()}), window, clock)
         self._writer = Windowed(lambda: _writer_counts(core), window, clock)
         self._process = psutil.Process()
+        self.registry: dict[Signal, Callable[[], list[Sample]]] = {
+            "model_unhealthy": self._model_unhealthy,
+            "fallback_rate": self._fallback_rate,
+            "circuit_open": self._circuit_open,
+            "process_memory_bytes": self._process_memory_bytes,
+            "gpu_memory_ratio": self._gpu_memory_ratio,
+            "quality_failure_rate": self._quality_failure_rate,
+            "anomalies": self._anomalies,
+            "latency_p95_ms": self._latency_p95_ms,
+            "config_reload_failures": self._config_reload_failures,
+            "experiment_rolled_back": self._experiment_rolled_back,
+            "experiment_ramped": self._experiment_ramped,
+            "rollout_state_invalid": self._rollout_state_invalid,
+            "results_dropped": self._results_dropped,
+            "results_set_aside": self._results_set_aside,
+            "request_ids_reused": self._request_ids_reused,
+            # The engine raises AlertRuleFailing itself, from the rules whose signal raised.
+            "alert_rules_failing": list,
+        }
+        # Every name a rule may give has its reading, checked when the router starts.
+        unread = set(get_args(Signal)) - set(self.registry)
+        if unread:
+            raise TypeError(f"alert signals without a reading: {', '.join(sorted(unread))}")
 
-    def sample(self, signal: str) -> list[Sample]:
-        return getattr(self, f"_{signal}")()  # type: ignore[no-any-return]
+    def sample(self, signal: Signal) -> list[Sample]:
+        return self.registry[signal]()
 
     def _model_unhealthy(self) -> list[Sample]:
         state = self.core.state

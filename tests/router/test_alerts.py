@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import grpc
 import pytest
@@ -17,10 +17,12 @@ from gamaserving.router.v1 import router_pb2 as rpb
 from router.alerts.engine import Alert, AlertEngine, AlertState
 from router.alerts.history import AlertHistory, AlreadyAcknowledged
 from router.alerts.service import AlertService
-from router.alerts.settings import AlertingSettings, AlertRule
+from router.alerts.settings import AlertingSettings, AlertRule, Signal
 from tests.router.conftest import base_config, live_router
 from tests.support.alert_signals import Signals
+from tests.support.audio import wav
 from tests.support.fakes import Clock
+from tests.support.fault_server import fault_server
 from tests.support.processes import free_port
 from tests.support.receiver import Receiver
 
@@ -291,3 +293,62 @@ def test_the_first_acknowledgement_stands(tmp_path: Path) -> None:
     reopened = AlertHistory(10, tmp_path / "alerts.sqlite")
     assert [a.acknowledged_by for a in reopened.list(True, 0)] == ["alice"]
     reopened.close()
+
+
+def test_a_failing_signal_silences_only_its_own_rule() -> None:
+    e, clock, s = engine()
+    s.values["model_unhealthy"] = [({"model": "gama"}, 1.0)]
+    clock.now += 60
+    e.evaluate()
+    assert [a.name for a in e.firing()] == []  # pending since this pass
+    clock.now += 60
+    assert [n.alert.name for n in e.evaluate()] == ["ModelUnhealthy"]
+
+    def broken(signal: str) -> list[tuple[dict[str, str], float]]:
+        if signal == "model_unhealthy":
+            raise RuntimeError("the health table is gone")
+        return s(signal)
+
+    e.source = broken
+    s.values["fallback_rate"] = [({"model": "wav2vec2"}, 0.5)]
+    notes = e.evaluate()
+    # The other rule still fires; the failing one holds its alert (no false resolve) and is
+    # reported as an alert of its own.
+    assert sorted(n.alert.name for n in notes) == ["AlertRuleFailing", "FailoverRateHigh"]
+    (failing,) = [n.alert for n in notes if n.alert.name == "AlertRuleFailing"]
+    assert failing.labels == {"rule": "ModelUnhealthy", "signal": "model_unhealthy"}
+    assert "alert rule ModelUnhealthy cannot be evaluated" in failing.summary
+    assert {a.name for a in e.firing()} == {
+        "ModelUnhealthy",
+        "FailoverRateHigh",
+        "AlertRuleFailing",
+    }
+    assert e.rule_failures == {"ModelUnhealthy": 1}
+
+    # Mended: it resolves by its own reading, and AlertRuleFailing resolves.
+    e.source = s
+    s.values["model_unhealthy"] = [({"model": "gama"}, 0.0)]
+    resolved = {n.alert.name for n in e.evaluate() if n.alert.state is AlertState.RESOLVED}
+    assert resolved == {"ModelUnhealthy", "AlertRuleFailing"}
+
+
+async def test_every_signal_reads_on_a_live_router(tmp_path: Path) -> None:
+    """Each name a rule may give, read once from a live router with a model server behind it:
+    a list of (labels, value), never an exception."""
+    async with fault_server("m") as (_, address):
+        cfg = base_config({"m": [address]}, tag={"primary": "m"})
+        cfg["alerting"] = {"evaluation_seconds": 3600}
+        async with live_router(cfg, tmp_path) as router:
+            await router.all_serving()
+            await router.process(rpb.TASK_TAG, wav(0.2), user_id="u1")
+            service = router.server.alerts
+            assert service is not None
+            for signal in get_args(Signal):
+                samples = service.engine.source(signal)
+                assert isinstance(samples, list), signal
+                for labels, value in samples:
+                    assert all(isinstance(v, str) for v in labels.values()), (signal, labels)
+                    assert isinstance(value, float), (signal, value)
+            unhealthy = service.engine.source("model_unhealthy")
+            assert unhealthy == [({"model": "m"}, 0.0)]
+            assert service.engine.source("process_memory_bytes")[0][1] > 1e6
