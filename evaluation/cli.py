@@ -4,21 +4,25 @@ synthetic demo dataset. A batch tool beside the router, not part of the request 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from gamaserving.logs import setup_logging
+from gamaserving.terminal import add_standard_options, checked_log_level
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evaluation", description=__doc__)
-    parser.add_argument("--log-level", default=os.environ.get("EVALUATION_LOG_LEVEL", "INFO"))
+    add_standard_options(parser, "EVALUATION_LOG_LEVEL")
     sub = parser.add_subparsers(dest="command", required=True)
     dataset = sub.add_parser("make-dataset", help="synthesise a small labelled demo dataset")
-    dataset.add_argument("--out", type=Path, required=True)
-    dataset.add_argument("--per-class", type=int, default=12)
-    dataset.add_argument("--seed", type=int, default=0)
+    dataset.add_argument(
+        "--out", type=Path, required=True, help="directory for the clips and manifest.jsonl"
+    )
+    dataset.add_argument("--per-class", type=int, default=12, help="clips per class (default: 12)")
+    dataset.add_argument(
+        "--seed", type=int, default=0, help="random seed: the same seed, the same clips"
+    )
     dataset.add_argument(
         "--speech",
         choices=("auto", "yes", "no"),
@@ -28,8 +32,18 @@ def _parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser("compare", help="compare models offline on a labelled dataset")
     cmp.add_argument("--dataset", type=Path, required=True, help="manifest.jsonl")
     cmp.add_argument("--models", required=True, help="comma-separated, e.g. gama,wav2vec2")
-    cmp.add_argument("--task", required=True, choices=("transcribe", "tag", "embed", "describe"))
-    cmp.add_argument("--out", type=Path, required=True)
+    cmp.add_argument(
+        "--task",
+        required=True,
+        choices=("transcribe", "tag", "embed", "describe"),
+        help="what both models are asked to do with each clip",
+    )
+    cmp.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="directory for report.json, report.md, report.html and the answers (resumable)",
+    )
     cmp.add_argument(
         "--config", type=Path, help="router configuration: model addresses and criteria"
     )
@@ -50,7 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     cmp.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
     cmp.add_argument("--fresh", action="store_true", help="discard results from an earlier run")
-    cmp.add_argument("--no-progress", action="store_true")
+    cmp.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (it is off anyway when stderr is not a terminal)",
+    )
     return parser
 
 
@@ -124,8 +142,9 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    setup_logging(args.log_level)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    setup_logging(checked_log_level(parser, args.log_level, "EVALUATION_LOG_LEVEL"))
     commands = {"make-dataset": _make_dataset, "compare": _compare}
     return commands[args.command](args)
 

@@ -116,7 +116,7 @@ def compare(options: CompareOptions) -> dict[str, Any]:
             initial=already,
             unit="call",
             desc=f"compare {options.task}",
-            disable=not options.progress,
+            disable=None if options.progress else True,  # None: off when not a terminal
             file=sys.stderr,
         ) as bar:
             asyncio.run(

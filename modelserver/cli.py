@@ -12,11 +12,12 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from gamaserving.logs import setup_logging
+from gamaserving.terminal import add_standard_options, checked_log_level
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modelserver", description=__doc__)
-    parser.add_argument("--log-level", default=os.environ.get("MODELSERVER_LOG_LEVEL", "INFO"))
+    add_standard_options(parser, "MODELSERVER_LOG_LEVEL")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser(
@@ -69,14 +70,18 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     tiny = sub.add_parser("make-tiny", help="build a tiny reference model directory")
-    tiny.add_argument("--family", choices=["wav2vec2", "gama"], required=True)
-    tiny.add_argument("--out", type=Path, required=True)
+    tiny.add_argument(
+        "--family", choices=["wav2vec2", "gama"], required=True, help="which model to build"
+    )
+    tiny.add_argument("--out", type=Path, required=True, help="the directory to write")
     tiny.add_argument("--runtime", choices=["onnx", "torch"], default="onnx", help="wav2vec2 only")
 
     export = sub.add_parser(
         "export", help="export a transformers checkpoint, checked against torch"
     )
-    export.add_argument("--family", choices=["wav2vec2", "gama"], required=True)
+    export.add_argument(
+        "--family", choices=["wav2vec2", "gama"], required=True, help="the checkpoint's model"
+    )
     export.add_argument(
         "--checkpoint",
         required=True,
@@ -92,10 +97,17 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--max-new-tokens", type=int, default=None, help="gama: answer bound (released: 400)"
     )
-    export.add_argument("--out", type=Path, required=True)
-    export.add_argument("--name", default=None)
-    export.add_argument("--version", default="1")
-    export.add_argument("--atol", type=float, default=1e-4)
+    export.add_argument(
+        "--out", type=Path, required=True, help="the model directory to write (model.yaml ...)"
+    )
+    export.add_argument("--name", default=None, help="the served model name (default: the family)")
+    export.add_argument("--version", default="1", help="the model version it reports (default: 1)")
+    export.add_argument(
+        "--atol",
+        type=float,
+        default=1e-4,
+        help="largest difference allowed between the export and the checkpoint (default: 1e-4)",
+    )
     return parser
 
 
@@ -220,8 +232,9 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    setup_logging(args.log_level)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    setup_logging(checked_log_level(parser, args.log_level, "MODELSERVER_LOG_LEVEL"))
     if args.command == "serve":
         # Model directories are local: a server never reaches for a hub at run time.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from pathlib import Path
 
 from gamaserving.logs import setup_logging
+from gamaserving.terminal import add_standard_options, checked_log_level
 from router.admin import cli as admin_cli
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="router", description=__doc__)
-    parser.add_argument("--log-level", default=os.environ.get("ROUTER_LOG_LEVEL", "INFO"))
+    add_standard_options(parser, "ROUTER_LOG_LEVEL")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve AudioRouter and RouterAdmin over gRPC")
-    serve.add_argument("--config", type=Path, required=True)
+    serve.add_argument(
+        "--config", type=Path, required=True, help="the router configuration (YAML; README)"
+    )
     serve.add_argument("--port", type=int, default=None, help="overrides server.port")
     serve.add_argument("--host", default=None, help="overrides server.host")
     serve.add_argument(
@@ -31,25 +33,27 @@ def _parser() -> argparse.ArgumentParser:
         help="an experiment's report for the fleet, from the results store",
         description="The phase's report computed from the results store (every replica's "
         "exposures and the outcomes callers reported): verdict, comparisons, requests per arm "
-        "and each metric's mean. Strict JSON (undefined numbers are null).",
+        "and each metric's mean. Tables, or strict JSON with --json.",
     )
     fleet.add_argument(
         "--results",
         help="the results store URL (default: the configuration's results.url)",
     )
-    fleet.add_argument("--experiment", required=True)
+    fleet.add_argument("--experiment", required=True, help="the experiment's name")
     fleet.add_argument("--seed", default=None, help="an earlier phase (default: the current one)")
     fleet.add_argument(
         "--config",
         type=Path,
         help="the routers' configuration (arms, criteria); without it, counts and means only",
     )
-    fleet.add_argument("--json", action="store_true", help="JSON (the only format; accepted)")
+    fleet.add_argument(
+        "--json", action="store_true", help="strict JSON instead of tables (undefined: null)"
+    )
     results = sub.add_parser("results", help="manage the results store")
     results_sub = results.add_subparsers(dest="results_command", required=True)
     prune = results_sub.add_parser("prune", help="delete a finished phase's events")
     prune.add_argument("--results", required=True, help="the results store URL")
-    prune.add_argument("--experiment", required=True)
+    prune.add_argument("--experiment", required=True, help="the experiment's name")
     prune.add_argument("--seed", default=None, help="one phase (default: every phase)")
     letters = results_sub.add_parser(
         "dead-letters",
@@ -160,8 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
     if words and words[0] in MOVED:
         return _moved(words[0])
-    args = _parser().parse_args(argv)
-    setup_logging(args.log_level)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    setup_logging(checked_log_level(parser, args.log_level, "ROUTER_LOG_LEVEL"))
     commands = {
         "admin": admin_cli.run,
         "report": _report,

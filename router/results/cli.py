@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Any
 
 from gamaserving.jsonout import dumps
 from gamaserving.terminal import print_out
+from router.admin.render import interval, num, pct, table
 from router.config import ConfigError, RouterConfig, find_experiment, load_config
 from router.experiments.results import ArmResults, Report
 from router.experiments.results import report as judge_phase
@@ -59,7 +61,9 @@ def as_json(result: Report, arms: dict[str, ArmResults], seed: str) -> dict[str,
     }
 
 
-def report_json(config: RouterConfig, store: ResultsStore, name: str, seed: str | None) -> str:
+def phase_report(
+    config: RouterConfig, store: ResultsStore, name: str, seed: str | None
+) -> dict[str, Any]:
     settings = find_experiment(config.routes, name)
     if settings is None:
         raise ConfigError(f"no experiment {name!r} in the configuration")
@@ -73,11 +77,10 @@ def report_json(config: RouterConfig, store: ResultsStore, name: str, seed: str 
         )
     arms = phase_statistics(store, name, phase, sorted(config.outcomes))
     better = {m: o.better == "higher" for m, o in config.outcomes.items()}
-    # Strict JSON: an undefined number (a relative change from a zero control mean) is null.
-    return dumps(as_json(judge_phase(settings, arms, better), arms, phase))
+    return as_json(judge_phase(settings, arms, better), arms, phase)
 
 
-def counts_json(store: ResultsStore, name: str, seed: str | None) -> str:
+def phase_counts(store: ResultsStore, name: str, seed: str | None) -> dict[str, Any]:
     """Without the configuration (no arms' weights, no criteria): what the store holds for the
     phase (the latest one when no seed is given): requests, users and means per arm."""
     stored = phases(store, name)
@@ -90,17 +93,51 @@ def counts_json(store: ResultsStore, name: str, seed: str | None) -> str:
             f"phases: {', '.join(stored)}"
         )
     arms = phase_statistics(store, name, phase, outcome_metrics(store, name, phase))
-    return dumps(
-        {
-            "experiment": name,
-            "seed": phase,
-            "counts": {arm: a.requests for arm, a in arms.items()},
-            "units": {arm: a.units for arm, a in arms.items()},
-            "means": {arm: {m: s.mean for m, s in a.metrics.items()} for arm, a in arms.items()},
-            "note": "no --config: counts and means only (the verdict needs the arms' weights "
-            "and criteria)",
-        }
-    )
+    return {
+        "experiment": name,
+        "seed": phase,
+        "counts": {arm: a.requests for arm, a in arms.items()},
+        "units": {arm: a.units for arm, a in arms.items()},
+        "means": {arm: {m: s.mean for m, s in a.metrics.items()} for arm, a in arms.items()},
+        "note": "no --config: counts and means only (the verdict needs the arms' weights "
+        "and criteria)",
+    }
+
+
+def as_text(report: dict[str, Any]) -> str:
+    """The report for a person: the verdict and its reasons, each arm's users, requests and
+    means, and each comparison with its intervals (relative effects in percent)."""
+    verdict = report.get("verdict", "counts and means only (no --config)")
+    out = [f"experiment {report['experiment']}, seed {report['seed']}: {verdict}"]
+    out += [f"  - {reason}" for reason in report.get("reasons", [])]
+    metrics = sorted({m for means in report["means"].values() for m in means})
+    rows = [
+        [
+            arm,
+            report["units"][arm],
+            n,
+            *(num(report["means"][arm].get(m, math.nan)) for m in metrics),
+        ]
+        for arm, n in report["counts"].items()
+    ]
+    out += ["", table(["ARM", "USERS", "REQUESTS", *(m.upper() for m in metrics)], rows)]
+    if "comparisons" in report:
+        rows = [
+            [c["arm"], c["metric"], num(c["control_mean"]), num(c["arm_mean"]),
+             f"{num(c['difference'])} {interval(*(_finite(x) for x in c['ci']))}",
+             pct(_finite(c["relative"])), interval(*(_finite(x) for x in c["confidence_sequence"]))]
+            for c in report["comparisons"]
+        ]  # fmt: skip
+        headers = ["ARM", "METRIC", "CONTROL", "ARM MEAN", "DIFFERENCE [95%]", "RELATIVE",
+                   "ALWAYS-VALID"]  # fmt: skip
+        out += ["", table(headers, rows)]
+    if "note" in report:
+        out += ["", report["note"]]
+    return "\n".join(out)
+
+
+def _finite(x: float | None) -> float:
+    return math.nan if x is None else x
 
 
 def report_command(args: argparse.Namespace) -> int:
@@ -115,9 +152,11 @@ def report_command(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     try:
         if config is None:
-            print_out(counts_json(store, args.experiment, args.seed))
+            report = phase_counts(store, args.experiment, args.seed)
         else:
-            print_out(report_json(config, store, args.experiment, args.seed))
+            report = phase_report(config, store, args.experiment, args.seed)
+        # Strict JSON: an undefined number (a relative change from a zero control mean) is null.
+        print_out(dumps(report) if args.json else as_text(report))
     except ConfigError as exc:
         return _fail(str(exc))
     except StoreError as exc:

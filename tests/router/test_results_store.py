@@ -8,6 +8,7 @@ import asyncio
 import json
 import math
 import random
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -252,6 +253,11 @@ def test_report_and_prune_from_the_command_line(
     assert (
         out["means"]["control"]["accepted"] == 0.5 and out["means"]["candidate"]["accepted"] is None
     )
+    # Without --json, tables for a person.
+    assert main(["report", "--results", url, "--experiment", "e"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"experiment e, seed {seed}: counts and means only"), text
+    assert re.search(r"^control\s+6\s+6\s", text, re.M), text
     assert main(["report", "--results", url, "--experiment", "e", "--seed", "nope"]) == 2
     assert f"no phase with seed 'nope' in sqlite:///{tmp_path}/cli.sqlite; its phases: {seed}" in (
         capsys.readouterr().err
