@@ -24,7 +24,7 @@ NEEDS_MODEL_SERVERS = "needs the modelserver extra (torch, transformers): Python
 # elsewhere that need model-server processes skip through the fixtures below, naming why.
 collect_ignore_glob = [] if MODEL_SERVERS else [
     "modelserver", "router/test_process_stream.py", "telemetry/test_metrics_live.py",
-    "telemetry/test_prometheus.py", "test_failed_start.py",
+    "telemetry/test_prometheus.py", "telemetry/test_rules_to_code.py", "test_failed_start.py",
 ]  # fmt: skip
 
 

@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psutil
@@ -163,6 +163,8 @@ class Telemetry:
     def __init__(self, service: str) -> None:
         self.registry = CollectorRegistry()
         self._histograms: list[HistogramTally] = []
+        self.tallies: list[Tally] = []
+        """Every hot-path counter made here (tests touch each to see every series)."""
         # Resource.create honours OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES.
         resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service)})
         exporter: Any = None
@@ -181,7 +183,9 @@ class Telemetry:
 
     def tally(self, name: str, unit: str, description: str, keys: tuple[str, ...]) -> Tally:
         """A counter for the request path (gamaserving/telemetry/tally.py)."""
-        return Tally(self.meter, name, unit, description, keys)
+        tally = Tally(self.meter, name, unit, description, keys)
+        self.tallies.append(tally)
+        return tally
 
     def histogram(
         self,
@@ -195,6 +199,10 @@ class Telemetry:
         histogram = HistogramTally(name, unit, description, keys, bounds)
         self._histograms.append(histogram)
         return histogram
+
+    @property
+    def histograms(self) -> list[HistogramTally]:
+        return list(self._histograms)
 
     def serve(self, host: str, port: int) -> int:
         """Expose /metrics for Prometheus; returns the bound port (0 picks one)."""
@@ -235,6 +243,9 @@ def process_metrics(meter: Meter) -> None:
 
 
 def gpu_metrics(meter: Meter) -> bool:
+    """OpenTelemetry's hardware conventions for each GPU NVML sees: `hw.gpu.utilization`,
+    `hw.gpu.memory.usage` and `hw.gpu.memory.limit`, attribute `hw.id` (the NVML index), so
+    that the GpuMemoryHigh rule can divide usage by limit."""
     try:
         import pynvml
 
@@ -244,22 +255,28 @@ def gpu_metrics(meter: Meter) -> bool:
         return False
     handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
 
-    def utilization(_: CallbackOptions) -> list[Observation]:
-        return [
-            Observation(pynvml.nvmlDeviceGetUtilizationRates(h).gpu / 100, {"gpu.id": i})
-            for i, h in enumerate(handles)
-        ]
+    def each(read: Callable[[Any], float]) -> Callable[[CallbackOptions], list[Observation]]:
+        def observe(_: CallbackOptions) -> list[Observation]:
+            return [Observation(read(h), {"hw.id": str(i)}) for i, h in enumerate(handles)]
 
-    def used(_: CallbackOptions) -> list[Observation]:
-        return [
-            Observation(pynvml.nvmlDeviceGetMemoryInfo(h).used, {"gpu.id": i})
-            for i, h in enumerate(handles)
-        ]
+        return observe
 
     meter.create_observable_gauge(
-        "gpu.utilization", [utilization], unit="1", description="GPU busy share"
+        "hw.gpu.utilization",
+        [each(lambda h: pynvml.nvmlDeviceGetUtilizationRates(h).gpu / 100)],
+        unit="1",
+        description="GPU busy share",
     )
     meter.create_observable_up_down_counter(
-        "gpu.memory.usage", [used], unit="By", description="GPU memory used"
+        "hw.gpu.memory.usage",
+        [each(lambda h: pynvml.nvmlDeviceGetMemoryInfo(h).used)],
+        unit="By",
+        description="GPU memory used",
+    )
+    meter.create_observable_up_down_counter(
+        "hw.gpu.memory.limit",
+        [each(lambda h: pynvml.nvmlDeviceGetMemoryInfo(h).total)],
+        unit="By",
+        description="GPU memory in all",
     )
     return True

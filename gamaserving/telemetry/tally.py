@@ -29,7 +29,7 @@ class Tally:
     def __init__(
         self, meter: Meter, name: str, unit: str, description: str, keys: tuple[str, ...]
     ) -> None:
-        self._keys = keys
+        self.keys = keys
         self._counts: dict[tuple[str, ...], int] = {}
         meter.create_observable_counter(name, [self._observe], unit=unit, description=description)
 
@@ -41,7 +41,7 @@ class Tally:
     def _observe(self, _: CallbackOptions) -> list[Observation]:
         # dict() copies in one C call under the GIL: safe against a concurrent `add`.
         counts = dict(self._counts)
-        return [Observation(n, dict(zip(self._keys, k, strict=True))) for k, n in counts.items()]
+        return [Observation(n, dict(zip(self.keys, k, strict=True))) for k, n in counts.items()]
 
 
 class HistogramTally:
@@ -57,7 +57,7 @@ class HistogramTally:
         bounds: Sequence[float],
     ) -> None:
         self.name, self.unit, self.description = name, unit, description
-        self._keys = keys
+        self.keys = keys
         self._bounds = tuple(bounds)
         self._started_ns = time.time_ns()
         # values -> [bucket counts..., sum, min, max], one flat list so a record is a few
@@ -91,7 +91,7 @@ class HistogramTally:
         n = len(self._bounds) + 1
         points = [
             HistogramDataPoint(
-                attributes=dict(zip(self._keys, k, strict=True)),
+                attributes=dict(zip(self.keys, k, strict=True)),
                 start_time_unix_nano=self._started_ns,
                 time_unix_nano=now_ns,
                 count=int(sum(v[:n])),

@@ -111,7 +111,7 @@ BUILT_IN_RULES = [
         signal="gpu_memory_ratio",
         threshold=0.9,
         for_seconds=300,
-        summary="GPU {gpu_id} memory {value:.0%} full",
+        summary="GPU {hw_id} memory {value:.0%} full",
     ),
     AlertRule(
         name="QualityFailureRateHigh",

@@ -151,7 +151,7 @@ class Signals:
         out = []
         for i, h in enumerate(handles):
             info = pynvml.nvmlDeviceGetMemoryInfo(h)
-            out.append(({"gpu_id": str(i)}, info.used / info.total))
+            out.append(({"hw_id": str(i)}, info.used / info.total))
         return out
 
     def _experiment_rolled_back(self) -> list[Sample]:

@@ -39,7 +39,7 @@ PROMQL_WORDS = {
     "endpoint",
     "state",
     "instance",
-    "gpu_id",
+    "hw_id",
     "job",
     "measure",
     "primary_model",
