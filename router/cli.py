@@ -55,6 +55,14 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--results", required=True, help="the results store URL")
     prune.add_argument("--experiment", required=True, help="the experiment's name")
     prune.add_argument("--seed", default=None, help="one phase (default: every phase)")
+    migrate = results_sub.add_parser(
+        "migrate",
+        help="upgrade a results store to this router's schema",
+        description="Upgrade the store step by step to this router's schema version, in one "
+        "transaction (a failed upgrade leaves it as it was), keeping every row. A router "
+        "refuses a store at an older schema until this has run. Back the store up first.",
+    )
+    migrate.add_argument("--results", required=True, help="the results store URL")
     letters = results_sub.add_parser(
         "dead-letters",
         help="events the store refused on their own; --replay writes them again",
@@ -133,11 +141,14 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _results(args: argparse.Namespace) -> int:
-    from router.results.cli import dead_letters_command, prune_command
+    from router.results.cli import dead_letters_command, migrate_command, prune_command
 
-    if args.results_command == "dead-letters":
-        return dead_letters_command(args)
-    return prune_command(args)
+    commands = {
+        "dead-letters": dead_letters_command,
+        "migrate": migrate_command,
+        "prune": prune_command,
+    }
+    return commands[args.results_command](args)
 
 
 def _rollout(args: argparse.Namespace) -> int:

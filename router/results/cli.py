@@ -148,8 +148,10 @@ def report_command(args: argparse.Namespace) -> int:
         url = args.results if config is None else store_url(args.results, config)
         base = args.config.parent.resolve() if args.config else None
         store = ResultsStore.existing(url, base)
-    except (ConfigError, StoreError, ValueError) as exc:
+    except (ConfigError, ValueError) as exc:
         return _fail(str(exc))
+    except StoreError as exc:
+        return _fail(str(exc), 3)
     try:
         if config is None:
             report = phase_counts(store, args.experiment, args.seed)
@@ -175,6 +177,22 @@ def prune_command(args: argparse.Namespace) -> int:
     phase = f"seed {args.seed}" if args.seed else "every phase"
     print(f"deleted {deleted} exposures of {args.experiment} ({phase}) and their outcomes")
     store.close()
+    return 0
+
+
+def migrate_command(args: argparse.Namespace) -> int:
+    try:
+        store = ResultsStore(args.results)
+        before, after = store.migrate()
+    except StoreError as exc:
+        return _fail(str(exc), 3)
+    store.close()
+    if before is None:
+        print(f"created {store.describe()} at results schema {after}")
+    elif before == after:
+        print(f"{store.describe()} is at results schema {after} already")
+    else:
+        print(f"migrated {store.describe()} from results schema {before} to {after}")
     return 0
 
 

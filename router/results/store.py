@@ -32,6 +32,7 @@ from sqlalchemy.schema import CreateTable
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
 
+from router.results import migrations
 from router.results.rollup import (
     REQUEST_METRICS,
     Deltas,
@@ -42,12 +43,9 @@ from router.results.rollup import (
     stored_times,
 )
 from router.results.schema import (
-    SCHEMA_VERSION,
     dead_letters,
     exposures,
-    metadata,
     outcomes,
-    schema_info,
     staged_exposures,
     unit_outcomes,
     unit_requests,
@@ -84,7 +82,8 @@ _ROW_ERRORS = (DataError, IntegrityError, psycopg.DataError, psycopg.IntegrityEr
 
 
 class SchemaError(StoreError):
-    """The store holds a newer schema than this router knows: refuse it, never misread it."""
+    """The store is at another schema version than this router's, or damaged: refuse it,
+    never misread it."""
 
 
 @dataclass(frozen=True)
@@ -182,12 +181,17 @@ class ResultsStore:
         when there is none at `url`."""
         store = cls(url, base_dir, create_file=False)
         try:
-            with store.engine.connect() as conn:
-                if not conn.dialect.has_table(conn, exposures.name):
+            with store.engine.begin() as conn:
+                if migrations.stored_version(conn) is None:
                     raise StoreError(
-                        f"no results store at {store.describe()} (no {exposures.name} table: a "
-                        "router creates it when it first starts with this results.url)"
+                        f"no results store at {store.describe()} (no results tables: a router "
+                        "creates them when it first starts with this results.url)"
                     )
+                migrations.check(conn)
+            store.ready = True
+        except migrations.SchemaProblem as exc:
+            store.close()
+            raise SchemaError(f"{store.describe()} {exc}") from exc
         except SQLAlchemyError as exc:
             store.close()
             raise StoreError(f"{store.describe()}: {_reason(exc)}") from exc
@@ -200,23 +204,26 @@ class ResultsStore:
         return make_url(self.url).render_as_string(hide_password=True)
 
     def create(self) -> None:
-        """Create the tables on first use; refuse a store written by a newer schema."""
+        """Create the tables on first use; refuse a store at another schema version, or one
+        that is damaged (router/results/migrations.py)."""
         try:
             with self.engine.begin() as conn:
-                metadata.create_all(conn)
-                versions = conn.execute(select(schema_info.c.version)).scalars().all()
-                if not versions:
-                    conn.execute(insert(schema_info).values(version=SCHEMA_VERSION))
-                if not conn.execute(select(writer_lock)).first():
-                    conn.execute(insert(writer_lock).values(id=1))
-                elif max(versions) > SCHEMA_VERSION:
-                    raise SchemaError(
-                        f"{self.describe()} holds results schema {max(versions)}, newer than this "
-                        f"router's {SCHEMA_VERSION}: upgrade the router (it would misread the rows)"
-                    )
+                migrations.check(conn)
+        except migrations.SchemaProblem as exc:
+            raise SchemaError(f"{self.describe()} {exc}") from exc
         except SQLAlchemyError as exc:
             raise StoreError(f"{self.describe()}: {_reason(exc)}") from exc
         self.ready = True
+
+    def migrate(self) -> tuple[int | None, int]:
+        """Upgrade the store to this router's schema in one transaction; (from, to)."""
+        try:
+            with self.engine.begin() as conn:
+                return migrations.migrate(conn)
+        except migrations.SchemaProblem as exc:
+            raise SchemaError(f"{self.describe()} {exc}") from exc
+        except SQLAlchemyError as exc:
+            raise StoreError(f"{self.describe()}: {_reason(exc)}") from exc
 
     def write(self, rows: Sequence[Exposure], reports: Sequence[Outcome]) -> list[str]:
         """One transaction: new exposures (a re-sent one is ignored), outcomes (a repeat

@@ -35,12 +35,7 @@ def _url(engine: str, tmp_path: Path, postgres: Postgres | None) -> str:
     if engine == "sqlite":
         return f"sqlite:///{tmp_path / 'results.sqlite'}"
     assert postgres is not None
-    name = f"t{abs(hash(tmp_path)) % 10**9}"
-    admin = ResultsStore(postgres.url)
-    with admin.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    admin.close()
-    return postgres.url.rsplit("/", 1)[0] + f"/{name}"
+    return postgres.database(f"t{abs(hash(tmp_path)) % 10**9}")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

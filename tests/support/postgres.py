@@ -53,6 +53,15 @@ class Postgres:
     def url(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
+    def database(self, name: str) -> str:
+        """The URL of a new, empty database on this server (a test's store of its own)."""
+        subprocess.run(
+            _as_postgres([_binary("psql") or "psql", "-h", str(self.root), "-p", str(self.port),
+                          "-U", "postgres", "-c", f"CREATE DATABASE {name}"]),
+            check=True, capture_output=True,
+        )  # fmt: skip
+        return self.url.rsplit("/", 1)[0] + f"/{name}"
+
     def start(self) -> None:
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
         subprocess.run(
