@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto takes the GPU only when a CUDA session really starts",
     )
+    _memory_options(serve)
     serve.add_argument(
         "--grace-seconds",
         type=float,
@@ -69,6 +70,21 @@ def _parser() -> argparse.ArgumentParser:
         "--tls-client-ca", type=Path, help="require client certificates from this CA (mTLS)"
     )
 
+    planning = sub.add_parser(
+        "plan",
+        help="the memory plan `serve` would make, without loading anything",
+        description="Weights at the compute dtype (from the safetensors headers), the memory "
+        "available, and the KV budget that leaves: the arithmetic `serve` does before it loads "
+        "(modelserver/plan.py). Exit 2 when the model would not fit.",
+    )
+    planning.add_argument("--model-dir", required=True, type=Path, help="directory with model.yaml")
+    planning.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="plan for this device (default: cpu)",
+    )
+    _memory_options(planning)
     tiny = sub.add_parser("make-tiny", help="build a tiny reference model directory")
     tiny.add_argument(
         "--family", choices=["wav2vec2", "gama"], required=True, help="which model to build"
@@ -120,8 +136,56 @@ def _tls(args: argparse.Namespace) -> dict[str, Path] | None:
     return tls
 
 
+def _memory_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default=None,
+        help="compute precision, overriding model.yaml's dtype (auto: bfloat16 on CUDA, "
+        "float32 on the CPU)",
+    )
+    parser.add_argument(
+        "--device-memory",
+        type=_size,
+        default=None,
+        metavar="SIZE",
+        help="memory the plan may count on, e.g. 80GiB (default: what the device has available)",
+    )
+
+
+def _size(text: str) -> int:
+    units = {"": 1, "B": 1, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
+             "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}  # fmt: skip
+    number = text.strip().upper().rstrip("BIKMGT") or "0"
+    unit = text.strip().upper()[len(number) :]
+    try:
+        return int(float(number) * units[unit])
+    except (KeyError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: a size such as 80GiB or 24GB") from exc
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from modelserver.config import ModelDirError, load_model_config
+    from modelserver.plan import PlanError, plan
+
+    try:
+        config = load_model_config(args.model_dir)
+        if args.dtype is not None:
+            config = config.model_copy(update={"dtype": args.dtype})
+        planned = plan(args.model_dir, config, args.device, args.device_memory)
+    except (ModelDirError, ValidationError) as exc:
+        print(f"modelserver: {exc}", file=sys.stderr)
+        return 2
+    except PlanError as exc:
+        print(f"modelserver: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(planned.lines()))
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from modelserver.config import ModelDirError, ServerSettings, load_model_config
+    from modelserver.plan import PlanError
     from modelserver.runtime.onnx_runtime import DeviceUnavailableError
     from modelserver.server import ModelServer
 
@@ -145,6 +209,8 @@ def _serve(args: argparse.Namespace) -> int:
             metrics_port=args.metrics_port,
             tls=_tls(args),
             health_port=args.health_port,
+            dtype=args.dtype,
+            device_memory=args.device_memory,
         )
         config = load_model_config(settings.model_dir)
     except (ModelDirError, ValidationError) as exc:
@@ -152,6 +218,10 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     try:
         asyncio.run(ModelServer(settings, config).run())
+    except PlanError as exc:
+        # Refused before loading: one line with the numbers and the setting to change.
+        print(f"modelserver: {exc}", file=sys.stderr)
+        return 2
     except DeviceUnavailableError as exc:
         print(f"modelserver: {exc}", file=sys.stderr)
         return 3
@@ -238,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         # Model directories are local: a server never reaches for a hub at run time.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    commands = {"serve": _serve, "make-tiny": _make_tiny, "export": _export}
+    commands = {"serve": _serve, "plan": _plan, "make-tiny": _make_tiny, "export": _export}
     return commands[args.command](args)
 
 

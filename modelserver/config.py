@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -61,9 +61,14 @@ class ContinuousBatching(StrictSettings):
 
     enabled: bool = True
     """False decodes describe in the dynamic batcher, each batch until its longest answer ends."""
-    kv_budget_tokens: int = Field(16384, ge=1)
-    """KV-cache slots in flight: rows x the longest row's prompt + max_new_tokens. Checked at
-    start against the device's free memory; beyond it, new sequences wait."""
+    kv_budget_tokens: Annotated[int, Field(ge=1)] | Literal["auto"] = 16384
+    """KV-cache slots in flight: rows x the longest row's prompt + max_new_tokens; beyond it,
+    new sequences wait. `auto` plans it from memory before loading (modelserver/plan.py:
+    available x memory_fraction - weights - an activation reserve, over the KV bytes per
+    token); a number is checked against the same plan at start."""
+    memory_fraction: float = Field(0.9, gt=0, le=1)
+    """Share of the device's available memory the plan may use (vLLM's
+    gpu_memory_utilization)."""
     max_sequences: int = Field(64, ge=1, le=4096)
     """Most sequences in one decode step."""
     max_waiting: int = Field(256, ge=0)
@@ -142,10 +147,22 @@ class GamaSettings(StrictSettings):
     """Filterbank frames after padding or cropping (10 ms each)."""
     num_mel_bins: int = Field(128, ge=16)
     """Mel bins of the filterbank."""
-    cuda_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
-    """Precision on CUDA (the release trained in bf16); the CPU always runs float32."""
     generation: GamaGeneration = GamaGeneration()
     """Answer-text decoding."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        # Exports before the top-level `dtype` wrote gama.cuda_dtype: bfloat16, which is what
+        # `dtype: auto` does on CUDA. Any other value needs the new field.
+        if isinstance(data, dict) and "cuda_dtype" in data:
+            data = dict(data)
+            if data.pop("cuda_dtype") != "bfloat16":
+                raise ValueError(
+                    "cuda_dtype: moved to the top-level `dtype` (auto | float32 | bfloat16 | "
+                    "float16); set `dtype` there and remove gama.cuda_dtype"
+                )
+        return data
 
     @model_validator(mode="after")
     def _template(self) -> GamaSettings:
@@ -179,8 +196,12 @@ class ModelConfig(StrictSettings):
     batching: Batching = Batching()
     warmup: Warmup = Warmup()
     continuous_batching: ContinuousBatching = ContinuousBatching()
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """GAMA's compute precision: `auto` is bfloat16 on CUDA (as the release was trained) and
+    float32 on the CPU; bfloat16 on a CPU needs native support (AVX512-BF16, AMX, FEAT_BF16),
+    float16 needs CUDA. `modelserver serve --dtype` overrides it."""
     fp16: bool = False
-    """Half precision for the torch runtime on CUDA (ignored on CPU)."""
+    """Half precision for wav2vec2's torch runtime on CUDA (ignored on CPU)."""
     intra_op_threads: int = Field(0, ge=0)
     """Compute threads for the runtime; 0 lets it choose."""
     wav2vec2: Wav2Vec2Settings | None = None
@@ -260,6 +281,11 @@ class ServerSettings(StrictSettings):
     port: int = Field(50061, ge=0, le=65535)
     """gRPC port (0 picks a free one)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None
+    """Overrides the model's `dtype` (`modelserver serve --dtype`)."""
+    device_memory: int | None = Field(None, gt=0)
+    """Bytes the memory plan may count on, instead of what the device has available (a share
+    of a GPU, a container's budget)."""
     """auto uses CUDA only when it really works."""
     grace_seconds: float = Field(20.0, ge=0)
     """On SIGTERM, in-flight requests get this long to finish."""

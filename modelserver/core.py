@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -27,8 +28,8 @@ from modelserver.generation.result import generated_result
 from modelserver.generation.scheduler import Event, Finished, GenerationScheduler, Piece
 from modelserver.generation.tracing import GenerationSpan
 from modelserver.lifecycle import Lifecycle, ModelState
-from modelserver.memory import check_kv_budget
 from modelserver.messages import TASK_OUTPUTS, AudioPayload, InferRequest, InferResult
+from modelserver.plan import MemoryPlan, plan
 from modelserver.worker import WorkLoop
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ class InferenceCore:
         self.family: Family | None = None
         self.batcher: DynamicBatcher[Any, dict[str, np.ndarray]] | None = None
         self.scheduler: GenerationScheduler | None = None
+        self.plan: MemoryPlan | None = None
+        """The memory plan the model was loaded by (modelserver/plan.py)."""
         self.decoder = AudioDecoder(config.sample_rate, config.limits)
         self.arriving = 0
         self.in_flight = 0
@@ -87,20 +90,30 @@ class InferenceCore:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def load(self, model_dir: Any, device: str) -> None:
-        """Load on the inference thread, so the event loop keeps answering probes meanwhile,
-        then start the work loops."""
+    async def load(self, model_dir: Any, device: str, device_memory: int | None = None) -> None:
+        """Plan memory, load on the inference thread (the event loop keeps answering probes
+        meanwhile), then start the work loops. PlanError, before anything is loaded, when the
+        model cannot fit."""
         from modelserver.families import load_family
 
         loop = asyncio.get_running_loop()
-        family = await loop.run_in_executor(
-            self._compute, load_family, model_dir, self.config, device
+        # Planned before anything is loaded: a model that cannot fit is refused in seconds.
+        self.plan = await loop.run_in_executor(
+            self._compute, self._plan, Path(model_dir), device, device_memory
         )
-        generating = self.config.continuous_batching
+        log.info(
+            "memory plan for %s: %s",
+            self.config.name,
+            "; ".join(" ".join(line.split()) for line in self.plan.lines()),
+            extra={"event": "memory_plan"},
+        )
+        config = self.config.model_copy(update={"dtype": self.plan.dtype})
+        family = await loop.run_in_executor(self._compute, load_family, model_dir, config, device)
+        generating = self.config.continuous_batching.model_copy(
+            update={"kv_budget_tokens": self.plan.kv_budget_tokens or 1}
+        )
         engine = family.engine() if generating.enabled else None
         if engine is not None:
-            bytes_per_token = getattr(family, "kv_bytes_per_token", 0)
-            check_kv_budget(generating.kv_budget_tokens, bytes_per_token, family.placement.device)
             self.scheduler = GenerationScheduler(
                 engine, generating, self._compute, observer=self.lifecycle
             )
@@ -115,6 +128,11 @@ class InferenceCore:
         )
         self.batcher.start()
         self.family = family
+
+    def _plan(self, model_dir: Path, device: str, device_memory: int | None) -> MemoryPlan:
+        from modelserver.runtime.torch_runtime import cuda_works
+
+        return plan(model_dir, self.config, "cuda" if cuda_works(device) else "cpu", device_memory)
 
     async def warm_up(self, iterations: int | None = None) -> None:
         """Every task through the full path, so first client calls meet warm caches."""

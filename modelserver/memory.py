@@ -44,27 +44,3 @@ def _gpu_bytes() -> int | None:
         return total
     except pynvml.NVMLError:
         return None
-
-
-def free_device_bytes(device: str) -> int:
-    """Memory a new allocation can still get on `device`: CUDA's free memory, or the host's
-    available memory for the CPU."""
-    if device.startswith("cuda"):
-        import torch
-
-        free, _ = torch.cuda.mem_get_info(torch.device(device))
-        return int(free)
-    return int(psutil.virtual_memory().available)
-
-
-def check_kv_budget(budget_tokens: int, bytes_per_token: int, device: str) -> None:
-    """Refuse to start with a KV budget the device cannot hold once the model is loaded."""
-    needed = budget_tokens * bytes_per_token
-    free = free_device_bytes(device)
-    if needed > free:
-        fits = free // max(bytes_per_token, 1)
-        raise ValueError(
-            f"continuous_batching.kv_budget_tokens: {budget_tokens} slots need "
-            f"{needed / 2**30:.2f} GiB of KV cache ({bytes_per_token} bytes each) but {device} "
-            f"has {free / 2**30:.2f} GiB free after loading the model; set it to {fits} or less"
-        )

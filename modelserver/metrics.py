@@ -121,7 +121,7 @@ def observe_workers(telemetry: Telemetry, core: InferenceCore) -> None:
         s = core.scheduler
         if s is None:
             return []
-        return [Observation(s.settings.kv_budget_tokens, {"model": model})]
+        return [Observation(s.kv_budget, {"model": model})]
 
     def decoded(_: CallbackOptions) -> list[Observation]:
         s = core.scheduler

@@ -35,6 +35,8 @@ class ModelServer:
 
     def __init__(self, settings: ServerSettings, config: ModelConfig) -> None:
         self.settings = settings
+        if settings.dtype is not None:  # `modelserver serve --dtype`
+            config = config.model_copy(update={"dtype": settings.dtype})
         self.config = config
         self.tracing = Tracing("modelserver")
         self.telemetry = Telemetry("modelserver")
@@ -104,7 +106,9 @@ class ModelServer:
 
     async def load(self) -> None:
         started = time.perf_counter()
-        await self.core.load(self.settings.model_dir, self.settings.device)
+        await self.core.load(
+            self.settings.model_dir, self.settings.device, self.settings.device_memory
+        )
         assert self.core.family is not None
         p = self.core.family.placement
         log.info(

@@ -163,6 +163,10 @@ class GenerationScheduler(WorkLoop):
         super().__init__(executor, clock, observer)
         self.engine = engine
         self.settings = settings
+        if not isinstance(settings.kv_budget_tokens, int):
+            raise ValueError("kv_budget_tokens: planned (modelserver/plan.py) before scheduling")
+        self.kv_budget: int = settings.kv_budget_tokens
+        """KV-cache slots in flight at most: the configured number, or the planned one."""
         self._waiting: deque[_Sequence] = deque()
         self._running: list[_Sequence] = []
         self._wakeup = asyncio.Event()
@@ -221,12 +225,12 @@ class GenerationScheduler(WorkLoop):
         if self._closed:
             raise unavailable("the model server is draining and takes no new requests")
         seq = _Sequence(request, deadline, self._clock(), request.detokenizer())
-        if seq.reserve > s.kv_budget_tokens:
+        if seq.reserve > self.kv_budget:
             self.stats.rejected += 1
             raise exhausted(
                 f"this answer may need {seq.reserve} KV-cache slots ({request.input_tokens} "
                 f"prompt + {request.max_new_tokens} max_new_tokens); the model's budget is "
-                f"{s.kv_budget_tokens}: ask for fewer max_new_tokens"
+                f"{self.kv_budget}: ask for fewer max_new_tokens"
             )
         if len(self._waiting) >= s.max_waiting:
             self.stats.rejected += 1
@@ -312,7 +316,7 @@ class GenerationScheduler(WorkLoop):
             seq = self._waiting[0]
             rows = len(running) + len(admitted) + 1
             widest = max(longest, seq.reserve)
-            if rows > s.max_sequences or _footprint(rows, widest) > s.kv_budget_tokens:
+            if rows > s.max_sequences or _footprint(rows, widest) > self.kv_budget:
                 break
             self._waiting.popleft()
             seq.started = self._clock()

@@ -130,6 +130,8 @@ def model_metadata(core: InferenceCore) -> pb.ModelMetadataResponse:
     }
     if config.labels:
         values["labels"] = ",".join(config.labels)
+    if core.scheduler is not None:  # the KV budget in force: configured, or planned
+        values["kv_budget_tokens"] = core.scheduler.kv_budget
     values.update(memory_parameters(p.device))
     for key, value in values.items():
         set_param(meta.parameters, key, value)

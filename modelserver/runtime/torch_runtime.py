@@ -23,10 +23,20 @@ def _cuda_works() -> bool:
         return False
 
 
+def cuda_works(device: str) -> bool:
+    """Whether `device` ("auto", "cpu", "cuda") will place the model on CUDA."""
+    return device in ("auto", "cuda") and _cuda_works()
+
+
 def select_device(
-    device: str, fp16: bool = False, threads: int = 0, cuda_dtype: torch.dtype | None = None
+    device: str,
+    fp16: bool = False,
+    threads: int = 0,
+    cuda_dtype: torch.dtype | None = None,
+    cpu_dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.device, torch.dtype, Placement]:
-    """`cuda_dtype` (or float16 with `fp16`) applies on CUDA only: the CPU runs float32."""
+    """`cuda_dtype` (or float16 with `fp16`) applies on CUDA, `cpu_dtype` on the CPU (the
+    memory plan has checked the CPU can run it: modelserver/plan.py)."""
     if threads:
         torch.set_num_threads(threads)
     if device in ("auto", "cuda") and _cuda_works():
@@ -39,4 +49,5 @@ def select_device(
         )
     if device == "cuda":
         raise DeviceUnavailableError("--device cuda: torch cannot run CUDA kernels on this machine")
-    return torch.device("cpu"), torch.float32, Placement("torch", "cpu", "cpu", "float32")
+    name = str(cpu_dtype).removeprefix("torch.")
+    return torch.device("cpu"), cpu_dtype, Placement("torch", "cpu", "cpu", name)

@@ -74,9 +74,14 @@ class GamaFamily(Family):
     @classmethod
     def load(cls, model_dir: Path, config: ModelConfig, device: str) -> GamaFamily:
         assert config.gama is not None
-        dtype = getattr(torch, config.gama.cuda_dtype)
+        # `config.dtype` is the planned one for this device (modelserver/plan.py); `auto` only
+        # when loaded without a plan (tests), which means bfloat16 on CUDA, float32 on a CPU.
+        planned = None if config.dtype == "auto" else getattr(torch, config.dtype)
         dev, dtype, placement = torch_runtime.select_device(
-            device, cuda_dtype=dtype, threads=config.intra_op_threads
+            device,
+            cuda_dtype=planned or torch.bfloat16,
+            threads=config.intra_op_threads,
+            cpu_dtype=planned or torch.float32,
         )
         model = GamaModel.load(model_dir, config.gama, dev, dtype)
         return cls(config, model, placement)
