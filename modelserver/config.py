@@ -84,6 +84,9 @@ class Warmup(StrictSettings):
     """Warm-up passes over every task (0 skips warm-up)."""
     seconds: float = Field(1.0, gt=0, le=60)
     """Length of the synthetic warm-up clip."""
+    max_new_tokens: int = Field(8, ge=1, le=4096)
+    """A warm-up describe stops after this many tokens: it warms every kernel a longer answer
+    would (a full 400-token answer kept a 7B model on a CPU from readiness for minutes)."""
 
 
 class Wav2Vec2Settings(StrictSettings):

@@ -154,7 +154,12 @@ class InferenceCore:
             for task in family.tasks:
                 prompt = "What do you hear?" if task is Task.DESCRIBE else None
                 request = InferRequest(
-                    f"warmup-{i}-{task.value}", task, payload, frozenset(TASK_OUTPUTS[task]), prompt
+                    f"warmup-{i}-{task.value}",
+                    task,
+                    payload,
+                    frozenset(TASK_OUTPUTS[task]),
+                    prompt,
+                    max_new_tokens=w.max_new_tokens if task is Task.DESCRIBE else None,
                 )
                 await self.infer(request, deadline=None, warming=True)
 

@@ -167,3 +167,14 @@ def test_serve_refuses_in_seconds_with_one_line(tiny_models: Path) -> None:
          "2GiB"], capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert plan_cli.returncode == 0 and "available              2.00 GiB" in plan_cli.stdout
+
+
+async def test_the_warm_up_answer_is_short(tiny_models: Path) -> None:
+    """Readiness after one short answer per round, whatever the model's max_new_tokens (the
+    release's 400 kept a 7B model on a CPU from readiness for minutes)."""
+    async with live_server(
+        tiny_models / "gama", warmup={"iterations": 2, "max_new_tokens": 3}
+    ) as live:
+        assert live.core.scheduler is not None
+        # Two describes of at most 3 tokens each (tag decodes in the batcher, not here).
+        assert 0 < live.core.scheduler.stats.decoded_tokens <= 2 * 3
