@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.postgres import Postgres
 from tests.support.processes import ServerProcess, modelserver
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -35,6 +36,16 @@ def pytest_report_header() -> str | None:
         f"{NEEDS_MODEL_SERVERS}: not collected: {', '.join(collect_ignore_glob)}; tests that "
         "start model-server processes skip"
     )
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """One PostgreSQL for the suite (each test writes its own phases or its own database)."""
+    server = Postgres()
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 @pytest.fixture(scope="session")

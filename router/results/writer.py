@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from router.metrics import Unmeasured
 from router.results.store import (
     Event,
     Exposure,
@@ -44,17 +45,6 @@ class WriterObserver(Protocol):
     def results_set_aside(self, kind: str, n: int) -> None: ...
 
     def request_ids_reused(self, n: int) -> None: ...
-
-
-class Unobserved:
-    def results_dropped(self, kind: str, n: int) -> None:
-        pass
-
-    def results_set_aside(self, kind: str, n: int) -> None:
-        pass
-
-    def request_ids_reused(self, n: int) -> None:
-        pass
 
 
 @dataclass
@@ -139,7 +129,7 @@ class ResultsWriter:
         self.store = store
         self.flush_seconds = flush_seconds
         self.max_buffer = max_buffer
-        self.observer: WriterObserver = observer or Unobserved()
+        self.observer: WriterObserver = observer or Unmeasured()
         self.dead_letter_limit = dead_letter_limit
         self.clock = clock
         self.stats = WriterStats()

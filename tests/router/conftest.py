@@ -5,28 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import grpc
-import pytest
 import yaml
 
 from gamaserving.router.v1 import router_pb2 as rpb
 from gamaserving.router.v1 import router_pb2_grpc as rpb_grpc
 from router.server import RouterServer
-from tests.support.postgres import Postgres
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[Postgres]:
-    """One PostgreSQL for the router tests (each test writes its own phases or database)."""
-    server = Postgres()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def base_config(endpoints: dict[str, list[str]], **routes: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,6 @@ import json
 import signal
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
 from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
@@ -31,15 +30,6 @@ from tests.support.postgres import Postgres
 from tests.support.processes import ServerProcess, free_port, router_args
 
 CLIP = wav(0.2)
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    server = Postgres()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 class Replica:
