@@ -114,9 +114,9 @@ def as_text(report: dict[str, Any]) -> str:
     rows = [
         [
             arm,
-            report["units"][arm],
+            report["units"].get(arm, 0),  # an arm no user reached yet has no row
             n,
-            *(num(report["means"][arm].get(m, math.nan)) for m in metrics),
+            *(num(report["means"].get(arm, {}).get(m, math.nan)) for m in metrics),
         ]
         for arm, n in report["counts"].items()
     ]

@@ -71,6 +71,8 @@ async def test_metrics_match_known_traffic(tiny_models: Path, tmp_path: Path) ->
         )
         cfg["telemetry"] = {"prometheus_host": "127.0.0.1", "prometheus_port": 0}
         async with live_router(cfg, tmp_path) as router:
+            # Before every endpoint's first health answer, a fallback's reason is "unhealthy".
+            await router.all_serving()
             for _ in range(5):
                 await router.process(rpb.TASK_TRANSCRIBE, wav(0.5))
             for _ in range(3):
