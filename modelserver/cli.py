@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -118,6 +119,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--name", default=None, help="the served model name (default: the family)")
     export.add_argument("--version", default="1", help="the model version it reports (default: 1)")
+    export.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (it is off anyway when stderr is not a terminal)",
+    )
     export.add_argument(
         "--atol",
         type=float,
@@ -266,6 +272,7 @@ def _export_gama(args: argparse.Namespace) -> None:
         version=args.version,
         labels=labels,
         generation=generation,
+        progress=not args.no_progress,
     )
 
 
@@ -277,6 +284,7 @@ def _export(args: argparse.Namespace) -> int:
     from modelserver.export import ExportCheckError, export_wav2vec2
     from modelserver.families.gama.convert import CheckpointError
 
+    started = time.monotonic()
     try:
         if args.family == "wav2vec2":
             export_wav2vec2(
@@ -297,7 +305,7 @@ def _export(args: argparse.Namespace) -> int:
     except (_UsageError, ValidationError, OSError) as exc:
         print(f"modelserver export: {exc}", file=sys.stderr)
         return 2
-    print(f"exported {args.checkpoint} to {args.out}")
+    print(f"exported {args.checkpoint} to {args.out} in {time.monotonic() - started:.1f} s")
     return 0
 
 

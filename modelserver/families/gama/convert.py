@@ -18,7 +18,9 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sys
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,13 @@ import torch
 from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from modelserver.config import GamaGeneration, GamaSettings, ModelConfig, write_model_config
+from modelserver.config import (
+    ContinuousBatching,
+    GamaGeneration,
+    GamaSettings,
+    ModelConfig,
+    write_model_config,
+)
 from modelserver.families.gama import layout
 from modelserver.families.gama.audio_model import DimsError, GamaAudio, derive_dims
 from modelserver.families.gama.tensorfiles import TensorFile, shard_files
@@ -235,9 +243,15 @@ SHARD_BYTES = 2 * 1024**3
 """Output shards stay under this: safetensors serialises a shard in memory before writing."""
 
 
-def write_lm(inventory: Inventory, base: Path, out: Path, alpha: float) -> int:
+def write_lm(
+    inventory: Inventory,
+    base: Path,
+    out: Path,
+    alpha: float,
+    progress: Callable[[int], object] = lambda nbytes: None,
+) -> int:
     """The LLM shard by shard (inputs memory-mapped, outputs under SHARD_BYTES); returns how
-    many weights took a LoRA merge."""
+    many weights took a LoRA merge. `progress` hears the bytes of each tensor written."""
     out.mkdir(parents=True, exist_ok=True)
     by_file: dict[Path, list[str]] = defaultdict(list)
     for name, (source, _) in inventory.lm.items():
@@ -266,6 +280,7 @@ def write_lm(inventory: Inventory, base: Path, out: Path, alpha: float) -> int:
                 merged += 1
             tensors[name] = tensor.contiguous()
             weight_map[name] = shard_name
+            progress(source.nbytes(key))
         save_file(tensors, str(out / shard_name), metadata={"format": "pt"})
         del tensors
     index = {"metadata": {}, "weight_map": dict(sorted(weight_map.items()))}
@@ -293,7 +308,10 @@ def export_gama(
     version: str = "1",
     labels: list[str] | None = None,
     generation: GamaGeneration | None = None,
+    progress: bool = False,
 ) -> ModelConfig:
+    """Convert the release; with `progress`, a bar on stderr over the LLM's bytes (tqdm: off
+    by itself when stderr is not a terminal)."""
     settings = GamaSettings(generation=generation or GamaGeneration())
     inventory, lm_config = read_inventory(checkpoint, base_model)
     audio = check(inventory, lm_config, settings)
@@ -309,7 +327,12 @@ def export_gama(
     }
     save_file(tensors, str(out / settings.audio), metadata={"format": "pt"})
     alpha = lora_alpha(checkpoint)
-    merged = write_lm(inventory, base_model, out / settings.lm, alpha)
+    from tqdm import tqdm
+
+    total = sum(source.nbytes(key) for source, key in inventory.lm.values())
+    with tqdm(total=total, unit="B", unit_scale=True, desc="export lm", file=sys.stderr,
+              disable=None if progress else True) as bar:  # fmt: skip
+        merged = write_lm(inventory, base_model, out / settings.lm, alpha, bar.update)
     log.info("merged LoRA into %d LLM weights (alpha %g)", merged, alpha)
     write_tokenizer(base_model, out / settings.tokenizer)
     config = ModelConfig(
@@ -320,6 +343,8 @@ def export_gama(
         artifact=settings.lm,
         labels=labels or [],
         downmix="first",
+        # Planned from the memory of the machine that serves it (modelserver/plan.py).
+        continuous_batching=ContinuousBatching(kv_budget_tokens="auto"),
         gama=settings,
     )
     write_model_config(out, config)

@@ -3,6 +3,7 @@ and how it refuses a damaged or foreign checkpoint (exit 4, naming the key)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -186,3 +187,14 @@ def test_other_widths_convert_and_agree_with_the_release(tmp_path: Path) -> None
     # Within 1e-5 of the logits' range: these wider random weights give logits of tens,
     # where float32 summation order (which varies with CPU threading) moves 1e-5 absolute.
     assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+
+
+def test_the_export_says_how_long_and_plans_its_kv_budget(
+    release: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(_export(release, tmp_path / "out", "--no-progress")) == 0
+    said = capsys.readouterr()
+    assert re.search(r"^exported .* in \d+\.\d s$", said.out, re.M), said.out
+    assert "export lm" not in said.err  # no bar with --no-progress
+    config = load_model_config(tmp_path / "out")
+    assert config.continuous_batching.kv_budget_tokens == "auto"
