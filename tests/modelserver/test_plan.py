@@ -8,7 +8,6 @@ import json
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -152,7 +151,6 @@ def _metadata_request() -> object:
 
 
 def test_serve_refuses_in_seconds_with_one_line(tiny_models: Path) -> None:
-    started = time.monotonic()
     done = subprocess.run(
         [MODELSERVER, "serve", "--model-dir", str(tiny_models / "gama"), "--port", "0",
          "--device", "cpu", "--device-memory", "1MiB"],
@@ -161,7 +159,8 @@ def test_serve_refuses_in_seconds_with_one_line(tiny_models: Path) -> None:
     assert done.returncode == 2, done.stderr[-2000:]
     (line,) = [x for x in done.stderr.splitlines() if x.startswith("modelserver:")]
     assert "the weights need" in line and "cpu has 1.00 MiB available" in line, line
-    assert time.monotonic() - started < 60
+    # Refused by the plan, before anything was loaded.
+    assert "loaded gama" not in done.stderr and "memory plan" not in done.stderr
     plan_cli = subprocess.run(
         [MODELSERVER, "plan", "--model-dir", str(tiny_models / "gama"), "--device-memory",
          "2GiB"], capture_output=True, text=True, timeout=120,
