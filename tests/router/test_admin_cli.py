@@ -4,10 +4,12 @@ admin token, as tables and as strict JSON."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import pytest
 
 from gamaserving.router.v1 import router_pb2 as rpb
 from router.cli import main
-from tests.router.conftest import base_config, live_router
+from tests.router.conftest import LiveRouter, base_config, live_router
 from tests.support.audio import wav
 from tests.support.experiments import two_arms
 from tests.support.fault_server import fault_server
@@ -34,6 +36,18 @@ def _config(a: str, b: str) -> dict[str, Any]:
     return base_config({"a": [a], "b": [b]}, tag={"primary": "a", "experiment": two_arms()})
 
 
+@contextlib.asynccontextmanager
+async def _served(tmp_path: Path) -> AsyncIterator[tuple[LiveRouter, str]]:
+    """A router over two fault-free model servers, 20 users' requests in its results store;
+    yields it and its address."""
+    async with fault_server("a") as (_, a), fault_server("b") as (_, b):
+        async with live_router(_config(a, b), tmp_path) as router:
+            for i in range(20):
+                await router.process(rpb.TASK_TAG, wav(0.2), user_id=f"u{i}")
+            await router.flush()
+            yield router, f"127.0.0.1:{router.server.port}"
+
+
 async def _admin(
     capsys: pytest.CaptureFixture[str], target: str, *words: str
 ) -> tuple[int, str, str]:
@@ -45,52 +59,46 @@ async def _admin(
 async def test_every_admin_command_without_a_token(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async with fault_server("a") as (_, a), fault_server("b") as (_, b):
-        async with live_router(_config(a, b), tmp_path) as router:
-            for i in range(20):
-                await router.process(rpb.TASK_TAG, wav(0.2), user_id=f"u{i}")
-            await router.flush()
-            target = f"127.0.0.1:{router.server.port}"
+    async with _served(tmp_path) as (router, target):
+        code, out, _ = await _admin(capsys, target, "--json", "experiments")
+        assert code == 0
+        (e,) = _strict(out)["experiments"]
+        assert (e["name"], e["task"], e["coverage"]) == ("ab", "TASK_TAG", 1.0)
+        code, out, _ = await _admin(capsys, target, "experiments")
+        assert code == 0 and out.splitlines()[0].split()[:3] == ["EXPERIMENT", "TASK", "SEED"]
+        assert "control=a:0.5 candidate=b:0.5" in out
 
-            code, out, _ = await _admin(capsys, target, "--json", "experiments")
-            assert code == 0
-            (e,) = _strict(out)["experiments"]
-            assert (e["name"], e["task"], e["coverage"]) == ("ab", "TASK_TAG", 1.0)
-            code, out, _ = await _admin(capsys, target, "experiments")
-            assert code == 0 and out.splitlines()[0].split()[:3] == ["EXPERIMENT", "TASK", "SEED"]
-            assert "control=a:0.5 candidate=b:0.5" in out
+        code, out, _ = await _admin(capsys, target, "--json", "report", "ab")
+        report = _strict(out)
+        assert code == 0 and sum(arm["count"] for arm in report["arms"]) == 20
+        # No errors in either arm: the relative change is undefined, and null says so.
+        errors = [c for c in report["comparisons"] if c["metric"] == "error_rate"]
+        assert errors and all(c["relative"] is None for c in errors)
+        code, out, _ = await _admin(capsys, target, "report", "ab")
+        assert code == 0 and out.startswith("experiment ab, seed p1 (current phase): ")
 
-            code, out, _ = await _admin(capsys, target, "--json", "report", "ab")
-            report = _strict(out)
-            assert code == 0 and sum(arm["count"] for arm in report["arms"]) == 20
-            # No errors in either arm: the relative change is undefined, and null says so.
-            errors = [c for c in report["comparisons"] if c["metric"] == "error_rate"]
-            assert errors and all(c["relative"] is None for c in errors)
-            code, out, _ = await _admin(capsys, target, "report", "ab")
-            assert code == 0 and out.startswith("experiment ab, seed p1 (current phase): ")
+        code, out, _ = await _admin(capsys, target, "--json", "assignment", "ab", "u1", "u2")
+        got = _strict(out)["assignments"]
+        expected = [(await router.process(rpb.TASK_TAG, wav(0.2), user_id=u)).route.arm
+                    for u in ("u1", "u2")]  # fmt: skip
+        assert code == 0 and [x["arm"] for x in got] == expected
+        code, _, err = await _admin(capsys, target, "assignment", "nope", "u1")
+        assert code == 1 and "no experiment 'nope' on this router (experiments: ab)" in err
 
-            code, out, _ = await _admin(capsys, target, "--json", "assignment", "ab", "u1", "u2")
-            got = _strict(out)["assignments"]
-            expected = [(await router.process(rpb.TASK_TAG, wav(0.2), user_id=u)).route.arm
-                        for u in ("u1", "u2")]  # fmt: skip
-            assert code == 0 and [x["arm"] for x in got] == expected
-            code, _, err = await _admin(capsys, target, "assignment", "nope", "u1")
-            assert code == 1 and "no experiment 'nope' on this router (experiments: ab)" in err
+        code, out, _ = await _admin(capsys, target, "--json", "quality")
+        assert code == 0 and {c["model"] for c in _strict(out)["checks"]} <= {"a", "b"}
+        code, out, _ = await _admin(capsys, target, "quality", "--model", "a")
+        assert code == 0 and "checks:" in out and "trends:" in out
 
-            code, out, _ = await _admin(capsys, target, "--json", "quality")
-            assert code == 0 and {c["model"] for c in _strict(out)["checks"]} <= {"a", "b"}
-            code, out, _ = await _admin(capsys, target, "quality", "--model", "a")
-            assert code == 0 and "checks:" in out and "trends:" in out
+        code, out, _ = await _admin(capsys, target, "alerts", "--all")
+        assert code == 0 and out.split()[:3] == ["ID", "STATE", "SEVERITY"]
+        code, _, err = await _admin(capsys, target, "ack", "no-such-alert", "--by", "me")
+        assert code == 1 and "NOT_FOUND: no alert 'no-such-alert'" in err
 
-            code, out, _ = await _admin(capsys, target, "alerts", "--all")
-            assert code == 0 and out.split()[:3] == ["ID", "STATE", "SEVERITY"]
-            code, _, err = await _admin(capsys, target, "ack", "no-such-alert", "--by", "me")
-            assert code == 1 and "NOT_FOUND: no alert 'no-such-alert'" in err
-
-            code, out, _ = await _admin(capsys, target, "--json", "health")
-            assert code == 0 and _strict(out) == {"liveness": "SERVING", "readiness": "SERVING"}
-            code, out, _ = await _admin(capsys, target, "health", "--service", "nonesuch")
-            assert code == 1 and "UNKNOWN_SERVICE" in out
+        code, out, _ = await _admin(capsys, target, "--json", "health")
+        assert code == 0 and _strict(out) == {"liveness": "SERVING", "readiness": "SERVING"}
+        code, out, _ = await _admin(capsys, target, "health", "--service", "nonesuch")
+        assert code == 1 and "UNKNOWN_SERVICE" in out
 
 
 async def test_admin_commands_with_a_token(
@@ -125,29 +133,24 @@ async def test_what_a_newcomer_tripped_on(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--json after the command, an unknown seed named, reasons as text, a closed pipe."""
-    async with fault_server("a") as (_, a), fault_server("b") as (_, b):
-        async with live_router(_config(a, b), tmp_path) as router:
-            for i in range(20):
-                await router.process(rpb.TASK_TAG, wav(0.2), user_id=f"u{i}")
-            await router.flush()
-            target = f"127.0.0.1:{router.server.port}"
-            code, out, _ = await _admin(capsys, target, "report", "ab", "--json")
-            assert code == 0 and _strict(out)["experiment"] == "ab"
-            code, out, _ = await _admin(capsys, target, "report", "ab")
-            assert code == 0 and "{'" not in out
-            assert re.search(r"requests in some arm: control \d+, candidate \d+", out), out
-            code, _, err = await _admin(capsys, target, "report", "ab", "--seed", "nope")
-            assert code == 1 and (
-                "NOT_FOUND: experiment 'ab' has no phase with seed 'nope'; its phases: p1" in err
-            ), err
+    async with _served(tmp_path) as (_, target):
+        code, out, _ = await _admin(capsys, target, "report", "ab", "--json")
+        assert code == 0 and _strict(out)["experiment"] == "ab"
+        code, out, _ = await _admin(capsys, target, "report", "ab")
+        assert code == 0 and "{'" not in out
+        assert re.search(r"requests in some arm: control \d+, candidate \d+", out), out
+        code, _, err = await _admin(capsys, target, "report", "ab", "--seed", "nope")
+        assert code == 1 and (
+            "NOT_FOUND: experiment 'ab' has no phase with seed 'nope'; its phases: p1" in err
+        ), err
 
-            # The reader is gone before the first line is written.
-            closed = await asyncio.to_thread(
-                subprocess.run,
-                ["bash", "-c", f"{ROUTER} admin --target {target} report ab | true"],
-                capture_output=True, text=True, timeout=60,
-            )  # fmt: skip
-            assert "Traceback" not in closed.stderr and "BrokenPipe" not in closed.stderr
+        # The reader is gone before the first line is written.
+        closed = await asyncio.to_thread(
+            subprocess.run,
+            ["bash", "-c", f"{ROUTER} admin --target {target} report ab | true"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert "Traceback" not in closed.stderr and "BrokenPipe" not in closed.stderr
 
 
 def test_admin_help_says_each_default_once() -> None:

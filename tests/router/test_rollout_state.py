@@ -266,11 +266,8 @@ async def test_get_assignment_refuses_bad_requests_precisely(tmp_path: Path) -> 
             assert [x.user_id for x in ok.assignments] == ["u1", "u2"] and ok.coverage == 0.1
 
 
-def test_rollout_cli_names_what_is_wrong(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from router.cli import main
-
+def _rollout_config(tmp_path: Path) -> Path:
+    """A router configuration whose experiment `e` the rollout CLI acts on."""
     cfg = base_config(
         {"a": ["127.0.0.1:1"], "b": ["127.0.0.1:2"]},
         embed={"primary": "a", "experiment": experiment().model_dump(mode="json")},
@@ -278,6 +275,15 @@ def test_rollout_cli_names_what_is_wrong(
     cfg["rollout"] = {"state_file": "rollout.json"}
     path = tmp_path / "router.yaml"
     path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_rollout_cli_names_what_is_wrong(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from router.cli import main
+
+    path = _rollout_config(tmp_path)
     base = ["rollout", "--config", str(path)]
     assert main([*base, "--set", "e=abc"]) == 2
     assert "expected EXPERIMENT=COVERAGE" in capsys.readouterr().err
@@ -297,13 +303,7 @@ def test_a_manual_rollback_says_who_and_holds_until_the_seed_changes(
     from router.alerts.settings import BUILT_IN_RULES
     from router.cli import main
 
-    cfg = base_config(
-        {"a": ["127.0.0.1:1"], "b": ["127.0.0.1:2"]},
-        embed={"primary": "a", "experiment": experiment().model_dump(mode="json")},
-    )
-    cfg["rollout"] = {"state_file": "rollout.json"}
-    path = tmp_path / "router.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path = _rollout_config(tmp_path)
     monkeypatch.setattr("getpass.getuser", lambda: "alice")
     base = ["rollout", "--config", str(path)]
     assert main([*base, "--set", "e=0"]) == 0
