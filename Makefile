@@ -20,7 +20,7 @@ MODELS ?= models
 DATASET ?= data/demo
 PYTEST_ARGS ?=
 
-.PHONY: install tools node-client protos lint format test bench models dataset demo up down lock clean
+.PHONY: install tools node-client protos lint format test bench rehearsal models dataset demo up down lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -124,6 +124,15 @@ bench: install models
 	$(BIN)/python -m benchmarks.router --models $(MODELS) --out docs/benchmarks.md
 	$(BIN)/python -m benchmarks.overload --models $(MODELS) --out docs/benchmarks.md
 	$(BIN)/python -m benchmarks.results --models $(MODELS) --out docs/benchmarks.md
+
+# GAMA (and wav2vec2-base) at full size with random weights: write, convert, plan, serve, ask,
+# report memory and times. About 30 GB of disk under REHEARSAL_WORK, deleted at the end; about
+# fifteen minutes for 7b on two cores. Not part of `make test` (its tiny size is).
+REHEARSAL_SIZE ?= 7b
+REHEARSAL_WORK ?= /var/tmp/gama-rehearsal
+rehearsal: install
+	$(BIN)/python -m benchmarks.rehearsal --size $(REHEARSAL_SIZE) --work $(REHEARSAL_WORK) \
+		--json $(REHEARSAL_WORK).json --out docs/benchmarks.md
 
 # Re-resolve pins after editing dependencies in pyproject.toml: one universal resolution (uv)
 # for every platform and Python from 3.11 on, with environment markers; every cap lives in

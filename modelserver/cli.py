@@ -93,6 +93,31 @@ def _parser() -> argparse.ArgumentParser:
     tiny.add_argument("--out", type=Path, required=True, help="the directory to write")
     tiny.add_argument("--runtime", choices=["onnx", "torch"], default="onnx", help="wav2vec2 only")
 
+    rehearsal = sub.add_parser(
+        "make-rehearsal",
+        help="write a random-weight model at full size, in its released layout",
+        description="Random weights at the real sizes, in the layouts the authors publish: GAMA "
+        "(LLaMA-2-7B float16 shards, the Q-Former shard and the stage checkpoint; 1b: a 1.1B "
+        "LLaMA for a short GPU budget) or wav2vec2-base. Written one tensor at a time, so memory "
+        "stays bounded by the largest tensor. 7b takes about 15 GB of disk.",
+    )
+    rehearsal.add_argument(
+        "--family", choices=["wav2vec2", "gama"], required=True, help="which model to write"
+    )
+    rehearsal.add_argument(
+        "--size",
+        choices=["7b", "1b", "tiny"],
+        default="7b",
+        help="gama: the LLM's size (default: 7b, the release's; tiny: the same path in "
+        "seconds); wav2vec2 is always base",
+    )
+    rehearsal.add_argument("--out", type=Path, required=True, help="the directory to write")
+    rehearsal.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (it is off anyway when stderr is not a terminal)",
+    )
+
     export = sub.add_parser(
         "export", help="export a transformers checkpoint, checked against torch"
     )
@@ -157,6 +182,12 @@ def _memory_options(parser: argparse.ArgumentParser) -> None:
         metavar="SIZE",
         help="memory the plan may count on, e.g. 80GiB (default: what the device has available)",
     )
+    parser.add_argument(
+        "--emulated-bfloat16",
+        action="store_true",
+        help="allow bfloat16 on a CPU without native support (AVX512-BF16, AMX): several times "
+        "slower than float32, in half the memory",
+    )
 
 
 def _size(text: str) -> int:
@@ -178,7 +209,8 @@ def _plan(args: argparse.Namespace) -> int:
         config = load_model_config(args.model_dir)
         if args.dtype is not None:
             config = config.model_copy(update={"dtype": args.dtype})
-        planned = plan(args.model_dir, config, args.device, args.device_memory)
+        planned = plan(args.model_dir, config, args.device, args.device_memory,
+                       emulated_bf16=args.emulated_bfloat16)  # fmt: skip
     except (ModelDirError, ValidationError) as exc:
         print(f"modelserver: {exc}", file=sys.stderr)
         return 2
@@ -217,6 +249,7 @@ def _serve(args: argparse.Namespace) -> int:
             health_port=args.health_port,
             dtype=args.dtype,
             device_memory=args.device_memory,
+            emulated_bfloat16=args.emulated_bfloat16,
         )
         config = load_model_config(settings.model_dir)
     except (ModelDirError, ValidationError) as exc:
@@ -247,6 +280,27 @@ def _make_tiny(args: argparse.Namespace) -> int:
     else:
         stage = make_tiny_gama(args.out)
         print(f"built a tiny GAMA release in {args.out} (stage checkpoint {stage})")
+    return 0
+
+
+def _make_rehearsal(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from modelserver.tiny.full_size import gama_release_bytes, make_gama_release, make_wav2vec2_base
+
+    started = time.monotonic()
+    if args.family == "wav2vec2":
+        make_wav2vec2_base(args.out)
+        print(f"wrote wav2vec2-base in {args.out} in {time.monotonic() - started:.1f} s")
+        return 0
+    total = gama_release_bytes(args.size)
+    with tqdm(total=total, unit="B", unit_scale=True, desc=f"GAMA {args.size}",
+              disable=True if args.no_progress else None) as bar:  # fmt: skip
+        release = make_gama_release(args.out, args.size, progress=bar.update)
+    print(
+        f"wrote a {args.size} GAMA release in {args.out} in {time.monotonic() - started:.1f} s "
+        f"(base {release.base.name}, stage {release.stage.name}, labels {release.labels.name})"
+    )
     return 0
 
 
@@ -316,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         # Model directories are local: a server never reaches for a hub at run time.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    commands = {"serve": _serve, "plan": _plan, "make-tiny": _make_tiny, "export": _export}
+    commands = {"serve": _serve, "plan": _plan, "make-tiny": _make_tiny,
+                "make-rehearsal": _make_rehearsal, "export": _export}  # fmt: skip
     return commands[args.command](args)
 
 

@@ -284,12 +284,15 @@ class ServerSettings(StrictSettings):
     port: int = Field(50061, ge=0, le=65535)
     """gRPC port (0 picks a free one)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto uses CUDA only when it really works."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None
     """Overrides the model's `dtype` (`modelserver serve --dtype`)."""
     device_memory: int | None = Field(None, gt=0)
     """Bytes the memory plan may count on, instead of what the device has available (a share
     of a GPU, a container's budget)."""
-    """auto uses CUDA only when it really works."""
+    emulated_bfloat16: bool = False
+    """Serve bfloat16 on a CPU without native support (torch emulates it: several times
+    slower than float32, in half the memory), instead of refusing it."""
     grace_seconds: float = Field(20.0, ge=0)
     """On SIGTERM, in-flight requests get this long to finish."""
     drain_delay_seconds: float = Field(0.0, ge=0)

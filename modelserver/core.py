@@ -90,7 +90,13 @@ class InferenceCore:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def load(self, model_dir: Any, device: str, device_memory: int | None = None) -> None:
+    async def load(
+        self,
+        model_dir: Any,
+        device: str,
+        device_memory: int | None = None,
+        emulated_bf16: bool = False,
+    ) -> None:
         """Plan memory, load on the inference thread (the event loop keeps answering probes
         meanwhile), then start the work loops. PlanError, before anything is loaded, when the
         model cannot fit."""
@@ -99,7 +105,7 @@ class InferenceCore:
         loop = asyncio.get_running_loop()
         # Planned before anything is loaded: a model that cannot fit is refused in seconds.
         self.plan = await loop.run_in_executor(
-            self._compute, self._plan, Path(model_dir), device, device_memory
+            self._compute, self._plan, Path(model_dir), device, device_memory, emulated_bf16
         )
         log.info(
             "memory plan for %s: %s",
@@ -129,10 +135,13 @@ class InferenceCore:
         self.batcher.start()
         self.family = family
 
-    def _plan(self, model_dir: Path, device: str, device_memory: int | None) -> MemoryPlan:
+    def _plan(
+        self, model_dir: Path, device: str, device_memory: int | None, emulated_bf16: bool
+    ) -> MemoryPlan:
         from modelserver.runtime.torch_runtime import cuda_works
 
-        return plan(model_dir, self.config, "cuda" if cuda_works(device) else "cpu", device_memory)
+        on = "cuda" if cuda_works(device) else "cpu"
+        return plan(model_dir, self.config, on, device_memory, emulated_bf16=emulated_bf16)
 
     async def warm_up(self, iterations: int | None = None) -> None:
         """Every task through the full path, so first client calls meet warm caches."""
@@ -159,7 +168,7 @@ class InferenceCore:
                     payload,
                     frozenset(TASK_OUTPUTS[task]),
                     prompt,
-                    max_new_tokens=w.max_new_tokens if task is Task.DESCRIBE else None,
+                    max_new_tokens=w.max_new_tokens,
                 )
                 await self.infer(request, deadline=None, warming=True)
 

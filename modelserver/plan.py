@@ -51,10 +51,16 @@ def cpu_has_native_bf16() -> bool:
     )
 
 
-def compute_dtype(config: ModelConfig, device: str, native_bf16: bool | None = None) -> str:
+def compute_dtype(
+    config: ModelConfig,
+    device: str,
+    native_bf16: bool | None = None,
+    emulated_bf16: bool = False,
+) -> str:
     """The dtype the model computes in on `device` ("cpu" or "cuda"): `auto` is bfloat16 on
-    CUDA (as GAMA was trained) and float32 on the CPU; bfloat16 on a CPU needs native support,
-    float16 on a CPU is refused (torch runs it slowly, and some kernels not at all)."""
+    CUDA (as GAMA was trained) and float32 on the CPU; bfloat16 on a CPU needs native support
+    unless `emulated_bf16` accepts the slowdown for half the memory; float16 on a CPU is
+    refused (torch runs it slowly, and some kernels not at all)."""
     wanted = config.dtype
     if wanted == "auto":
         return "bfloat16" if device == "cuda" and config.family == "gama" else "float32"
@@ -63,11 +69,12 @@ def compute_dtype(config: ModelConfig, device: str, native_bf16: bool | None = N
                         "where the CPU has it natively)")  # fmt: skip
     if device != "cuda" and wanted == "bfloat16":
         native = cpu_has_native_bf16() if native_bf16 is None else native_bf16
-        if not native:
+        if not native and not emulated_bf16:
             raise PlanError(
                 "dtype bfloat16 on the CPU needs native support (AVX512-BF16 or AMX on x86, "
                 "FEAT_BF16 on Arm), which this CPU lacks: torch would emulate it, several "
-                "times slower than float32; use --dtype float32"
+                "times slower than float32; use --dtype float32, or --emulated-bfloat16 to "
+                "take the slowdown for half the memory"
             )
     return wanted
 
@@ -200,10 +207,11 @@ def plan(
     device: str,
     available: int | None = None,
     native_bf16: bool | None = None,
+    emulated_bf16: bool = False,
 ) -> MemoryPlan:
     """The plan for serving `model_dir` on `device` ("cpu" or "cuda"), or PlanError saying
     why it cannot be served: the weights do not fit, or the configured KV budget does not."""
-    dtype = compute_dtype(config, device, native_bf16)
+    dtype = compute_dtype(config, device, native_bf16, emulated_bf16)
     weights = weights_bytes(weight_files(model_dir, config), dtype)
     have = available_bytes(device) if available is None else available
     per_token = kv_bytes_per_token(model_dir, config, dtype)
@@ -213,8 +221,10 @@ def plan(
     room = draft.kv_room_bytes
     if weights > have * cb.memory_fraction:
         smaller = {k: weights_bytes(weight_files(model_dir, config), k) for k in ("bfloat16",)}
+        native = cpu_has_native_bf16() if native_bf16 is None else native_bf16
+        flags = "--dtype bfloat16" + ("" if device == "cuda" or native else " --emulated-bfloat16")
         hint = (
-            f"; --dtype bfloat16 needs {size(smaller['bfloat16']).strip()}"
+            f"; {flags} needs {size(smaller['bfloat16']).strip()}"
             if dtype == "float32" and config.family == "gama"
             else ""
         )

@@ -106,9 +106,8 @@ class ModelServer:
 
     async def load(self) -> None:
         started = time.perf_counter()
-        await self.core.load(
-            self.settings.model_dir, self.settings.device, self.settings.device_memory
-        )
+        s = self.settings
+        await self.core.load(s.model_dir, s.device, s.device_memory, s.emulated_bfloat16)
         assert self.core.family is not None
         p = self.core.family.placement
         log.info(
@@ -166,6 +165,11 @@ class ModelServer:
         waiter = loop.create_task(stop.wait())
         done, _ = await asyncio.wait({loading, waiter}, return_when=asyncio.FIRST_COMPLETED)
         if loading in done:
+            if loading.exception() is not None:
+                # Refused or failed before serving (a memory plan that does not fit): stop
+                # listening cleanly, so the process ends with the reason, not gRPC warnings.
+                waiter.cancel()
+                await self._stack.aclose()
             loading.result()
             await waiter
         else:

@@ -96,7 +96,7 @@ def released_only_shapes(dims: AudioDims) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _fill(name: str, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+def fill_values(name: str, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
     """Deterministic values with O(1) activations: fan-in scaled matrices, norms near 1."""
     noise = torch.randn(shape, generator=generator)
     if len(shape) >= 2:
@@ -111,7 +111,7 @@ def released_audio(dims: AudioDims, generator: torch.Generator) -> dict[str, tor
         audio = GamaAudio(dims)
     shapes = {layout.released_audio_name(k): tuple(v.shape) for k, v in audio.state_dict().items()}
     shapes.update(released_only_shapes(dims))
-    return {name: _fill(name, shape, generator) for name, shape in sorted(shapes.items())}
+    return {name: fill_values(name, shape, generator) for name, shape in sorted(shapes.items())}
 
 
 def tiny_lm_config(vocab_size: int, width: int, heads: int) -> LlamaConfig:
@@ -150,12 +150,12 @@ def make_tiny_release(
     generator = torch.Generator().manual_seed(seed)
     with torch.device("meta"):
         lm_shapes = {k: tuple(v.shape) for k, v in LlamaForCausalLM(config).state_dict().items()}
-    lm = {name: _fill(name, shape, generator) for name, shape in sorted(lm_shapes.items())}
+    lm = {name: fill_values(name, shape, generator) for name, shape in sorted(lm_shapes.items())}
     dims = tiny_dims(width, config.hidden_size, qformer_layers)
     audio = released_audio(dims, generator)
     # The base directory's Q-Former: a first-stage value the stage checkpoint replaces.
     base_qformer = {
-        k: _fill(k, tuple(v.shape), generator)
+        k: fill_values(k, tuple(v.shape), generator)
         for k, v in audio.items()
         if k.startswith(QFORMER_IN_BASE)
     }

@@ -141,12 +141,16 @@ _WORDS = [
 ]
 
 
-def build_word_tokenizer(out: Path) -> PreTrainedTokenizerFast:
+def build_word_tokenizer(out: Path, size: int | None = None) -> PreTrainedTokenizerFast:
     """A word-level tokenizer with LLaMA's special tokens (<unk> 0, <s> 1, </s> 2) that, like
-    LLaMA's, puts <s> before every text: every id decodes to a real word."""
+    LLaMA's, puts <s> before every text: every id decodes to a real word. With `size` (a
+    full-size LLaMA's 32000), made-up words `w<id>` fill the ids past the real ones, so every
+    id a random model draws still decodes."""
     specials = ["<unk>", "<s>", "</s>"]
     punctuation = list(".,:;?!'#-()")
-    vocab = {w: i for i, w in enumerate(specials + sorted(set(_WORDS)) + punctuation)}
+    words = specials + sorted(set(_WORDS)) + punctuation
+    words += [f"w{i}" for i in range(len(words), size or 0)]
+    vocab = {w: i for i, w in enumerate(words)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(

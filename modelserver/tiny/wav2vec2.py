@@ -19,10 +19,7 @@ def build_ctc_checkpoint(out: Path, seed: int = SEED, group_norm: bool = False) 
     The default is the stable-layer-norm layout (wav2vec2-large-lv60); `group_norm` gives the
     wav2vec2-base layout, whose feature encoder is run without an attention mask.
     """
-    vocab = CTC_SPECIALS + CTC_ALPHABET
-    torch.manual_seed(seed)
-    config = Wav2Vec2Config(
-        vocab_size=len(vocab),
+    config = ctc_config(
         hidden_size=64,
         num_hidden_layers=2,
         num_attention_heads=2,
@@ -32,10 +29,22 @@ def build_ctc_checkpoint(out: Path, seed: int = SEED, group_norm: bool = False) 
         do_stable_layer_norm=not group_norm,
         num_conv_pos_embeddings=16,
         num_conv_pos_embedding_groups=4,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
     )
+    return save_ctc_checkpoint(config, out, seed)
+
+
+def ctc_config(**sizes: object) -> Wav2Vec2Config:
+    """Wav2Vec2Config's defaults (wav2vec2-base) with the CTC vocabulary, changed by `sizes`."""
+    vocab = CTC_SPECIALS + CTC_ALPHABET
+    return Wav2Vec2Config(
+        vocab_size=len(vocab), pad_token_id=0, bos_token_id=1, eos_token_id=2, **sizes
+    )
+
+
+def save_ctc_checkpoint(config: Wav2Vec2Config, out: Path, seed: int = SEED) -> Path:
+    """Random Wav2Vec2ForCTC weights for `config`, with its tokenizer, as HF publishes them."""
+    vocab = CTC_SPECIALS + CTC_ALPHABET
+    torch.manual_seed(seed)
     model = Wav2Vec2ForCTC(config).eval()
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)

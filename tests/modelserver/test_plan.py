@@ -15,19 +15,23 @@ import pytest
 import yaml
 from safetensors.numpy import load_file
 
-from modelserver.config import ModelConfig, load_model_config
+from modelserver.audio import Audio
+from modelserver.config import ModelConfig, Task, load_model_config
+from modelserver.messages import AudioPayload, InferRequest
 from modelserver.plan import (
     GiB,
     PlanError,
     _activation_reserve,
     compute_dtype,
+    cpu_has_native_bf16,
     kv_bytes_per_token,
     plan,
     weight_files,
     weights_bytes,
 )
 from tests.modelserver.conftest import live_server
-from tests.support.oip import params
+from tests.support.audio import wav
+from tests.support.oip import infer_request, outputs, params
 
 MODELSERVER = str(Path(sys.executable).with_name("modelserver"))
 LLAMA_2_7B = {
@@ -99,10 +103,14 @@ def test_llama_2_7b_arithmetic(tiny_models: Path, tmp_path: Path) -> None:
     assert auto.planned and auto.kv_budget_tokens == room // (512 * 1024)
     assert 100_000 < auto.kv_budget_tokens < 130_000  # about 118 sequences of 1,000 tokens
     # float32 on this 24 GiB machine: refused, naming what would fit.
+    f32 = _gama(tiny_models, dtype="float32")
     with pytest.raises(
         PlanError, match=r"need 25\.\d\d GiB at float32 .* --dtype bfloat16 needs 12"
     ):
-        plan(tmp_path, _gama(tiny_models, dtype="float32"), "cpu", available=22 * GiB)
+        plan(tmp_path, f32, "cpu", available=22 * GiB, native_bf16=True)
+    # Without native bfloat16 the hint names the flag that allows it.
+    with pytest.raises(PlanError, match=r"--dtype bfloat16 --emulated-bfloat16 needs 12"):
+        plan(tmp_path, f32, "cpu", available=22 * GiB, native_bf16=False)
 
 
 def test_dtype_rules(tiny_models: Path) -> None:
@@ -111,8 +119,9 @@ def test_dtype_rules(tiny_models: Path) -> None:
     assert compute_dtype(config, "cuda") == "bfloat16"
     bf16 = _gama(tiny_models, dtype="bfloat16")
     assert compute_dtype(bf16, "cpu", native_bf16=True) == "bfloat16"
-    with pytest.raises(PlanError, match="needs native support"):
+    with pytest.raises(PlanError, match=r"needs native support.*--emulated-bfloat16"):
         compute_dtype(bf16, "cpu", native_bf16=False)
+    assert compute_dtype(bf16, "cpu", native_bf16=False, emulated_bf16=True) == "bfloat16"
     with pytest.raises(PlanError, match="float16 runs on CUDA only"):
         compute_dtype(_gama(tiny_models, dtype="float16"), "cpu")
 
@@ -161,11 +170,39 @@ def test_serve_refuses_in_seconds_with_one_line(tiny_models: Path) -> None:
     assert "the weights need" in line and "cpu has 1.00 MiB available" in line, line
     # Refused by the plan, before anything was loaded.
     assert "loaded gama" not in done.stderr and "memory plan" not in done.stderr
+    # ... and the process stopped listening cleanly: nothing after the line but the log.
+    assert "Warning" not in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
     plan_cli = subprocess.run(
         [MODELSERVER, "plan", "--model-dir", str(tiny_models / "gama"), "--device-memory",
          "2GiB"], capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert plan_cli.returncode == 0 and "available              2.00 GiB" in plan_cli.stdout
+
+
+async def test_bfloat16_is_served_on_any_cpu_when_asked(tiny_models: Path) -> None:
+    """Emulated where the CPU lacks it (how the 7B rehearsal fits 24 GiB); refused without
+    the flag there."""
+    emulated = {"dtype": "bfloat16", "emulated_bfloat16": True}
+    async with live_server(tiny_models / "gama", settings=emulated) as live:
+        meta = await live.stub.ModelMetadata(_metadata_request())
+        assert params(meta)["dtype"] == "bfloat16"
+        answer = await live.stub.ModelInfer(
+            infer_request("gama", audio=wav(1.0), task="describe", prompt="What is it?",
+                          max_new_tokens=4)
+        )  # fmt: skip
+        assert outputs(answer)["TEXT"][0].decode().strip()
+        # A tag answer is bounded by max_new_tokens too (the warm-up's short tag relies on it).
+        family = live.core.family
+        assert family is not None
+        payload = AudioPayload(waveform=np.zeros(16000, np.float32), sample_rate=16000)
+        tag = InferRequest("t", Task.TAG, payload, frozenset({"LABELS"}), None, max_new_tokens=2)
+        item = family.prepare(tag, Audio(np.zeros(16000, np.float32), 16000, 16000))
+        assert item.sampling.max_new_tokens == 2
+    if not cpu_has_native_bf16():
+        async with live_server(tiny_models / "gama", load=False,
+                               settings={"dtype": "bfloat16"}) as live:  # fmt: skip
+            with pytest.raises(PlanError, match="--emulated-bfloat16"):
+                await live.server.load()
 
 
 async def test_the_warm_up_answer_is_short(tiny_models: Path) -> None:

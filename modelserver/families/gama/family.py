@@ -111,7 +111,8 @@ class GamaFamily(Family):
             sampling = Sampling(limit, temperature, seed)
         elif request.task is Task.TAG:
             prompt_ids = self.prompt_ids(self.settings.tag_prompt)
-            sampling = Sampling(self.settings.tag_max_new_tokens, 0.0, seed)
+            tag_max = self.settings.tag_max_new_tokens
+            sampling = Sampling(min(request.max_new_tokens or tag_max, tag_max), 0.0, seed)
         return Item(
             fbank=self.front_end(audio.samples),
             task=request.task,
