@@ -20,7 +20,7 @@ MODELS ?= models
 DATASET ?= data/demo
 PYTEST_ARGS ?=
 
-.PHONY: install tools node-client protos lint format test bench rehearsal models dataset demo up down lock clean
+.PHONY: install tools node-client protos lint format test bench rehearsal gpu-check models dataset demo up down lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -133,6 +133,13 @@ REHEARSAL_WORK ?= /var/tmp/gama-rehearsal
 rehearsal: install
 	$(BIN)/python -m benchmarks.rehearsal --size $(REHEARSAL_SIZE) --work $(REHEARSAL_WORK) \
 		--json $(REHEARSAL_WORK).json --out docs/benchmarks.md
+
+# The day a GPU is lent: ONNX Runtime on CUDA, the rehearsal GAMA served in bfloat16 on the GPU,
+# tokens/s and time to first token continuous against static, NVML metrics (benchmarks/gpu_check.py).
+# Refuses at once (exit 3) without CUDA. GPU_CHECK_SIZE=1b fits a short budget.
+GPU_CHECK_SIZE ?= 7b
+gpu-check: install
+	$(BIN)/python -m benchmarks.gpu_check --size $(GPU_CHECK_SIZE) --json gpu-check.json
 
 # Re-resolve pins after editing dependencies in pyproject.toml: one universal resolution (uv)
 # for every platform and Python from 3.11 on, with environment markers; every cap lives in
