@@ -75,6 +75,11 @@ class ContinuousBatching(StrictSettings):
     """Sequences waiting for a slot; beyond this, RESOURCE_EXHAUSTED."""
     max_prefill_per_step: int = Field(8, ge=1, le=1024)
     """New sequences prefilled per step: bounds the pause a prefill puts into running answers."""
+    max_call_ms: float = Field(20.0, ge=0, le=1000)
+    """Decode steps run back to back on the inference thread for up to this long, while nothing
+    needs the scheduler (an arrival, a finish, a cancellation, a deadline), and their text
+    goes out as one streamed piece per sequence (vLLM's multi-step scheduling). It bounds how
+    long a streamed piece is held; 0 visits the scheduler after every step."""
 
 
 class Warmup(StrictSettings):

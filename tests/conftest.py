@@ -56,6 +56,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip(NEEDS_MODEL_SERVERS)
     from transformers.utils import logging as hf_logging
 
+    from modelserver.config import write_model_config
     from modelserver.tiny.gama import make_tiny_gama_served
     from modelserver.tiny.wav2vec2 import make_tiny_wav2vec2
 
@@ -64,7 +65,11 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("models")
     make_tiny_wav2vec2(root / "wav2vec2")
     make_tiny_wav2vec2(root / "wav2vec2-torch", runtime="torch")
-    make_tiny_gama_served(root / "gama-release", root / "gama")
+    gama = make_tiny_gama_served(root / "gama-release", root / "gama")
+    # A piece per decode step, so the tests that count streamed pieces do not depend on how
+    # many steps fit in `max_call_ms` (tests/modelserver/generation covers that path).
+    stepwise = gama.continuous_batching.model_copy(update={"max_call_ms": 0})
+    write_model_config(root / "gama", gama.model_copy(update={"continuous_batching": stepwise}))
     return root
 
 

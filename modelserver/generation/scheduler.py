@@ -19,6 +19,7 @@ Beyond the budget sequences wait in arrival order (no overtaking, so none starve
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Mapping
@@ -142,9 +143,10 @@ class _Sequence:
 
 @dataclass(frozen=True)
 class _Step:
-    """What one model call returned: a token per running row, then the newcomers' prefills."""
+    """What one model call returned: for each decode step a token per running row, then the
+    newcomers' prefills."""
 
-    tokens: list[int]
+    steps: list[list[int]]
     prefilled: list[Prefilled]
     at: float
 
@@ -170,6 +172,9 @@ class GenerationScheduler(WorkLoop):
         self._waiting: deque[_Sequence] = deque()
         self._running: list[_Sequence] = []
         self._wakeup = asyncio.Event()
+        self._attention = threading.Event()
+        """Set on the event loop when the scheduler is needed (an arrival, a cancellation);
+        read by the inference thread between decode steps: a read, never a state change."""
         self.stats = GenerationStats()
 
     # -- state (reads only) --------------------------------------------------------------------
@@ -215,6 +220,7 @@ class GenerationScheduler(WorkLoop):
         finally:
             if not seq.done:
                 seq.cancelled = True
+                self._attention.set()
                 if seq in self._waiting:
                     self._waiting.remove(seq)
                     seq.done = True
@@ -242,6 +248,7 @@ class GenerationScheduler(WorkLoop):
         self._waiting.append(seq)
         self.stats.submitted += 1
         self._wakeup.set()
+        self._attention.set()
         return seq
 
     # -- the worker ----------------------------------------------------------------------------
@@ -259,14 +266,19 @@ class GenerationScheduler(WorkLoop):
                     await self._wakeup.wait()
                 continue
             items = [seq.request.item for seq in admitted]
+            # Cleared here, before the call: whatever arrives from now on interrupts it.
+            self._attention.clear()
+            plan = _Plan(
+                keep=keep,
+                stepping=bool(running),
+                items=items,
+                room=min((s.request.max_new_tokens - len(s.tokens) for s in running), default=0),
+                deadline=min((s.deadline for s in running if s.deadline is not None),
+                             default=None),
+            )  # fmt: skip
             try:
                 step = await self._call_model(
-                    "while generating",
-                    len(running) + len(admitted),
-                    self._iterate,
-                    keep,
-                    bool(running),
-                    items,
+                    "while generating", len(running) + len(admitted), self._iterate, plan
                 )
             except InferenceError as error:
                 for seq in [*running, *admitted]:
@@ -324,47 +336,74 @@ class GenerationScheduler(WorkLoop):
             longest = widest
         return admitted
 
-    def _iterate(self, keep: list[int], stepping: bool, items: list[Any]) -> _Step:
-        """On the inference thread: retire, decode one step, prefill the newcomers. It touches
-        the engine only; the worker applies what it returns."""
+    def _iterate(self, plan: _Plan) -> _Step:
+        """On the inference thread: retire, decode, prefill the newcomers. It touches the
+        engine only; the worker applies what it returns.
+
+        Decoding goes on step after step while nothing needs the scheduler, for up to
+        `max_call_ms`: a row that ends (end of sequence, or its last allowed token), a
+        newcomer to prefill, an arrival or cancellation (`_attention`) or a deadline stop it
+        after the step under way, so every sequence leaves the batch the step it would have
+        left with one step per call."""
         engine = self.engine
+        steps: list[list[int]] = []
         try:
-            engine.keep(keep)
-            tokens = engine.step() if stepping else []
-            prefilled = engine.prefill(items) if items else []
+            engine.keep(plan.keep)
+            if plan.stepping:
+                until = self._clock() + self.settings.max_call_ms / 1000
+                while True:
+                    tokens = engine.step()
+                    steps.append(tokens)
+                    now = self._clock()
+                    if (
+                        plan.items
+                        or len(steps) >= plan.room
+                        or engine.eos_id in tokens
+                        or self._attention.is_set()
+                        or now >= until
+                        or (plan.deadline is not None and now >= plan.deadline)
+                    ):
+                        break
+            prefilled = engine.prefill(plan.items) if plan.items else []
         except Exception:
             engine.keep([])
             raise
-        return _Step(tokens, prefilled, self._clock())
+        return _Step(steps, prefilled, self._clock())
 
     def _apply(self, running: list[_Sequence], admitted: list[_Sequence], step: _Step) -> None:
         rows = len(running) + len(admitted)
-        if step.tokens:
-            self.stats.steps += 1
+        self.stats.steps += len(step.steps)
         for seq, prefilled in zip(admitted, step.prefilled, strict=True):
             seq.outputs = prefilled.outputs
-        tokens = [*step.tokens, *(p.token for p in step.prefilled)]
-        for seq, token in zip([*running, *admitted], tokens, strict=True):
-            self.stats.decoded_tokens += 1
+        # Each sequence's tokens of this call, in order: a piece per call, not per token.
+        taken: list[list[int]] = [[] for _ in running]
+        for tokens in step.steps:
+            for row, token in enumerate(tokens):
+                taken[row].append(token)
+        taken += [[p.token] for p in step.prefilled]
+        for seq, tokens in zip([*running, *admitted], taken, strict=True):
+            self.stats.decoded_tokens += len(tokens)
             if seq.cancelled:
-                self.stats.decoded_after_cancel += 1
+                self.stats.decoded_after_cancel += len(tokens)
             seq.batch_size = max(seq.batch_size, rows)
             if not seq.first_token:
                 seq.first_token = step.at
-            for event in self._accept(seq, token, step.at):
+            for event in self._accept(seq, tokens, step.at):
                 seq.events.put_nowait(event)
 
-    def _accept(self, seq: _Sequence, token: int, now: float) -> list[Event]:
+    def _accept(self, seq: _Sequence, tokens: list[int], now: float) -> list[Event]:
         request = seq.request
         reason = None
         text = ""
-        if token == self.engine.eos_id:
-            reason = "stop"
-        else:
+        for token in tokens:
+            if token == self.engine.eos_id:
+                reason = "stop"
+                break
             seq.tokens.append(token)
-            text = seq.pieces.put(token)
+            text += seq.pieces.put(token)
             if len(seq.tokens) >= request.max_new_tokens:
                 reason = "length"
+                break
         if reason is None:
             return [Piece(text, len(seq.tokens))] if text else []
         text += seq.pieces.end()
@@ -387,6 +426,22 @@ class GenerationScheduler(WorkLoop):
         if not seq.done:
             seq.done = True
             seq.events.put_nowait(error)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What the worker hands one model call."""
+
+    keep: list[int]
+    """Rows of the running batch that stay, in order."""
+    stepping: bool
+    """Whether any row stays to decode."""
+    items: list[Any]
+    """Newcomers to prefill after the decode steps."""
+    room: int
+    """Tokens the closest-to-its-limit running row may still take."""
+    deadline: float | None
+    """The earliest running deadline."""
 
 
 def _footprint(rows: int, longest: int) -> int:

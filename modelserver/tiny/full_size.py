@@ -155,15 +155,15 @@ def make_gama_release(
     base, stage_dir = out / BASE_DIR, out / STAGE_DIR
     base.mkdir(parents=True, exist_ok=True)
     stage_dir.mkdir(parents=True, exist_ok=True)
-    sizes = GAMA_SIZES[size]
-    config = llama_config(sizes)
+    chosen = GAMA_SIZES[size]
+    config = llama_config(chosen)
     build_word_tokenizer(base, size=config.vocab_size)
     config.save_pretrained(base)
     with torch.device("meta"):
         lm_shapes = {k: tuple(v.shape) for k, v in LlamaForCausalLM(config).state_dict().items()}
     lm_specs = [(k, shape, torch.float16) for k, shape in lm_shapes.items()]
     generator = torch.Generator().manual_seed(seed)
-    dims = tiny_dims(sizes.audio_width, config.hidden_size, sizes.qformer_layers)
+    dims = tiny_dims(chosen.audio_width, config.hidden_size, chosen.qformer_layers)
     audio = released_audio(dims, generator)  # about 1 GB in float32, as the stage holds it
     in_base = [k for k in audio if k.startswith(QFORMER_IN_BASE)]
     qformer_specs = [(k, tuple(audio[k].shape), torch.float16) for k in in_base]

@@ -48,6 +48,10 @@ class ScriptEngine:
         self.rows: list[tuple[Script, int]] = []
         self.log: list[tuple[str, list[str]]] = []
         self.fail_next = False
+        self.on_step: Callable[[int], None] = lambda steps: None
+        """Runs after each step with the number of steps so far: the clock moving, an
+        arrival landing while the inference thread decodes."""
+        self.steps = 0
 
     def prefill(self, items: list[Any]) -> list[Prefilled]:
         self.log.append(("prefill", [s.name for s in items]))
@@ -61,6 +65,8 @@ class ScriptEngine:
             raise RuntimeError("device lost")
         tokens = [s.tokens[i] for s, i in self.rows]
         self.rows = [(s, i + 1) for s, i in self.rows]
+        self.steps += 1
+        self.on_step(self.steps)
         return tokens
 
     def keep(self, indices: list[int]) -> None:
@@ -142,6 +148,8 @@ class Rig:
         self.executor = ManualExecutor()
         self.clock = Clock(100.0)
         self.calls = Calls()
+        # One step per model call unless a test asks for more (the clock here moves by hand).
+        settings.setdefault("max_call_ms", 0)
         self.scheduler = GenerationScheduler(
             self.engine,
             ContinuousBatching(**settings),
@@ -323,4 +331,77 @@ async def test_the_engine_is_the_only_thing_the_model_call_touches() -> None:
     future.set_result(result)
     await settle()
     assert rig.scheduler.stats.decoded_tokens == 1 and a.text == "a"
+    await rig.stop()
+
+
+def _tick(rig: Rig, seconds: float) -> None:
+    """Each decode step takes `seconds` of the rig's clock."""
+
+    def advance(steps: int) -> None:
+        rig.clock.now += seconds
+
+    rig.engine.on_step = advance
+
+
+def _texts(caller: Caller) -> list[str]:
+    return [e.text for e in caller.events if isinstance(e, Piece)]
+
+
+async def test_steps_run_back_to_back_and_stream_as_one_piece_per_call() -> None:
+    rig = Rig(max_call_ms=20)
+    _tick(rig, 0.004)
+    a = await rig.send("A", (1, 2, 3, 4, 5, 6, 7, 8, 9, EOS), max_new=20)
+    await rig.step(1)  # the prefill: its token is a piece of its own
+    await rig.step(1)  # five 4 ms steps fill the 20 ms
+    assert rig.engine.log == [("prefill", ["A"]), *[("step", ["A"])] * 5]
+    assert _texts(a) == ["a", "bcdef"]
+    await rig.step(1)  # three more tokens, then the end of sequence ends the call
+    assert _texts(a) == ["a", "bcdef", "ghi"] and a.finished.reason == "stop"
+    assert (rig.scheduler.stats.steps, rig.scheduler.stats.decoded_tokens) == (9, 10)
+    await rig.stop()
+
+
+async def test_a_call_never_decodes_past_an_answer_s_last_allowed_token() -> None:
+    rig = Rig(max_call_ms=1000)
+    _tick(rig, 0.001)
+    a = await rig.send("A", tuple(range(1, 20)), max_new=4)
+    await rig.step(2)
+    assert rig.engine.log == [("prefill", ["A"]), *[("step", ["A"])] * 3]
+    assert (a.text, a.finished.reason, a.finished.output_tokens) == ("abcd", "length", 4)
+    assert rig.scheduler.stats.decoded_tokens == 4
+    await rig.stop()
+
+
+async def test_an_arrival_ends_a_call_after_the_step_under_way() -> None:
+    rig = Rig(max_call_ms=1000)
+    _tick(rig, 0.001)
+    a = await rig.send("A", tuple(range(1, 30)), max_new=25)
+    await rig.step(1)  # A's prefill; the worker has handed the inference thread its steps
+    await rig.send("B", (5, EOS))  # B arrives while that call is in flight
+    await rig.step(1)
+    assert rig.engine.log[1:] == [("step", ["A"])]  # it stopped after the step under way
+    await rig.step(1)  # the next call: a step for A, then B's prefill
+    assert rig.engine.log[-2:] == [("step", ["A"]), ("prefill", ["B"])]
+    assert _texts(a)[:2] == ["a", "b"]
+    await rig.stop()
+
+
+async def test_a_cancellation_or_a_deadline_ends_a_call_after_the_step_under_way() -> None:
+    rig = Rig(max_call_ms=1000)
+    _tick(rig, 0.001)
+    a = await rig.send("A", tuple(range(1, 30)), max_new=25, deadline=100.0035)
+    await rig.step(2)
+    # Steps end at 100.001, .002, .003, .004: the one that passes the deadline is the last.
+    assert rig.engine.log[1:] == [("step", ["A"])] * 4
+    await rig.step(1)
+    assert a.error is not None and a.error.status is grpc.StatusCode.DEADLINE_EXCEEDED
+    b = await rig.send("B", tuple(range(1, 30)), max_new=25)
+    await rig.step(1)  # B's prefill; its steps are in flight when its caller goes away
+    b.task.cancel()
+    await settle()
+    before = len(rig.engine.log)
+    await rig.step(2)  # the call in flight stops after one step; the next retires B
+    assert rig.engine.log[before:] == [("step", ["B"]), ("keep", [])]
+    stats = rig.scheduler.stats
+    assert (stats.cancelled, stats.decoded_after_cancel) == (1, 1)
     await rig.stop()
