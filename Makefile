@@ -124,6 +124,7 @@ bench: install models
 	$(BIN)/python -m benchmarks.router --models $(MODELS) --out docs/benchmarks.md
 	$(BIN)/python -m benchmarks.overload --models $(MODELS) --out docs/benchmarks.md
 	$(BIN)/python -m benchmarks.results --models $(MODELS) --out docs/benchmarks.md
+	$(BIN)/python -m benchmarks.decisions --out docs/benchmarks.md
 
 # GAMA (and wav2vec2-base) at full size with random weights: write, convert, plan, serve, ask,
 # report memory and times. About 30 GB of disk under REHEARSAL_WORK, deleted at the end; about

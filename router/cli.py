@@ -49,6 +49,13 @@ def _parser() -> argparse.ArgumentParser:
     fleet.add_argument(
         "--json", action="store_true", help="strict JSON instead of tables (undefined: null)"
     )
+    fleet.add_argument(
+        "--html",
+        type=Path,
+        metavar="OUT",
+        help="write the results page to OUT (one self-contained file, plots inline; needs "
+        "--config)",
+    )
     results = sub.add_parser("results", help="manage the results store")
     results_sub = results.add_subparsers(dest="results_command", required=True)
     prune = results_sub.add_parser("prune", help="delete a finished phase's events")

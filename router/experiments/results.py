@@ -5,7 +5,7 @@ The results come from the results store (router/results/query.py), aggregated pe
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from router.config import REQUEST_METRICS, Criterion, ExperimentSettings
@@ -49,7 +49,7 @@ class Report:
     comparisons: list[Comparison]
 
 
-def _allowed(criterion: Criterion, control_mean: float) -> float:
+def allowed_difference(criterion: Criterion, control_mean: float) -> float:
     """The largest acceptable (arm - control) difference under `criterion`."""
     bounds = []
     if criterion.max_absolute_increase is not None:
@@ -64,7 +64,7 @@ def _bound(criterion: Criterion, control_mean: float) -> str:
     absolute, relative = criterion.max_absolute_increase, criterion.max_relative_increase
     if relative is None:
         return f"{absolute:.4g}"
-    limit = _allowed(criterion, control_mean)
+    limit = allowed_difference(criterion, control_mean)
     if absolute is None:
         return f"{relative:+.0%} of control ({limit:.4g})"
     return f"{absolute:.4g} or {relative:+.0%} of control, the smaller ({limit:.4g})"
@@ -81,13 +81,21 @@ def _worse(x: Comparison, higher_is_better: bool) -> tuple[float, float]:
     return (-high, -low) if higher_is_better else (low, high)
 
 
+Interval = Callable[[Statistic, Statistic, float], tuple[float, float]]
+"""(treatment, control, alpha) -> an interval for the difference of means."""
+
+
 def report(
     settings: ExperimentSettings,
     arms: dict[str, ArmResults],
     higher_is_better: Mapping[str, bool] | None = None,
+    interval: Interval = confidence_sequence,
 ) -> Report:
     """`higher_is_better`: outcome metrics where a higher mean is better (request metrics are
-    all lower-is-better)."""
+    all lower-is-better). `interval` is what guardrails and success criteria are judged on:
+    the always-valid confidence sequence, which the rollout controller may check as often as
+    it likes; the decision-quality simulation (router/experiments/simulate.py) swaps in a
+    fixed-horizon one to show what peeking does to it."""
     better = higher_is_better or {}
     control = settings.control or settings.arms[0].name
     counts = {a.name: arms[a.name].requests if a.name in arms else 0 for a in settings.arms}
@@ -114,7 +122,7 @@ def report(
             if c is None or t.n < 2 or c.n < 2 or math.isnan(t.mean) or math.isnan(c.mean):
                 continue
             effect = welch(t, c, settings.alpha)
-            cs = confidence_sequence(t, c, settings.alpha)
+            cs = interval(t, c, settings.alpha)
             comparisons.append(Comparison(arm.name, metric, c.mean, t.mean, effect, cs))
         by_metric = {x.metric: x for x in comparisons if x.arm == arm.name}
         for g in settings.guardrails:
@@ -122,7 +130,7 @@ def report(
             if x is None:
                 continue
             low, high = _worse(x, better.get(g.metric, False))
-            if low > _allowed(g, x.control_mean):
+            if low > allowed_difference(g, x.control_mean):
                 failing.append(
                     f"guardrail {g.metric}: {arm.name} is worse than {control} by at least "
                     f"{low:.4g} (always-valid interval [{low:.4g}, {high:.4g}]; "
@@ -131,7 +139,11 @@ def report(
         for criterion in settings.success:
             x = by_metric.get(criterion.metric)
             worst = _worse(x, better.get(criterion.metric, False))[1] if x else math.nan
-            if x is None or not math.isfinite(worst) or worst > _allowed(criterion, x.control_mean):
+            if (
+                x is None
+                or not math.isfinite(worst)
+                or worst > allowed_difference(criterion, x.control_mean)
+            ):
                 if x is None:
                     unproven.append(
                         f"success {criterion.metric}: no comparison of {arm.name} with "

@@ -80,6 +80,28 @@ def phase_report(
     return as_json(judge_phase(settings, arms, better), arms, phase)
 
 
+def phase_page(config: RouterConfig, store: ResultsStore, name: str, seed: str | None) -> str:
+    """`router report --html`: the report, the effect over the phase, the ramp history."""
+    from router.results.page import render, timeline
+    from router.rollout.state import StateError
+    from router.rollout.store import FileStore
+
+    report = phase_report(config, store, name, seed)
+    settings = find_experiment(config.routes, name)
+    assert settings is not None  # phase_report found it
+    better = {m: o.better == "higher" for m, o in config.outcomes.items()}
+    points = timeline(store, settings, report["seed"], sorted(config.outcomes), better)
+    history = []
+    if config.rollout.state_file is not None:
+        try:
+            state = FileStore(config.rollout.state_file).read()
+        except StateError as exc:
+            raise ConfigError(f"the rollout state: {exc}") from exc
+        history = [d for d in state.history
+                   if d.experiment == name and d.seed == report["seed"]]  # fmt: skip
+    return render(report, settings, better, points, history)
+
+
 def phase_counts(store: ResultsStore, name: str, seed: str | None) -> dict[str, Any]:
     """Without the configuration (no arms' weights, no criteria): what the store holds for the
     phase (the latest one when no seed is given): requests, users and means per arm."""
@@ -153,6 +175,12 @@ def report_command(args: argparse.Namespace) -> int:
     except StoreError as exc:
         return _fail(str(exc), 3)
     try:
+        if args.html is not None:
+            if config is None:
+                raise ConfigError("--html needs --config (the verdict needs the arms and criteria)")
+            args.html.write_text(phase_page(config, store, args.experiment, args.seed))
+            print_out(f"wrote {args.html}")
+            return 0
         if config is None:
             report = phase_counts(store, args.experiment, args.seed)
         else:

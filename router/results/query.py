@@ -69,9 +69,14 @@ def phase_statistics(
 
 
 def phase_statistics_from_events(
-    store: ResultsStore, experiment: str, seed: str, outcome_metrics: Sequence[str] = ()
+    store: ResultsStore,
+    experiment: str,
+    seed: str,
+    outcome_metrics: Sequence[str] = (),
+    until: float | None = None,
 ) -> dict[str, ArmResults]:
-    """`phase_statistics` computed from every exposure and outcome of the phase."""
+    """`phase_statistics` computed from every exposure and outcome of the phase; with
+    `until`, from the exposures up to that time only (the phase as it stood then)."""
     joined: FromClause = exposures
     values: dict[str, tuple[ColumnElement[float], ColumnElement[float]]] = {}
     for name, column in REQUEST_METRICS.items():
@@ -93,7 +98,11 @@ def phase_statistics_from_events(
             *(func.sum(y).label(f"y{i}") for i, (_, y) in enumerate(values.values())),
         )
         .select_from(joined)
-        .where(exposures.c.experiment == experiment, exposures.c.seed == seed)
+        .where(
+            exposures.c.experiment == experiment,
+            exposures.c.seed == seed,
+            *([] if until is None else [exposures.c.at <= until]),
+        )
         .group_by(exposures.c.arm, exposures.c.unit)
         .subquery("per_unit")
     )
@@ -118,6 +127,18 @@ def phase_statistics_from_events(
             metrics[name] = RatioMoments(int(units), x, xx, y, yy, xy)
         out[str(arm)] = ArmResults(int(units), int(requests), metrics)
     return out
+
+
+def phase_span(store: ResultsStore, experiment: str, seed: str) -> tuple[float, float] | None:
+    """The times of the phase's first and last exposures; None before any."""
+    e = exposures.c
+    query = select(func.min(e.at), func.max(e.at)).where(e.experiment == experiment,
+                                                        e.seed == seed)  # fmt: skip
+    rows = store.read(query)
+    first, last = rows[0] if rows else (None, None)
+    if first is None or last is None:
+        return None
+    return float(first), float(last)
 
 
 def phases(store: ResultsStore, experiment: str) -> list[str]:

@@ -1,0 +1,84 @@
+"""The verdict rule's error rates, measured by simulation (router/experiments/simulate.py):
+the project's own `report`, checked at the rollout controller's cadence on simulated phases.
+Statistical bounds, not timings: each rate must stay under alpha plus three binomial
+standard errors for the number of phases run (seeded, so a run is reproducible)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from router.experiments.simulate import (
+    INTERVALS,
+    Cadence,
+    World,
+    _arm,
+    _users,
+    binomial_upper,
+    settings,
+    simulate,
+)
+
+PHASES = 200
+CADENCE = Cadence(peek_users=200, horizon_users=6000)
+CONFIG = settings(guardrail=0.10, success=0.02)
+BOUND = binomial_upper(CONFIG.alpha, PHASES)
+
+
+def _rates(world: World, interval: str = "always-valid") -> dict[str, float]:
+    rates = simulate(CONFIG, world, CADENCE, INTERVALS[interval], PHASES, seed=7)
+    return {verdict: rates.rate(verdict) for verdict in rates.counts}
+
+
+def test_the_simulated_worlds_are_what_they_say() -> None:
+    world = World("3% worse", 0.03)
+    candidate, x, y = _users(world, 200_000, np.random.default_rng(1))
+    c, t = _arm(~candidate, x, y, len(x)), _arm(candidate, x, y, len(x))
+    ct, cc = t.metrics["latency_ms"], c.metrics["latency_ms"]
+    assert abs(cc.mean - world.control_mean) < 4 * (cc.variance / cc.n) ** 0.5
+    relative = ct.mean / cc.mean - 1
+    assert abs(relative - 0.03) < 0.005
+    assert 0.49 < t.units / len(x) < 0.51 and abs(t.requests / t.units - 3.0) < 0.02
+
+
+def test_an_a_a_phase_is_rarely_rolled_back() -> None:
+    assert _rates(World("A/A", 0.0))["ROLL_BACK"] <= BOUND
+
+
+def test_a_candidate_at_the_success_margin_is_rarely_promoted() -> None:
+    # Exactly as bad as allowed: promoting it is the error non-inferiority bounds by alpha.
+    assert _rates(World("at the success margin", 0.02))["PROMOTE"] <= BOUND
+
+
+def test_a_candidate_at_the_guardrail_margin_is_rarely_rolled_back() -> None:
+    assert _rates(World("at the guardrail margin", 0.10))["ROLL_BACK"] <= BOUND
+
+
+def test_a_better_candidate_is_promoted() -> None:
+    rates = simulate(CONFIG, World("3% better", -0.03), CADENCE, INTERVALS["always-valid"],
+                     PHASES, seed=7)  # fmt: skip
+    assert rates.rate("PROMOTE") >= 0.9 and rates.rate("ROLL_BACK") == 0
+    assert CADENCE.peek_users <= rates.median_users_to_promote < CADENCE.horizon_users
+
+
+def test_peeking_at_a_fixed_horizon_interval_promotes_more_often_than_alpha() -> None:
+    """Why the always-valid interval: the same phases, the same looks, Welch's interval."""
+    fixed = _rates(World("at the success margin", 0.02), "fixed-horizon")["PROMOTE"]
+    always = _rates(World("at the success margin", 0.02))["PROMOTE"]
+    assert fixed > BOUND > always
+
+
+def test_the_benchmark_command_writes_its_table(tmp_path: Path) -> None:
+    page = tmp_path / "bench.md"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.decisions", "--phases", "20", "--horizon-users",
+         "1000", "--out", str(page)],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = page.read_text()
+    assert "## Decision quality" in table
+    assert table.count("| always-valid |") == table.count("| fixed-horizon |") == 5
