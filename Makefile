@@ -28,6 +28,10 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	$(BIN)/pip install -q -c constraints.txt --config-settings editable_mode=compat -e '.[$(EXTRAS)]'
+	@# gbstats 0.8.0, GrowthBook's engine and the CUPED tests' reference, pins numpy<2 and
+	@# pandas<2, which this project's numpy 2 and pandas 3 exclude; the modules the tests
+	@# import need only numpy, scipy and pydantic, so it comes without its dependencies.
+	$(if $(findstring dev,$(EXTRAS)),$(BIN)/pip install -q --no-deps gbstats==0.8.0)
 	touch $@
 
 install: $(STAMP)

@@ -116,6 +116,14 @@ class ShadowSettings(StrictSettings):
     """Deadline of one shadow call."""
 
 
+class CupedSettings(StrictSettings):
+    """Regression adjustment on each user's earlier value of the same metric (CUPED)."""
+
+    lookback_days: float = Field(14.0, gt=0, le=365)
+    """How far before a user's first exposure in the phase their earlier requests count (in
+    any model or experiment, or none)."""
+
+
 REQUEST_METRICS = ("latency_ms", "error_rate", "fallback_rate", "quality_failure_rate")
 """Metrics every routed request of an experiment carries (lower is better for each)."""
 
@@ -177,6 +185,10 @@ class ExperimentSettings(StrictSettings):
     only carries them, so it holds no code of the offline evaluation."""
     min_samples: int = Field(100, ge=2)
     """Requests per arm before any verdict but KEEP_RUNNING."""
+    cuped: CupedSettings | None = None
+    """Adjust every metric for each user's value before the phase (CUPED, off when absent):
+    the verdict and its intervals then use the adjusted comparisons, which need less traffic
+    when users' earlier and later values correlate."""
     alpha: float = Field(0.05, gt=0, lt=0.5)
     """Error rate of the intervals."""
     auto_rollback: bool = False

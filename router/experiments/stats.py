@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
+from typing import Protocol
 
 import numpy as np
 
@@ -186,7 +187,18 @@ class RatioMoments:
         return max(v, 0.0)
 
 
-Statistic = Moments | RatioMoments
+class Statistic(Protocol):
+    """What the effects below read of an arm's metric: Moments, RatioMoments, or a
+    CUPED-adjusted one (router/experiments/cuped.py)."""
+
+    @property
+    def n(self) -> int: ...
+
+    @property
+    def mean(self) -> float: ...
+
+    @property
+    def variance(self) -> float: ...
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,11 @@ from gamaserving.jsonout import dumps
 from gamaserving.terminal import print_out
 from router.admin.render import interval, num, pct, table
 from router.config import ConfigError, RouterConfig, find_experiment, load_config
-from router.experiments.results import ArmResults, Report
+from router.experiments.cuped import Adjusted, variance_reduction
+from router.experiments.results import ArmResults, Comparison, Report
 from router.experiments.results import report as judge_phase
+from router.experiments.stats import Effect, Statistic, confidence_sequence, welch
+from router.results.cuped_query import phase_arms
 from router.results.query import outcome_metrics, phase_statistics, phases
 from router.results.store import Exposure, ResultsStore, RowsRejected, StoreError, event_kind
 
@@ -31,7 +34,47 @@ def store_url(given: str | None, config: RouterConfig) -> str:
     return config.results.resolved_url()
 
 
-def as_json(result: Report, arms: dict[str, ArmResults], seed: str) -> dict[str, Any]:
+def _effect_fields(control_mean: float, arm_mean: float, effect: Effect,
+                   cs: tuple[float, float]) -> dict[str, Any]:  # fmt: skip
+    return {
+        "control_mean": control_mean,
+        "arm_mean": arm_mean,
+        "difference": effect.difference,
+        "ci": list(effect.ci),
+        "relative": effect.relative,
+        "relative_ci": list(effect.relative_ci),
+        "p_value": effect.p_value,
+        "confidence_sequence": list(cs),
+    }
+
+
+def _comparison(c: Comparison, arms: dict[str, ArmResults], control: str,
+                alpha: float) -> dict[str, Any]:  # fmt: skip
+    """One comparison; under CUPED its fields are the adjusted ones, and `unadjusted` and
+    `cuped` say what the adjustment did."""
+    out = {"arm": c.arm, "metric": c.metric,
+           **_effect_fields(c.control_mean, c.arm_mean, c.effect, c.cs)}  # fmt: skip
+    t, b = arms[c.arm].metrics[c.metric], arms[control].metrics[c.metric]
+    if isinstance(t, Adjusted) and isinstance(b, Adjusted):
+        before, after = t.unadjusted, b.unadjusted
+        out["unadjusted"] = _effect_fields(after.mean, before.mean, welch(before, after, alpha),
+                                           confidence_sequence(before, after, alpha))  # fmt: skip
+        out["cuped"] = {
+            "theta": t.theta,
+            "variance_reduction": variance_reduction(t, b),
+            "users_with_history": t.with_history + b.with_history,
+        }
+    return out
+
+
+def _mean(s: Statistic) -> float:
+    """The mean over the arm's requests (before any adjustment)."""
+    return s.unadjusted.mean if isinstance(s, Adjusted) else s.mean
+
+
+def as_json(
+    result: Report, arms: dict[str, ArmResults], seed: str, alpha: float = 0.05
+) -> dict[str, Any]:
     return {
         "experiment": result.experiment,
         "seed": seed,
@@ -41,23 +84,9 @@ def as_json(result: Report, arms: dict[str, ArmResults], seed: str) -> dict[str,
         "counts": result.counts,
         "units": {name: a.units for name, a in arms.items()},
         # Per arm and metric: the mean over the arm's requests that have the metric.
-        "means": {name: {m: s.mean for m, s in a.metrics.items()} for name, a in arms.items()},
+        "means": {name: {m: _mean(s) for m, s in a.metrics.items()} for name, a in arms.items()},
         "srm_p_value": result.srm_p_value,
-        "comparisons": [
-            {
-                "arm": c.arm,
-                "metric": c.metric,
-                "control_mean": c.control_mean,
-                "arm_mean": c.arm_mean,
-                "difference": c.effect.difference,
-                "ci": list(c.effect.ci),
-                "relative": c.effect.relative,
-                "relative_ci": list(c.effect.relative_ci),
-                "p_value": c.effect.p_value,
-                "confidence_sequence": list(c.cs),
-            }
-            for c in result.comparisons
-        ],
+        "comparisons": [_comparison(c, arms, result.control, alpha) for c in result.comparisons],
     }
 
 
@@ -75,9 +104,9 @@ def phase_report(
             f"experiment {name!r} has no phase with seed {phase!r} in {store.describe()}; its "
             f"phases: {known} (the first is the current one)"
         )
-    arms = phase_statistics(store, name, phase, sorted(config.outcomes))
+    arms = phase_arms(store, settings, phase, sorted(config.outcomes))
     better = {m: o.better == "higher" for m, o in config.outcomes.items()}
-    return as_json(judge_phase(settings, arms, better), arms, phase)
+    return as_json(judge_phase(settings, arms, better), arms, phase, settings.alpha)
 
 
 def phase_page(config: RouterConfig, store: ResultsStore, name: str, seed: str | None) -> str:
@@ -152,6 +181,12 @@ def as_text(report: dict[str, Any]) -> str:
         ]  # fmt: skip
         headers = ["ARM", "METRIC", "CONTROL", "ARM MEAN", "DIFFERENCE [95%]", "RELATIVE",
                    "ALWAYS-VALID"]  # fmt: skip
+        if any("cuped" in c for c in report["comparisons"]):
+            # Under CUPED the means and intervals above are the adjusted ones.
+            headers.append("CUPED VARIANCE")
+            for row, c in zip(rows, report["comparisons"], strict=True):
+                cut = c.get("cuped", {}).get("variance_reduction")
+                row.append("-" if cut is None else f"-{cut:.0%}")
         out += ["", table(headers, rows)]
     if "note" in report:
         out += ["", report["note"]]

@@ -143,6 +143,15 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _cuped(comparison: Mapping[str, Any]) -> str:
+    """What CUPED did to one comparison: the variance it removed, from how many users'
+    history; `off` without it (the numbers beside it are then unadjusted)."""
+    cuped = comparison.get("cuped")
+    if cuped is None:
+        return "off"
+    return f"-{cuped['variance_reduction']:.0%} ({cuped['users_with_history']})"
+
+
 def _num(x: object) -> str:
     if not isinstance(x, int | float) or (isinstance(x, float) and not math.isfinite(x)):
         return "-"
@@ -194,9 +203,10 @@ def render(
         rows = [[c["arm"], c["metric"], _num(c["control_mean"]), _num(c["arm_mean"]),
                  _num(c["difference"]), f"[{_num(c['ci'][0])}, {_num(c['ci'][1])}]",
                  f"[{_num(c['confidence_sequence'][0])}, {_num(c['confidence_sequence'][1])}]",
-                 _num(c["p_value"])] for c in report["comparisons"]]  # fmt: skip
+                 _num(c["p_value"]), _cuped(c)] for c in report["comparisons"]]  # fmt: skip
         parts.append(_table(["arm", "metric", "control", "arm mean", "difference",
-                             "95% interval", "always-valid", "p"], rows))  # fmt: skip
+                             "95% interval", "always-valid", "p",
+                             "CUPED variance (users with history)"], rows))  # fmt: skip
     if points:
         parts += ["<h2>Cumulative effect over the phase</h2>", over_time(points)]
     parts.append("<h2>Ramp history</h2>")

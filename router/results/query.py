@@ -68,6 +68,30 @@ def phase_statistics(
     return out
 
 
+Values = dict[str, tuple[ColumnElement[float], ColumnElement[float]]]
+"""Per metric, a request's value (x) and whether it has one (y: 1 or 0)."""
+
+
+def request_values(
+    e: FromClause, outcome_metrics: Sequence[str], tag: str
+) -> tuple[FromClause, Values]:
+    """The exposures `e` (the table or an alias of it) joined to each outcome metric's reports,
+    and each metric's per-request value and presence; `tag` names the outcome aliases."""
+    joined: FromClause = e
+    values: Values = {}
+    for name, column in REQUEST_METRICS.items():
+        column = e.c[column.name]
+        # PostgreSQL casts no boolean to a number: a CASE does it on every engine.
+        number = case((column, 1.0), else_=0.0) if name != "latency_ms" else _number(column)
+        values[name] = (number, literal(1.0))
+    for i, metric in enumerate(outcome_metrics):
+        o = outcomes.alias(f"{tag}{i}")
+        joined = joined.outerjoin(o, and_(o.c.request_id == e.c.request_id, o.c.metric == metric))
+        present = case((o.c.value.is_(None), 0.0), else_=1.0)
+        values[metric] = (func.coalesce(o.c.value, 0.0), present)
+    return joined, values
+
+
 def phase_statistics_from_events(
     store: ResultsStore,
     experiment: str,
@@ -77,19 +101,7 @@ def phase_statistics_from_events(
 ) -> dict[str, ArmResults]:
     """`phase_statistics` computed from every exposure and outcome of the phase; with
     `until`, from the exposures up to that time only (the phase as it stood then)."""
-    joined: FromClause = exposures
-    values: dict[str, tuple[ColumnElement[float], ColumnElement[float]]] = {}
-    for name, column in REQUEST_METRICS.items():
-        # PostgreSQL casts no boolean to a number: a CASE does it on every engine.
-        number = case((column, 1.0), else_=0.0) if name != "latency_ms" else _number(column)
-        values[name] = (number, literal(1.0))
-    for i, metric in enumerate(outcome_metrics):
-        o = outcomes.alias(f"o{i}")
-        joined = joined.outerjoin(
-            o, and_(o.c.request_id == exposures.c.request_id, o.c.metric == metric)
-        )
-        present = case((o.c.value.is_(None), 0.0), else_=1.0)
-        values[metric] = (func.coalesce(o.c.value, 0.0), present)
+    joined, values = request_values(exposures, outcome_metrics, "o")
     per_unit = (
         select(
             exposures.c.arm.label("arm"),

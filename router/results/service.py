@@ -13,7 +13,8 @@ from router.config import ExperimentSettings, OutcomeSettings
 from router.errors import RouteError
 from router.experiments.results import ArmResults
 from router.record import RouteResult
-from router.results.query import outcome_trends, phase_statistics, phases
+from router.results.cuped_query import phase_arms
+from router.results.query import outcome_trends, phases
 from router.results.store import Exposure, Outcome, ResultsStore
 from router.results.writer import ResultsWriter
 
@@ -76,7 +77,7 @@ class ExperimentResults:
         seed: str,
         declared: Mapping[str, OutcomeSettings],
     ) -> dict[str, ArmResults]:
-        return await asyncio.to_thread(phase_statistics, self.store, e.name, seed, sorted(declared))
+        return await asyncio.to_thread(phase_arms, self.store, e, seed, sorted(declared))
 
     async def outcome_trends(
         self, since: float, bucket_seconds: float, model: str = ""

@@ -130,7 +130,7 @@ class RolloutController:
                 decisions.append(started)
                 state = state.with_phase(phase, started)
             try:
-                arms = await self.source.arms(e.name, e.seed, outcomes)
+                arms = await self.source.arms(e, outcomes)
             except SourceError as exc:
                 errors.append(f"{e.name}: {exc}")
                 log.warning(

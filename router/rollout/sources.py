@@ -7,8 +7,9 @@ import asyncio
 from collections.abc import Sequence
 from typing import Protocol
 
+from router.config import ExperimentSettings
 from router.experiments.results import ArmResults
-from router.results.query import phase_statistics
+from router.results.cuped_query import phase_arms
 from router.results.store import ResultsStore, StoreError
 
 
@@ -18,8 +19,9 @@ class SourceError(Exception):
 
 class StatsSource(Protocol):
     async def arms(
-        self, experiment: str, seed: str, outcomes: Sequence[str]
-    ) -> dict[str, ArmResults]: ...
+        self, experiment: ExperimentSettings, outcomes: Sequence[str]
+    ) -> dict[str, ArmResults]:
+        """The current phase's statistics, as the verdict reads them (CUPED included)."""
 
     def describe(self) -> str: ...
 
@@ -32,9 +34,11 @@ class StoreSource:
         return f"the results store {self.store.describe()}"
 
     async def arms(
-        self, experiment: str, seed: str, outcomes: Sequence[str]
+        self, experiment: ExperimentSettings, outcomes: Sequence[str]
     ) -> dict[str, ArmResults]:
         try:
-            return await asyncio.to_thread(phase_statistics, self.store, experiment, seed, outcomes)
+            return await asyncio.to_thread(
+                phase_arms, self.store, experiment, experiment.seed, outcomes
+            )
         except StoreError as exc:
             raise SourceError(str(exc)) from exc

@@ -143,7 +143,7 @@ class Fleet:
         return "fixed"
 
     async def arms(
-        self, experiment: str, seed: str, outcomes: Sequence[str]
+        self, experiment: ExperimentSettings, outcomes: Sequence[str]
     ) -> dict[str, ArmResults]:
         return self.numbers
 
