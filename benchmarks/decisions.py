@@ -13,7 +13,7 @@ from pathlib import Path
 
 from benchmarks.common import machine, write_section
 from router.experiments.simulate import (
-    INTERVALS,
+    RULES,
     Cadence,
     World,
     binomial_upper,
@@ -35,8 +35,8 @@ def run(phases: int, cadence: Cadence) -> list[str]:
     config = settings(GUARDRAIL, SUCCESS)
     rows = []
     for world, wrong in WORLDS:
-        for name, interval in INTERVALS.items():
-            rates = simulate(config, world, cadence, interval, phases, seed=2026)
+        for name, rule in RULES.items():
+            rates = simulate(config, world, cadence, rule, phases, seed=2026)
             error = f"**{rates.rate(wrong):.3f}**" if wrong else "-"
             rows.append(
                 f"| {world.name} | {name} | {rates.rate('ROLL_BACK'):.3f} | "
@@ -65,11 +65,13 @@ def main() -> None:
         f"A 50/50 latency experiment: ROLL_BACK when the candidate is shown more than "
         f"{GUARDRAIL:.0%} worse, PROMOTE when shown at most {SUCCESS:.0%} worse, alpha 0.05. "
         f"Users make 1 + Poisson(2) requests around their own mean (sd 30 between users, 40 "
-        f"within, control 100). The rule looks every {cadence.peek_users} users up to "
-        f"{cadence.horizon_users}; the first ROLL_BACK or PROMOTE ends a phase. Wrong: the "
+        f"within, control 100), and Poisson(3) requests before the phase around a mean that "
+        f"correlates with it (rho 0.7), which CUPED adjusts for. The rule looks every "
+        f"{cadence.peek_users} users up to {cadence.horizon_users}; the first ROLL_BACK or "
+        f"PROMOTE ends a phase. Wrong: the "
         f"verdict that would be an error in that world, to hold under alpha (a run of "
         f"{args.phases} phases may read up to {bound:.3f} by chance).", "",
-        "| world | interval | ROLL_BACK | PROMOTE | KEEP_RUNNING | wrong "
+        "| world | rule | ROLL_BACK | PROMOTE | KEEP_RUNNING | wrong "
         "| median users to PROMOTE |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
         *rows, ""])  # fmt: skip

@@ -7,8 +7,11 @@ CUPED paper's appendix B and Statsig's ratio CUPED do: per user, L = (x - M y) /
 the phase and K = (a - P b) / mean(b) for the earlier period, with M and P the arm's ratios.
 A user with no earlier request has a = b = 0, so K = 0: a zero covariate, as the paper keeps it.
 With one request per user in both periods this is GrowthBook's `RegressionAdjustedStatistic`
-exactly: theta pooled across arms on the joint sums (its `compute_theta`), the adjusted mean
-M - theta P, the variance Var(L) + theta^2 Var(K) - 2 theta Cov(L, K).
+exactly: theta pooled across arms on the joint sums (its `compute_theta`), the variance
+Var(L) + theta^2 Var(K) - 2 theta Cov(L, K), and the same differences between arms. The
+adjusted mean is the paper's, M - theta (P - the pooled P), centred so that it stays on the
+metric's own scale (gbstats' M - theta P is not): a relative bound, a share of the control's
+mean, then means what it says.
 
 Everything is computed from per-arm sums of per-user values and their products, which the
 store computes in SQL (router/results/cuped_query.py).
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+
+import numpy as np
 
 from router.experiments.stats import RatioMoments
 
@@ -44,6 +49,17 @@ class CupedSums:
     yb: float
     with_history: int
     """Users with at least one earlier request that has the metric."""
+
+    @classmethod
+    def of(cls, x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray) -> CupedSums:
+        """From per-user arrays (the simulation's and the tests'; the store sums in SQL)."""
+
+        def s(v: np.ndarray) -> float:
+            return float(v.sum())
+
+        return cls(len(x), s(x), s(x * x), s(y), s(y * y), s(x * y), s(a), s(a * a), s(b),
+                   s(b * b), s(a * b), s(x * a), s(x * b), s(y * a), s(y * b),
+                   int((b > 0).sum()))  # fmt: skip
 
     def __add__(self, other: CupedSums) -> CupedSums:
         return CupedSums(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
@@ -103,9 +119,17 @@ class Adjusted:
     with_history: int
 
 
-def adjust(sums: CupedSums, slope: float) -> Adjusted:
+def pooled(arms: list[CupedSums]) -> tuple[float, float]:
+    """Theta and the pooled earlier-period ratio the adjustment centres on."""
+    joint = arms[0]
+    for arm in arms[1:]:
+        joint = joint + arm
+    return theta(arms), joint.pre_mean
+
+
+def adjust(sums: CupedSums, slope: float, centre: float = 0.0) -> Adjusted:
     var_l, var_k, cov = sums.linearised()
-    mean = sums.post.mean - slope * sums.pre_mean
+    mean = sums.post.mean - slope * (sums.pre_mean - centre)
     variance = var_l + slope * slope * var_k - 2 * slope * cov
     return Adjusted(sums.n, mean, max(variance, 0.0), sums.post, slope, sums.with_history)
 

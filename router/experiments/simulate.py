@@ -6,9 +6,10 @@ Poisson number of requests (at least one) around their own mean, so the metric i
 ratio as in the store (router/experiments/stats.py, `RatioMoments`). Every `peek_users`
 users the rule looks, as the rollout controller does every `evaluation_seconds`: the first
 ROLL_BACK or PROMOTE ends the phase; a phase still undecided at the horizon ends
-KEEP_RUNNING. The same phases are judged with the always-valid interval the router uses and
-with a fixed-horizon (Welch) interval looked at just as often, the comparison that shows why
-the first is used.
+KEEP_RUNNING. The same phases are judged with the always-valid interval the router uses, with
+it after CUPED on each user's earlier requests (router/experiments/cuped.py), and with a
+fixed-horizon (Welch) interval looked at just as often, the comparison that shows why the
+always-valid one is used.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from router.config import ArmSettings, Criterion, ExperimentSettings
+from router.experiments.cuped import CupedSums, adjust, pooled
 from router.experiments.results import ArmResults, Interval, report
-from router.experiments.stats import RatioMoments, Statistic, confidence_sequence, welch
+from router.experiments.stats import Statistic, confidence_sequence, welch
 
 METRIC = "latency_ms"
 VERDICTS = ("ROLL_BACK", "PROMOTE", "KEEP_RUNNING")
@@ -39,6 +41,9 @@ class World:
     request_sd: float = 40.0
     """Within a user: the spread of one request around the user's mean."""
     requests_per_user: float = 3.0
+    rho: float = 0.7
+    """How a user's own mean before the phase correlates with their mean in it (what CUPED
+    feeds on); their earlier requests are Poisson(requests_per_user), so some have none."""
 
 
 @dataclass(frozen=True)
@@ -53,8 +58,18 @@ def fixed_horizon(treatment: Statistic, control: Statistic, alpha: float) -> tup
     return welch(treatment, control, alpha).ci
 
 
-INTERVALS: dict[str, Interval] = {"always-valid": confidence_sequence,
-                                  "fixed-horizon": fixed_horizon}  # fmt: skip
+@dataclass(frozen=True)
+class Rule:
+    interval: Interval
+    cuped: bool = False
+
+
+RULES: dict[str, Rule] = {
+    "always-valid": Rule(confidence_sequence),
+    "always-valid + CUPED": Rule(confidence_sequence, cuped=True),
+    "fixed-horizon": Rule(fixed_horizon),
+}
+"""The router's rule, the same with CUPED, and a fixed-horizon interval looked at as often."""
 
 
 def settings(
@@ -80,32 +95,50 @@ class Phase:
     """Users drawn when the verdict came (the horizon for KEEP_RUNNING)."""
 
 
-def _users(world: World, n: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-    """Per user: candidate or not, the sum of their requests' values, their request count."""
+@dataclass(frozen=True)
+class Users:
+    """Per user: in the candidate arm or not; the sum (x) and count (y) of their requests'
+    values in the phase, and before it (a, b)."""
+
+    candidate: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+
+
+def _users(world: World, n: int, rng: np.random.Generator) -> Users:
     candidate = rng.random(n) < 0.5
-    requests = 1 + rng.poisson(world.requests_per_user - 1, n)
-    mean = world.control_mean * (1 + world.relative_difference * candidate)
-    own = mean + world.user_sd * rng.standard_normal(n)
-    total = requests * own + world.request_sd * np.sqrt(requests) * rng.standard_normal(n)
-    return candidate, total, requests.astype(np.float64)
+    z, w = rng.standard_normal(n), rng.standard_normal(n)
+    own = world.control_mean * (1 + world.relative_difference * candidate) + world.user_sd * z
+    earlier = world.control_mean + world.user_sd * (world.rho * z + math.sqrt(1 - world.rho**2) * w)
+    y = (1 + rng.poisson(world.requests_per_user - 1, n)).astype(np.float64)
+    x = y * own + world.request_sd * np.sqrt(y) * rng.standard_normal(n)
+    b = rng.poisson(world.requests_per_user, n).astype(np.float64)
+    a = b * earlier + world.request_sd * np.sqrt(b) * rng.standard_normal(n)
+    return Users(candidate, x, y, a, b)
 
 
-def _arm(mask: np.ndarray, x: np.ndarray, y: np.ndarray, upto: int) -> ArmResults:
-    m, xs, ys = mask[:upto], x[:upto], y[:upto]
-    xs, ys = xs[m], ys[m]
-    stat = RatioMoments(int(m.sum()), float(xs.sum()), float((xs * xs).sum()), float(ys.sum()),
-                        float((ys * ys).sum()), float((xs * ys).sum()))  # fmt: skip
-    return ArmResults(units=stat.n, requests=stat.requests, metrics={METRIC: stat})
+def _arms(users: Users, upto: int, cuped: bool) -> dict[str, ArmResults]:
+    """Both arms from the first `upto` users: ratio statistics, or CUPED-adjusted ones."""
+    sums = {}
+    for name, mask in (("control", ~users.candidate[:upto]), ("candidate", users.candidate[:upto])):
+        sums[name] = CupedSums.of(*(v[:upto][mask] for v in (users.x, users.y, users.a, users.b)))
+    slope, centre = pooled(list(sums.values()))
+    out = {}
+    for name, s in sums.items():
+        stat: Statistic = adjust(s, slope, centre) if cuped else s.post
+        out[name] = ArmResults(units=s.n, requests=s.post.requests, metrics={METRIC: stat})
+    return out
 
 
 def run_phase(
-    config: ExperimentSettings, world: World, cadence: Cadence, interval: Interval,
+    config: ExperimentSettings, world: World, cadence: Cadence, rule: Rule,
     rng: np.random.Generator,
 ) -> Phase:  # fmt: skip
-    candidate, x, y = _users(world, cadence.horizon_users, rng)
+    users = _users(world, cadence.horizon_users, rng)
     for upto in range(cadence.peek_users, cadence.horizon_users + 1, cadence.peek_users):
-        arms = {"control": _arm(~candidate, x, y, upto), "candidate": _arm(candidate, x, y, upto)}
-        verdict = report(config, arms, interval=interval).verdict
+        verdict = report(config, _arms(users, upto, rule.cuped), interval=rule.interval).verdict
         if verdict != "KEEP_RUNNING":
             return Phase(verdict, upto)
     return Phase("KEEP_RUNNING", cadence.horizon_users)
@@ -126,15 +159,15 @@ class Rates:
 
 
 def simulate(
-    config: ExperimentSettings, world: World, cadence: Cadence, interval: Interval,
-    phases: int, seed: int,
+    config: ExperimentSettings, world: World, cadence: Cadence, rule: Rule, phases: int,
+    seed: int,
 ) -> Rates:  # fmt: skip
-    """`phases` phases of `world`, each judged at every look by `interval`; the same seed
-    draws the same users whatever the interval, so two rules meet the same phases."""
+    """`phases` phases of `world`, each judged at every look by `rule`; the same seed draws
+    the same users whatever the rule, so two rules meet the same phases."""
     rng = np.random.default_rng(seed)
     rates = Rates(phases)
     for _ in range(phases):
-        phase = run_phase(config, world, cadence, interval, rng)
+        phase = run_phase(config, world, cadence, rule, rng)
         rates.counts[phase.verdict] += 1
         if phase.verdict == "PROMOTE":
             rates.promote_users.append(phase.users)

@@ -12,7 +12,7 @@ from sqlalchemy import and_, case, func, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from router.config import ExperimentSettings
-from router.experiments.cuped import CupedSums, adjust, theta
+from router.experiments.cuped import CupedSums, adjust, pooled
 from router.experiments.results import ArmResults
 from router.experiments.stats import Statistic
 from router.results.query import _number, phase_statistics, request_values
@@ -98,7 +98,7 @@ def phase_arms(
         metrics: dict[str, Statistic] = dict(results.metrics)
         for metric in metrics:
             if metric in sums.get(arm, {}):
-                slope = theta([by_metric[metric] for by_metric in sums.values()])
-                metrics[metric] = adjust(sums[arm][metric], slope)
+                slope, centre = pooled([by_metric[metric] for by_metric in sums.values()])
+                metrics[metric] = adjust(sums[arm][metric], slope, centre)
         adjusted[arm] = ArmResults(results.units, results.requests, metrics)
     return adjusted

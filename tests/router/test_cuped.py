@@ -27,7 +27,7 @@ from gbstats.models.statistics import (
 )
 
 from router.cli import main
-from router.experiments.cuped import Adjusted, CupedSums, adjust, theta, variance_reduction
+from router.experiments.cuped import Adjusted, CupedSums, adjust, pooled, variance_reduction
 from router.experiments.stats import confidence_sequence, welch
 from router.results.cuped_query import DAY, cuped_sums
 from router.results.store import Exposure, Outcome, ResultsStore
@@ -36,9 +36,7 @@ from tests.support.postgres import Postgres
 
 
 def _sums(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray) -> CupedSums:
-    s = [float(v.sum()) for v in (x, x * x, y, y * y, x * y, a, a * a, b, b * b, a * b,
-                                  x * a, x * b, y * a, y * b)]  # fmt: skip
-    return CupedSums(len(x), *s, with_history=int((b > 0).sum()))  # type: ignore[arg-type]
+    return CupedSums.of(x, y, a, b)
 
 
 def _arm(rng: np.random.Generator, n: int, effect: float, many: bool) -> tuple[np.ndarray, ...]:
@@ -55,8 +53,8 @@ def test_one_request_per_user_is_gbstats_regression_adjustment() -> None:
     rng = np.random.default_rng(11)
     control, treatment = _arm(rng, 800, 0.0, False), _arm(rng, 900, 0.4, False)
     c, t = _sums(*control), _sums(*treatment)
-    slope = theta([c, t])
-    ours_t, ours_c = adjust(t, slope), adjust(c, slope)
+    slope, centre = pooled([c, t])
+    ours_t, ours_c = adjust(t, slope, centre), adjust(c, slope, centre)
 
     def gb(arm: tuple[np.ndarray, ...]) -> RegressionAdjustedStatistic:
         x, _, a, _ = arm
@@ -73,7 +71,8 @@ def test_one_request_per_user_is_gbstats_regression_adjustment() -> None:
     assert slope == pytest.approx(gb_theta, rel=1e-9)
     gc.theta = gt.theta = gb_theta
     for ours, theirs in ((ours_c, gc), (ours_t, gt)):
-        assert ours.mean == pytest.approx(theirs.mean, rel=1e-9)
+        # gbstats' adjusted mean is M - theta P; ours is centred on the pooled P.
+        assert ours.mean == pytest.approx(theirs.mean + gb_theta * centre, rel=1e-9)
         assert ours.variance == pytest.approx(theirs.variance, rel=1e-9)
     absolute = FrequentistConfig(difference_type="absolute", alpha=0.05)
     fixed = TwoSidedTTest(gc, gt, absolute).compute_result()
@@ -94,7 +93,7 @@ def test_many_requests_per_user_match_a_per_user_linearisation() -> None:
     control, treatment = _arm(rng, 700, 0.0, True), _arm(rng, 650, -0.3, True)
     assert (control[3] == 0).any()  # some users have no earlier request
     c, t = _sums(*control), _sums(*treatment)
-    slope = theta([c, t])
+    slope, centre = pooled([c, t])
 
     def linearised(arm: tuple[np.ndarray, ...], m: float, p: float, ybar: float, bbar: float
                    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
@@ -102,16 +101,17 @@ def test_many_requests_per_user_match_a_per_user_linearisation() -> None:
         return (x - m * y) / ybar, (a - p * b) / bbar
 
     # theta: the per-user values linearised at the pooled ratios, then an OLS slope.
-    pooled = tuple(np.concatenate([u, v]) for u, v in zip(control, treatment, strict=True))
-    x, y, a, b = pooled
-    lp, kp = linearised(pooled, x.sum() / y.sum(), a.sum() / b.sum(), y.mean(), b.mean())
+    both = tuple(np.concatenate([u, v]) for u, v in zip(control, treatment, strict=True))
+    x, y, a, b = both
+    a_all, b_all = a.sum(), b.sum()
+    lp, kp = linearised(both, x.sum() / y.sum(), a_all / b_all, y.mean(), b.mean())
     assert slope == pytest.approx(np.cov(lp, kp)[0, 1] / np.var(kp, ddof=1), rel=1e-9)
-    for arm, ours in ((control, adjust(c, slope)), (treatment, adjust(t, slope))):
+    for arm, ours in ((control, adjust(c, slope, centre)), (treatment, adjust(t, slope, centre))):
         x, y, a, b = arm
         m, p = x.sum() / y.sum(), a.sum() / b.sum()
         lin, cov = linearised(arm, m, p, y.mean(), b.mean())
         assert (cov[b == 0] == 0).all()  # no earlier request: a zero covariate
-        assert ours.mean == pytest.approx(m - slope * p, rel=1e-9)
+        assert ours.mean == pytest.approx(m - slope * (p - a_all / b_all), rel=1e-9)
         assert ours.variance == pytest.approx(np.var(lin - slope * cov, ddof=1), rel=1e-9)
         assert ours.unadjusted.variance == pytest.approx(np.var(lin, ddof=1), rel=1e-9)
 
@@ -236,6 +236,6 @@ def test_the_report_carries_adjusted_and_unadjusted_comparisons(
 
 def test_adjusted_statistics_keep_what_they_were() -> None:
     s = _sums(np.array([1.0, 2.0, 4.0]), np.ones(3), np.zeros(3), np.zeros(3))
-    adjusted = adjust(s, theta([s, s]))
+    adjusted = adjust(s, *pooled([s, s]))
     assert isinstance(adjusted, Adjusted) and adjusted.theta == 0.0
     assert adjusted.mean == adjusted.unadjusted.mean and adjusted.with_history == 0

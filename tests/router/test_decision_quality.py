@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from router.experiments.simulate import (
-    INTERVALS,
+    RULES,
     Cadence,
     World,
-    _arm,
+    _arms,
     _users,
     binomial_upper,
     settings,
@@ -28,20 +28,32 @@ CONFIG = settings(guardrail=0.10, success=0.02)
 BOUND = binomial_upper(CONFIG.alpha, PHASES)
 
 
-def _rates(world: World, interval: str = "always-valid") -> dict[str, float]:
-    rates = simulate(CONFIG, world, CADENCE, INTERVALS[interval], PHASES, seed=7)
+def _rates(world: World, rule: str = "always-valid") -> dict[str, float]:
+    rates = simulate(CONFIG, world, CADENCE, RULES[rule], PHASES, seed=7)
     return {verdict: rates.rate(verdict) for verdict in rates.counts}
 
 
 def test_the_simulated_worlds_are_what_they_say() -> None:
     world = World("3% worse", 0.03)
-    candidate, x, y = _users(world, 200_000, np.random.default_rng(1))
-    c, t = _arm(~candidate, x, y, len(x)), _arm(candidate, x, y, len(x))
+    users = _users(world, 200_000, np.random.default_rng(1))
+    arms = _arms(users, len(users.x), cuped=False)
+    c, t = arms["control"], arms["candidate"]
     ct, cc = t.metrics["latency_ms"], c.metrics["latency_ms"]
     assert abs(cc.mean - world.control_mean) < 4 * (cc.variance / cc.n) ** 0.5
     relative = ct.mean / cc.mean - 1
     assert abs(relative - 0.03) < 0.005
-    assert 0.49 < t.units / len(x) < 0.51 and abs(t.requests / t.units - 3.0) < 0.02
+    assert 0.49 < t.units / len(users.x) < 0.51 and abs(t.requests / t.units - 3.0) < 0.02
+    # Users' means before and in the phase correlate as stated (control, with history).
+    have = (~users.candidate) & (users.b > 0)
+    before, during = users.a[have] / users.b[have], users.x[have] / users.y[have]
+    own_noise = world.request_sd**2 * np.mean(1 / users.b[have])  # what requests add
+    rho = np.corrcoef(before, during)[0, 1]
+    expected = (
+        world.rho
+        * world.user_sd**2
+        / np.sqrt((world.user_sd**2 + own_noise) * (world.user_sd**2 + world.request_sd**2 / 3))
+    )
+    assert abs(rho - expected) < 0.05
 
 
 def test_an_a_a_phase_is_rarely_rolled_back() -> None:
@@ -57,11 +69,21 @@ def test_a_candidate_at_the_guardrail_margin_is_rarely_rolled_back() -> None:
     assert _rates(World("at the guardrail margin", 0.10))["ROLL_BACK"] <= BOUND
 
 
-def test_a_better_candidate_is_promoted() -> None:
-    rates = simulate(CONFIG, World("3% better", -0.03), CADENCE, INTERVALS["always-valid"],
+def test_a_better_candidate_is_promoted_sooner_with_cuped() -> None:
+    plain = simulate(CONFIG, World("3% better", -0.03), CADENCE, RULES["always-valid"],
                      PHASES, seed=7)  # fmt: skip
-    assert rates.rate("PROMOTE") >= 0.9 and rates.rate("ROLL_BACK") == 0
-    assert CADENCE.peek_users <= rates.median_users_to_promote < CADENCE.horizon_users
+    assert plain.rate("PROMOTE") >= 0.9 and plain.rate("ROLL_BACK") == 0
+    assert CADENCE.peek_users <= plain.median_users_to_promote < CADENCE.horizon_users
+    cuped = simulate(CONFIG, World("3% better", -0.03), CADENCE, RULES["always-valid + CUPED"],
+                     PHASES, seed=7)  # fmt: skip
+    assert cuped.rate("PROMOTE") >= plain.rate("PROMOTE")
+    assert cuped.median_users_to_promote < plain.median_users_to_promote
+
+
+def test_cuped_keeps_the_error_rates() -> None:
+    margin = _rates(World("at the success margin", 0.02), "always-valid + CUPED")
+    guardrail = _rates(World("at the guardrail margin", 0.10), "always-valid + CUPED")
+    assert margin["PROMOTE"] <= BOUND and guardrail["ROLL_BACK"] <= BOUND
 
 
 def test_peeking_at_a_fixed_horizon_interval_promotes_more_often_than_alpha() -> None:
@@ -82,3 +104,4 @@ def test_the_benchmark_command_writes_its_table(tmp_path: Path) -> None:
     table = page.read_text()
     assert "## Decision quality" in table
     assert table.count("| always-valid |") == table.count("| fixed-horizon |") == 5
+    assert table.count("| always-valid + CUPED |") == 5
