@@ -21,18 +21,17 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from modelserver.families.gama import layout
 from modelserver.tiny.gama_release import (
     BASE_DIR,
-    LORA_RANK,
     QFORMER_IN_BASE,
     STAGE_DIR,
     TinyRelease,
     fill_values,
     released_audio,
     tiny_dims,
+    write_stage,
 )
-from modelserver.tiny.vocab import SEED, TAG_LABELS, build_word_tokenizer
+from modelserver.tiny.vocab import SEED, build_word_tokenizer
 from modelserver.tiny.wav2vec2 import ctc_config, save_ctc_checkpoint
 
 # HF's `save_pretrained(max_shard_size="10GB")`, as Llama-2-7b-chat-hf is published.
@@ -189,20 +188,7 @@ def make_gama_release(
     (base / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
     )
-    stage = {layout.PEFT_PREFIX + k: v for k, v in audio.items()}
-    del audio
-    for layer in range(config.num_hidden_layers):
-        for target in layout.LORA_TARGETS:
-            out_features, in_features = lm_shapes[f"model.layers.{layer}.self_attn.{target}.weight"]
-            key = f"{layout.PEFT_PREFIX}model.layers.{layer}.self_attn.{target}"
-            a = torch.randn(LORA_RANK, in_features, generator=generator) / in_features**0.5
-            b = torch.randn(out_features, LORA_RANK, generator=generator) / LORA_RANK**0.5
-            stage[f"{key}.lora_A.default.weight"] = a
-            stage[f"{key}.lora_B.default.weight"] = 0.5 * b
-    torch.save(stage, stage_dir / "pytorch_model.bin")
-    labels = out / "labels.txt"
-    labels.write_text("".join(f"{label}\n" for label in TAG_LABELS))
-    return TinyRelease(base=base, stage=stage_dir, labels=labels)
+    return write_stage(out, audio, lm_shapes, config.num_hidden_layers, generator)
 
 
 def make_wav2vec2_base(out: Path, seed: int = SEED) -> Path:

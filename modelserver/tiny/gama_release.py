@@ -176,8 +176,20 @@ def make_tiny_release(
     (base / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2)
     )
+    return write_stage(out, audio, lm_shapes, config.num_hidden_layers, generator)
+
+
+def write_stage(
+    out: Path,
+    audio: dict[str, torch.Tensor],
+    lm_shapes: dict[str, tuple[int, ...]],
+    layers: int,
+    generator: torch.Generator,
+) -> TinyRelease:
+    """The stage checkpoint (the audio path and LoRA factors under PEFT's prefix, as
+    `Trainer._save` keeps them) and the labels file, beside the base directory."""
     stage = {layout.PEFT_PREFIX + k: v for k, v in audio.items()}
-    for layer in range(config.num_hidden_layers):
+    for layer in range(layers):
         for target in layout.LORA_TARGETS:
             out_features, in_features = lm_shapes[f"model.layers.{layer}.self_attn.{target}.weight"]
             key = f"{layout.PEFT_PREFIX}model.layers.{layer}.self_attn.{target}"
@@ -185,7 +197,8 @@ def make_tiny_release(
             b = torch.randn(out_features, LORA_RANK, generator=generator) / LORA_RANK**0.5
             stage[f"{key}.lora_A.default.weight"] = a
             stage[f"{key}.lora_B.default.weight"] = 0.5 * b
+    stage_dir = out / STAGE_DIR
     torch.save(stage, stage_dir / "pytorch_model.bin")
     labels = out / "labels.txt"
     labels.write_text("".join(f"{label}\n" for label in TAG_LABELS))
-    return TinyRelease(base=base, stage=stage_dir, labels=labels)
+    return TinyRelease(base=out / BASE_DIR, stage=stage_dir, labels=labels)

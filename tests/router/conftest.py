@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 import yaml
 
 from gamaserving.router.v1 import router_pb2 as rpb
 from gamaserving.router.v1 import router_pb2_grpc as rpb_grpc
+from router.results.store import ResultsStore
 from router.server import RouterServer
+from tests.support.postgres import Postgres
 
 
 def base_config(endpoints: dict[str, list[str]], **routes: dict[str, Any]) -> dict[str, Any]:
@@ -80,3 +83,19 @@ async def live_router(
     finally:
         await channel.close()
         await server.drain(grace=2)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ResultsStore]:
+    """A results store on SQLite (the standard library's) and on PostgreSQL (started on
+    loopback): the tests that take it run on both."""
+    if request.param == "sqlite":
+        s = ResultsStore(f"sqlite:///{tmp_path / 'results.sqlite'}")
+    else:
+        server: Postgres = request.getfixturevalue("postgres")
+        s = ResultsStore(server.url)
+    s.create()
+    try:
+        yield s
+    finally:
+        s.close()

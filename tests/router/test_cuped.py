@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,6 @@ from router.experiments.stats import confidence_sequence, welch
 from router.results.cuped_query import DAY, cuped_sums
 from router.results.store import Exposure, Outcome, ResultsStore
 from tests.router.test_outcomes import _config
-from tests.support.postgres import Postgres
 
 
 def _sums(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray) -> CupedSums:
@@ -117,20 +115,6 @@ def test_many_requests_per_user_match_a_per_user_linearisation() -> None:
 
 
 # -- the store's SQL -------------------------------------------------------------------------
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ResultsStore]:
-    if request.param == "sqlite":
-        s = ResultsStore(f"sqlite:///{tmp_path / 'results.sqlite'}")
-    else:
-        server: Postgres = request.getfixturevalue("postgres")
-        s = ResultsStore(server.url)
-    s.create()
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 T0 = 1_765_000_000.0

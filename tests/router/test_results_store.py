@@ -9,7 +9,6 @@ import json
 import math
 import random
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,20 +26,6 @@ from tests.support.fakes import Observed
 from tests.support.postgres import Postgres
 
 _fresh = iter(range(1_000_000))
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ResultsStore]:
-    if request.param == "sqlite":
-        s = ResultsStore(f"sqlite:///{tmp_path / 'results.sqlite'}")
-    else:
-        server: Postgres = request.getfixturevalue("postgres")
-        s = ResultsStore(server.url)
-    s.create()
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def exposure(request_id: str, arm: str, unit: str, latency: float = 10.0, **kw: object) -> Exposure:
