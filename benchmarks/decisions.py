@@ -8,6 +8,7 @@ looked at just as often. No servers; the project's own `report` at every look.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -31,6 +32,10 @@ WORLDS = (
 )
 
 
+def _users(median: float) -> str:
+    return "-" if math.isnan(median) else f"{median:.0f}"
+
+
 def run(phases: int, cadence: Cadence) -> list[str]:
     config = settings(GUARDRAIL, SUCCESS)
     rows = []
@@ -41,7 +46,7 @@ def run(phases: int, cadence: Cadence) -> list[str]:
             rows.append(
                 f"| {world.name} | {name} | {rates.rate('ROLL_BACK'):.3f} | "
                 f"{rates.rate('PROMOTE'):.3f} | {rates.rate('KEEP_RUNNING'):.3f} | {error} | "
-                f"{rates.median_users_to_promote:.0f} |"
+                f"{_users(rates.median_users_to_promote)} |"
             )
             print(rows[-1], flush=True)
     return rows

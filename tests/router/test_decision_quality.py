@@ -5,6 +5,7 @@ standard errors for the number of phases run (seeded, so a run is reproducible).
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ CONFIG = settings(guardrail=0.10, success=0.02)
 BOUND = binomial_upper(CONFIG.alpha, PHASES)
 
 
+@functools.cache  # the same world and rule give the same phases: run them once
 def _rates(world: World, rule: str = "always-valid") -> dict[str, float]:
     rates = simulate(CONFIG, world, CADENCE, RULES[rule], PHASES, seed=7)
     return {verdict: rates.rate(verdict) for verdict in rates.counts}
