@@ -197,6 +197,22 @@ def _finite(x: float | None) -> float:
     return math.nan if x is None else x
 
 
+def _report_output(args: argparse.Namespace, config: RouterConfig | None,
+                   store: ResultsStore) -> str:  # fmt: skip
+    """What `router report` prints: the tables, strict JSON, or where it wrote the page."""
+    if args.html is not None:
+        if config is None:
+            raise ConfigError("--html needs --config (the verdict needs the arms and criteria)")
+        args.html.write_text(phase_page(config, store, args.experiment, args.seed))
+        return f"wrote {args.html}"
+    if config is None:
+        report = phase_counts(store, args.experiment, args.seed)
+    else:
+        report = phase_report(config, store, args.experiment, args.seed)
+    # Strict JSON: an undefined number (a relative change from a zero control mean) is null.
+    return dumps(report) if args.json else as_text(report)
+
+
 def report_command(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config) if args.config else None
@@ -210,18 +226,7 @@ def report_command(args: argparse.Namespace) -> int:
     except StoreError as exc:
         return _fail(str(exc), 3)
     try:
-        if args.html is not None:
-            if config is None:
-                raise ConfigError("--html needs --config (the verdict needs the arms and criteria)")
-            args.html.write_text(phase_page(config, store, args.experiment, args.seed))
-            print_out(f"wrote {args.html}")
-            return 0
-        if config is None:
-            report = phase_counts(store, args.experiment, args.seed)
-        else:
-            report = phase_report(config, store, args.experiment, args.seed)
-        # Strict JSON: an undefined number (a relative change from a zero control mean) is null.
-        print_out(dumps(report) if args.json else as_text(report))
+        print_out(_report_output(args, config, store))
     except ConfigError as exc:
         return _fail(str(exc))
     except StoreError as exc:
