@@ -135,9 +135,11 @@ bench: install models
 # fifteen minutes for 7b on two cores. Not part of `make test` (its tiny size is).
 REHEARSAL_SIZE ?= 7b
 REHEARSAL_WORK ?= /var/tmp/gama-rehearsal
+REHEARSAL_OUT ?= docs/benchmarks.md
+REHEARSAL_ARGS ?=
 rehearsal: install
 	$(BIN)/python -m benchmarks.rehearsal --size $(REHEARSAL_SIZE) --work $(REHEARSAL_WORK) \
-		--json $(REHEARSAL_WORK).json --out docs/benchmarks.md
+		--json $(REHEARSAL_WORK).json --out $(REHEARSAL_OUT) $(REHEARSAL_ARGS)
 
 # The day a GPU is lent: ONNX Runtime on CUDA, the rehearsal GAMA served in bfloat16 on the GPU,
 # tokens/s and time to first token continuous against static, NVML metrics (benchmarks/gpu_check.py).
