@@ -30,6 +30,7 @@ import psutil
 from benchmarks.common import machine, write_section
 from gamaserving.inference import grpc_predict_v2_pb2 as pb
 from gamaserving.inference import grpc_predict_v2_pb2_grpc as pb_grpc
+from modelserver.config import load_model_config
 from modelserver.plan import GiB, cpu_has_native_bf16, weight_files, weights_bytes
 from tests.support.audio import wav
 from tests.support.oip import infer_request, outputs, params
@@ -139,7 +140,7 @@ def refuse_float32(report: Report, served: Path) -> None:
     port = free_port()
     step, rc, out = measured("serve --dtype float32", [*modelserver_args(served, port),
                              "--dtype", "float32"], 600)  # fmt: skip
-    need = weights_bytes(weight_files(served, _config(served)), "float32")
+    need = weights_bytes(weight_files(served, load_model_config(served)), "float32")
     step.ok = rc == 2 or need < psutil.virtual_memory().available * 0.9
     step.detail = f"exit {rc}: {_last_line(out)[-220:]}"
     report.add(step)
@@ -156,12 +157,6 @@ def _messages(log: str, wanted: tuple[str, ...]) -> list[str]:
         if any(w in message for w in wanted):
             found.append(message)
     return found
-
-
-def _config(model_dir: Path):  # type: ignore[no-untyped-def]
-    from modelserver.config import load_model_config
-
-    return load_model_config(model_dir)
 
 
 @contextmanager
@@ -255,7 +250,7 @@ def run(size: str, work: Path, keep: bool, wav2vec2: bool = True) -> Report:
     work.mkdir(parents=True, exist_ok=True)
     try:
         served = write_and_export(report, work)
-        weights = weights_bytes(weight_files(served, _config(served)), "bfloat16")
+        weights = weights_bytes(weight_files(served, load_model_config(served)), "bfloat16")
         report.facts["weights_bfloat16_bytes"] = weights
         if size == "7b":
             refuse_float32(report, served)

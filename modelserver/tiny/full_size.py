@@ -27,6 +27,7 @@ from modelserver.tiny.gama_release import (
     STAGE_DIR,
     TinyRelease,
     fill_values,
+    llama_config,
     released_audio,
     tiny_dims,
     write_stage,
@@ -63,23 +64,10 @@ GAMA_SIZES = {
 }
 
 
-def llama_config(size: LlamaSize) -> LlamaConfig:
-    """Llama-2-7b-chat-hf's config.json, at `size`."""
-    return LlamaConfig(
-        vocab_size=size.vocab,
-        hidden_size=size.hidden,
-        intermediate_size=size.mlp,
-        num_hidden_layers=size.layers,
-        num_attention_heads=size.heads,
-        num_key_value_heads=size.heads,
-        max_position_embeddings=4096,
-        rms_norm_eps=1e-5,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-        tie_word_embeddings=False,
-        torch_dtype="float16",
-    )
+def release_config(size: LlamaSize) -> LlamaConfig:
+    """Llama-2-7b-chat-hf's config.json, at `size`, with its float16 weights."""
+    return llama_config(size.vocab, size.hidden, size.mlp, size.layers, size.heads, 4096,
+                        torch_dtype="float16")  # fmt: skip
 
 
 def _drawn(seed: int, name: str, shape: tuple[int, ...]) -> torch.Tensor:
@@ -138,7 +126,7 @@ def _shards(specs: Sequence[TensorSpec], limit: int) -> list[list[TensorSpec]]:
 
 def gama_release_bytes(size: str) -> int:
     """What `make_gama_release` writes for the LLM (float16), for a progress bar's total."""
-    config = llama_config(GAMA_SIZES[size])
+    config = release_config(GAMA_SIZES[size])
     with torch.device("meta"):
         return sum(2 * v.numel() for v in LlamaForCausalLM(config).state_dict().values())
 
@@ -155,7 +143,7 @@ def make_gama_release(
     base.mkdir(parents=True, exist_ok=True)
     stage_dir.mkdir(parents=True, exist_ok=True)
     chosen = GAMA_SIZES[size]
-    config = llama_config(chosen)
+    config = release_config(chosen)
     build_word_tokenizer(base, size=config.vocab_size)
     config.save_pretrained(base)
     with torch.device("meta"):

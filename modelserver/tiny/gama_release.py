@@ -114,21 +114,31 @@ def released_audio(dims: AudioDims, generator: torch.Generator) -> dict[str, tor
     return {name: fill_values(name, shape, generator) for name, shape in sorted(shapes.items())}
 
 
-def tiny_lm_config(vocab_size: int, width: int, heads: int) -> LlamaConfig:
+def llama_config(
+    vocab_size: int, width: int, mlp: int, layers: int, heads: int, positions: int,
+    **extra: object,
+) -> LlamaConfig:  # fmt: skip
+    """Llama-2-7b-chat-hf's config.json at other sizes: LLaMA's special ids, no tied
+    embeddings, one KV head per head."""
     return LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=width,
-        intermediate_size=2 * width,
-        num_hidden_layers=2,
+        intermediate_size=mlp,
+        num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=heads,
-        max_position_embeddings=1024,
+        max_position_embeddings=positions,
         rms_norm_eps=1e-5,
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=0,
         tie_word_embeddings=False,
+        **extra,
     )
+
+
+def tiny_lm_config(vocab_size: int, width: int, heads: int) -> LlamaConfig:
+    return llama_config(vocab_size, width, 2 * width, 2, heads, 1024)
 
 
 def make_tiny_release(

@@ -15,7 +15,7 @@ from router.config import ExperimentSettings
 from router.experiments.cuped import CupedSums, adjust, pooled
 from router.experiments.results import ArmResults
 from router.experiments.stats import Statistic
-from router.results.query import _number, phase_statistics, request_values
+from router.results.query import as_number, phase_statistics, request_values
 from router.results.schema import exposures
 from router.results.store import ResultsStore
 
@@ -64,8 +64,8 @@ def cuped_sums(
     units = post.outerjoin(pre, and_(p.arm == q.arm, p.unit == q.unit))
     sums: list[ColumnElement[float]] = []
     for i in range(len(values)):
-        px, py = _number(p[f"x{i}"]), _number(p[f"y{i}"])
-        qa, qb = (_number(func.coalesce(q[f"{k}{i}"], 0.0)) for k in ("a", "b"))
+        px, py = as_number(p[f"x{i}"]), as_number(p[f"y{i}"])
+        qa, qb = (as_number(func.coalesce(q[f"{k}{i}"], 0.0)) for k in ("a", "b"))
         products = (px, px * px, py, py * py, px * py, qa, qa * qa, qb, qb * qb, qa * qb,
                     px * qa, px * qb, py * qa, py * qb)  # fmt: skip
         sums += [func.sum(v) for v in products]

@@ -22,7 +22,7 @@ from router.results.schema import exposures, outcomes, unit_outcomes, unit_reque
 from router.results.store import ResultsStore
 
 
-def _number(column: ColumnElement[object]) -> ColumnElement[float]:
+def as_number(column: ColumnElement[object]) -> ColumnElement[float]:
     return cast(column, Float)
 
 
@@ -82,7 +82,7 @@ def request_values(
     for name, column in REQUEST_METRICS.items():
         column = e.c[column.name]
         # PostgreSQL casts no boolean to a number: a CASE does it on every engine.
-        number = case((column, 1.0), else_=0.0) if name != "latency_ms" else _number(column)
+        number = case((column, 1.0), else_=0.0) if name != "latency_ms" else as_number(column)
         values[name] = (number, literal(1.0))
     for i, metric in enumerate(outcome_metrics):
         o = outcomes.alias(f"{tag}{i}")
@@ -121,7 +121,7 @@ def phase_statistics_from_events(
     u = per_unit.c
     sums = []
     for i in range(len(values)):
-        ux, uy = _number(u[f"x{i}"]), _number(u[f"y{i}"])
+        ux, uy = as_number(u[f"x{i}"]), as_number(u[f"y{i}"])
         sums += [
             func.sum(ux),
             func.sum(ux * ux),
