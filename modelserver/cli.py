@@ -289,6 +289,11 @@ def _make_rehearsal(args: argparse.Namespace) -> int:
     from modelserver.tiny.full_size import gama_release_bytes, make_gama_release, make_wav2vec2_base
 
     started = time.monotonic()
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"modelserver make-rehearsal: {exc}", file=sys.stderr)
+        return 2
     if args.family == "wav2vec2":
         make_wav2vec2_base(args.out)
         print(f"wrote wav2vec2-base in {args.out} in {time.monotonic() - started:.1f} s")

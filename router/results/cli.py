@@ -227,7 +227,7 @@ def report_command(args: argparse.Namespace) -> int:
         return _fail(str(exc), 3)
     try:
         print_out(_report_output(args, config, store))
-    except ConfigError as exc:
+    except (ConfigError, OSError) as exc:  # OSError: --html to a path it cannot write
         return _fail(str(exc))
     except StoreError as exc:
         return _fail(str(exc), 3)

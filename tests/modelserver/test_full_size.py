@@ -65,5 +65,13 @@ def test_sizes_are_the_published_ones(tmp_path: Path) -> None:
     assert (config["hidden_size"], config["num_hidden_layers"]) == (768, 12)
     assert config["feat_extract_norm"] == "group"
     # facebook/wav2vec2-base-960h: 94,396,320 parameters.
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    refused = subprocess.run(
+        [MODELSERVER, "make-rehearsal", "--family", "wav2vec2", "--out", str(blocked / "w")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "Not a directory" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
     weights = load_file(str(tmp_path / "w" / "model.safetensors"))
     assert sum(t.numel() for t in weights.values()) == 94_396_320

@@ -129,4 +129,9 @@ def test_the_page_needs_the_configuration(
     url = f"sqlite:///{tmp_path / 'results.sqlite'}"
     code = main(["report", "--results", url, "--experiment", "ab", "--html", "x.html"])
     assert code == 2 and "--html needs --config" in capsys.readouterr().err
+    path = tmp_path / "router.yaml"
+    nowhere = str(tmp_path / "no-such-dir" / "page.html")
+    code = main(["report", "--config", str(path), "--experiment", "ab", "--html", nowhere])
+    err = capsys.readouterr().err
+    assert code == 2 and "No such file or directory" in err and "Traceback" not in err
     store.close()
