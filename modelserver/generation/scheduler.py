@@ -270,7 +270,6 @@ class GenerationScheduler(WorkLoop):
             self._attention.clear()
             plan = _Plan(
                 keep=keep,
-                stepping=bool(running),
                 items=items,
                 room=min((s.request.max_new_tokens - len(s.tokens) for s in running), default=0),
                 deadline=min((s.deadline for s in running if s.deadline is not None),
@@ -349,7 +348,7 @@ class GenerationScheduler(WorkLoop):
         steps: list[list[int]] = []
         try:
             engine.keep(plan.keep)
-            if plan.stepping:
+            if plan.keep:  # rows stay to decode
                 until = self._clock() + self.settings.max_call_ms / 1000
                 while True:
                     tokens = engine.step()
@@ -433,9 +432,7 @@ class _Plan:
     """What the worker hands one model call."""
 
     keep: list[int]
-    """Rows of the running batch that stay, in order."""
-    stepping: bool
-    """Whether any row stays to decode."""
+    """Rows of the running batch that stay, in order (none: nothing to decode)."""
     items: list[Any]
     """Newcomers to prefill after the decode steps."""
     room: int
