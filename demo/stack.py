@@ -194,6 +194,8 @@ class Stack:
                             {"name": "candidate", "model": "gama", "weight": 0.5},
                         ],
                         "shadow": {"model": "gama", "percent": 10, "max_concurrency": 2},
+                        # The results page breaks the phase down by these.
+                        "dimensions": ["x-client", "audio_duration", "model_version"],
                         "guardrails": [
                             {"metric": "error_rate", "max_absolute_increase": 0.02},
                             {"metric": "quality_failure_rate", "max_absolute_increase": 0.05},

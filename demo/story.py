@@ -4,6 +4,8 @@ then read the verdict, the quality report and the alerts back from the router.""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -130,6 +132,19 @@ async def _streamed_answer(stack: Stack, clip: bytes) -> None:
             else:
                 first = first or time.monotonic()
                 print(message.text, end="", flush=True)
+
+
+def _results_page(stack: Stack) -> str:
+    """The experiment's results page, written by the command an operator types."""
+    page = stack.out / "results.html"
+    done = subprocess.run(
+        [sys.executable, "-m", "router.cli", "report", "--config", str(stack.config_path),
+         "--experiment", EXPERIMENT, "--html", str(page)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode:
+        return f"results page not written: {done.stderr.strip()}"
+    return f"results page (verdict, effects, segments, ramp): {page}"
 
 
 def _rollout_history(stack: Stack) -> None:
@@ -273,6 +288,7 @@ async def run_story(stack: Stack, dataset: Path, seconds: float) -> int:
 
     step(7, "Reports")
     print(f"  offline comparison: {stack.out / 'compare' / 'report.html'} (and .md, .json)")
+    print(f"  {await asyncio.to_thread(_results_page, stack)}")
     print(f"  logs: {stack.out / 'logs'}; alert history: {stack.out / 'alerts.sqlite'}")
     if stats.failures:
         print(f"  FAILED: {stats.failures} requests failed during the failover")

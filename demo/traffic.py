@@ -81,14 +81,17 @@ async def simulate_users(
             while not stop.is_set():
                 index = rng.randrange(len(clips))
                 audio, label = clips[index]
+                user = rng.randrange(users)
                 request = rpb.ProcessRequest(
-                    audio=audio,
-                    task=rpb.TASK_EMBED,
-                    user_id=f"user-{rng.randrange(users)}",
+                    audio=audio, task=rpb.TASK_EMBED, user_id=f"user-{user}"
                 )
                 stats.sent += 1
+                # Which app the user calls from: a segment of the results page.
+                client = ("web", "ios", "android")[user % 3]
                 try:
-                    reply = await stub.Process(request, timeout=5.0)
+                    reply = await stub.Process(
+                        request, timeout=5.0, metadata=[("x-client", client)]
+                    )
                 except grpc.aio.AioRpcError as exc:
                     stats.failed[exc.code().name] += 1
                     continue

@@ -56,6 +56,20 @@ def _parser() -> argparse.ArgumentParser:
         help="write the results page to OUT (one self-contained file, plots inline; needs "
         "--config)",
     )
+    fleet.add_argument(
+        "--segment",
+        metavar="DIMENSION",
+        help="also break the results down by one of the experiment's `dimensions` (needs "
+        "--config): each segment's comparisons with corrected p-values",
+    )
+    fleet.add_argument(
+        "--correction",
+        choices=["holm", "bh"],
+        default="holm",
+        help="how --segment corrects p-values for the number of segments: holm (any false "
+        "finding at most alpha; the default) or bh (Benjamini-Hochberg: the share of false "
+        "findings, for exploring)",
+    )
     results = sub.add_parser("results", help="manage the results store")
     results_sub = results.add_subparsers(dest="results_command", required=True)
     prune = results_sub.add_parser("prune", help="delete a finished phase's events")

@@ -124,6 +124,13 @@ class CupedSettings(StrictSettings):
     any model or experiment, or none)."""
 
 
+BUILT_IN_DIMENSIONS = ("audio_duration", "model_version")
+"""Segments the router knows without the caller: the clip's length bucket
+(router/experiments/segments.py) and the version of the model that answered."""
+
+# A gRPC metadata key as the wire carries it (lower case); `-bin` keys hold bytes, not text.
+Dimension = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
+
 REQUEST_METRICS = ("latency_ms", "error_rate", "fallback_rate", "quality_failure_rate")
 """Metrics every routed request of an experiment carries (lower is better for each)."""
 
@@ -189,6 +196,10 @@ class ExperimentSettings(StrictSettings):
     """Adjust every metric for each user's value before the phase (CUPED, off when absent):
     the verdict and its intervals then use the adjusted comparisons, which need less traffic
     when users' earlier and later values correlate."""
+    dimensions: list[Dimension] = Field(default_factory=list, max_length=8)
+    """Segments to break the results down by (`router report --segment NAME`): request
+    metadata keys recorded on each exposure (e.g. `x-client`), or the built-ins
+    `audio_duration` and `model_version`."""
     alpha: float = Field(0.05, gt=0, lt=0.5)
     """Error rate of the intervals."""
     auto_rollback: bool = False
@@ -200,6 +211,13 @@ class ExperimentSettings(StrictSettings):
     """Coverage steps (e.g. [0.01, 0.05, 0.25, 0.5]) the rollout controller takes one at a
     time on healthy fleet verdicts: no failing guardrail, no ratio mismatch, and
     `min_samples` new requests per arm since the last step."""
+
+    @field_validator("dimensions")
+    @classmethod
+    def _dimensions(cls, names: list[str]) -> list[str]:
+        if len(set(names)) != len(names) or any(d.endswith("-bin") for d in names):
+            raise ValueError(f"names must be unique text metadata keys (not -bin), got {names}")
+        return names
 
     @model_validator(mode="after")
     def _arms(self) -> ExperimentSettings:

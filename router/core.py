@@ -22,6 +22,7 @@ from router.errors import RouteError
 from router.experiments.assignment import Assignment, assign
 from router.experiments.policy import ExperimentPolicy
 from router.experiments.results import Report, report
+from router.experiments.segments import RequestFacts
 from router.experiments.shadow import ShadowRunner, sampled
 from router.failover.circuit import State
 from router.failover.dispatch import Dispatcher
@@ -284,7 +285,14 @@ class RouterCore:
         backends = [state.backends[key] for key in chain(route, first)]
         unit = req.user_id or req.request_id
         base = RouteResult(
-            req.request_id, req.task, first, unit, assignment, route.experiment, total_ms=0.0
+            req.request_id,
+            req.task,
+            first,
+            unit,
+            assignment,
+            route.experiment,
+            total_ms=0.0,
+            facts=_facts(req, route.experiment if assignment else None),
         )
         try:
             self._check_limits(req, backends[0])
@@ -343,6 +351,15 @@ class RouterCore:
         if self.state is not None:
             for backend in self.state.backends.values():
                 await backend.close()
+
+
+def _facts(req: RouteRequest, experiment: ExperimentSettings | None) -> RequestFacts:
+    """What an exposure's dimensions read of the request; the clip's length only where an
+    experiment segments on it (its header is parsed, never the audio decoded)."""
+    if experiment is None or not experiment.dimensions:
+        return RequestFacts()
+    wanted = "audio_duration" in experiment.dimensions
+    return RequestFacts(req.metadata, req.clip_seconds() if wanted else None)
 
 
 def _declared_tasks(backends: dict[str, ModelBackend]) -> dict[str, frozenset[str]]:

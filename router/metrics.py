@@ -57,6 +57,12 @@ class RouterMetrics:
             "Exposures and outcomes the results store refused on their own, kept as dead letters",
             ("kind",),
         )
+        self._segment_cuts = telemetry.tally(
+            "gamaserving.router.experiment.segment_values_cut",
+            "{value}",
+            "Segment values longer than 64 characters, cut to 64 before they were stored",
+            ("experiment", "dimension"),
+        )
         self._reused_ids = telemetry.tally(
             "gamaserving.router.request_ids.reused",
             "{request}",
@@ -158,6 +164,9 @@ class RouterMetrics:
     def exposure(self, experiment: str, arm: str) -> None:
         self._exposures.add(experiment, arm)
 
+    def segment_value_cut(self, experiment: str, dimension: str) -> None:
+        self._segment_cuts.add(experiment, dimension)
+
     def shed(self) -> None:
         self._shed.add()
 
@@ -211,6 +220,9 @@ class Unmeasured(RouterMetrics):
         pass
 
     def exposure(self, experiment: str, arm: str) -> None:
+        pass
+
+    def segment_value_cut(self, experiment: str, dimension: str) -> None:
         pass
 
     def shed(self) -> None:

@@ -4,7 +4,7 @@ never disagree about what happened (which model served, whether it was a fallbac
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -12,6 +12,7 @@ from gamaserving.oip import ModelOutput
 from router.config import ExperimentSettings
 from router.errors import RouteError
 from router.experiments.assignment import Assignment
+from router.experiments.segments import RequestFacts
 from router.failover.dispatch import Attempt, Outcome
 from router.quality.validators import Check
 
@@ -33,6 +34,9 @@ class RouteResult:
     """The attempt whose answer went back; None when the request failed."""
     error: RouteError | None = None
     shadowed: bool = False
+    facts: RequestFacts = field(default_factory=RequestFacts)
+    """What the experiment's dimensions read of the request (its metadata, the clip's
+    length); the answering model's version comes with `answer`."""
 
     @property
     def served_model(self) -> str:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from router.experiments.clip_length import clip_seconds
 
 
 @dataclass(frozen=True)
@@ -14,3 +17,8 @@ class RouteRequest:
     sample_rate: int = 0
     prompt: str = ""
     user_id: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    """The call's text metadata: what experiments' `dimensions` read."""
+
+    def clip_seconds(self) -> float | None:
+        return clip_seconds(self.audio, self.pcm_f32le, self.sample_rate)

@@ -269,7 +269,7 @@ class RouterServer:
         )
         writer.start()
         log.info("results store: %s", store.describe())
-        return ExperimentResults(store, writer)
+        return ExperimentResults(store, writer, metrics=self.metrics)
 
     async def _publish_readiness(self) -> None:
         ready = self.core.ready() and not self._draining

@@ -72,6 +72,10 @@ def test_demo_tells_the_whole_story_and_leaves_nothing(
     assert "served by a fallback" in text and not re.search(r" 0 served by a fallback", text)
     assert re.search(r"start +coverage +5% -> +5%", text), text  # the controller adopted it
     assert (out / "compare" / "report.html").is_file()
+    page = out / "results.html"
+    assert f"results page (verdict, effects, segments, ramp): {page}" in text
+    html = page.read_text()
+    assert "<h2>Segments by x-client</h2>" in html and "<td>ios</td>" in html
     _assert_nothing_left(out, _ports(text))
 
 

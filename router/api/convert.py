@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import grpc
 
@@ -25,7 +26,9 @@ def _invalid(message: str) -> RouteError:
     return RouteError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
-def route_request(req: rpb.ProcessRequest, metadata_user: str | None) -> RouteRequest:
+def route_request(req: rpb.ProcessRequest, metadata: Mapping[str, str]) -> RouteRequest:
+    """`metadata`: the call's text metadata (the user may come as `x-user-id`; experiments
+    may segment on other keys)."""
     task = TASKS.get(req.task)
     if task is None:
         raise _invalid(
@@ -34,7 +37,7 @@ def route_request(req: rpb.ProcessRequest, metadata_user: str | None) -> RouteRe
     _check_audio(req)
     if task == "describe" and not req.prompt.strip():
         raise _invalid("TASK_DESCRIBE needs a prompt")
-    user_id = req.user_id or metadata_user or None
+    user_id = req.user_id or metadata.get("x-user-id") or None
     check_ids(
         ("request_id", req.request_id),
         ("user_id" if req.user_id else "x-user-id metadata", user_id or ""),
@@ -48,6 +51,7 @@ def route_request(req: rpb.ProcessRequest, metadata_user: str | None) -> RouteRe
         sample_rate=req.raw_audio.sample_rate if has_raw else 0,
         prompt=req.prompt,
         user_id=user_id,
+        metadata=metadata,
     )
 
 

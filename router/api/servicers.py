@@ -59,11 +59,14 @@ class Admission:
             self.idle.set()
 
 
-def _metadata_user(context: grpc.aio.ServicerContext) -> str | None:
+def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    """The call's text metadata (a `-bin` key holds bytes: left out); a repeated key keeps
+    its first value."""
+    out: dict[str, str] = {}
     for key, value in context.invocation_metadata() or ():
-        if key == "x-user-id":
-            return value if isinstance(value, str) else value.decode()
-    return None
+        if isinstance(value, str):
+            out.setdefault(key, value)
+    return out
 
 
 class AudioRouterServicer(rpb_grpc.AudioRouterServicer):
@@ -77,7 +80,7 @@ class AudioRouterServicer(rpb_grpc.AudioRouterServicer):
     ) -> rpb.ProcessResponse:
         self.admission.enter()
         try:
-            plain = route_request(request, _metadata_user(context))
+            plain = route_request(request, _metadata(context))
             remaining = context.time_remaining()
             deadline = None if remaining is None else self.core.clock() + remaining
             result = await self.core.process(plain, deadline)
@@ -91,7 +94,7 @@ class AudioRouterServicer(rpb_grpc.AudioRouterServicer):
     ) -> AsyncIterator[rpb.ProcessStreamResponse]:
         self.admission.enter()
         try:
-            plain = route_request(request, _metadata_user(context))
+            plain = route_request(request, _metadata(context))
             remaining = context.time_remaining()
             deadline = None if remaining is None else self.core.clock() + remaining
             pieces: asyncio.Queue[str | None] = asyncio.Queue()

@@ -36,14 +36,30 @@ class World:
     name: str
     relative_difference: float
     control_mean: float = 100.0
-    user_sd: float = 30.0
+    user_sd: float = 40.0
     """Between users: the spread of users' own means."""
-    request_sd: float = 40.0
+    request_sd: float = 20.0
     """Within a user: the spread of one request around the user's mean."""
     requests_per_user: float = 3.0
     rho: float = 0.7
-    """How a user's own mean before the phase correlates with their mean in it (what CUPED
-    feeds on); their earlier requests are Poisson(requests_per_user), so some have none."""
+    """How users' earlier requests correlate with theirs in the phase, as CUPED sees them: the
+    correlation of their linearised values (a user's sum less the mean times their count,
+    before and in the phase) over users with earlier requests; rho squared of the variance is
+    what CUPED can remove among them."""
+    new_users: float = 0.1
+    """The share of users with no earlier request (a zero covariate); the others made as many
+    requests before the phase as in it (a user's activity persists)."""
+
+    def latent_rho(self) -> float:
+        """The correlation of users' own means before and in the phase that gives `rho`:
+        requests' noise dilutes it by the factor below (y = 1 + Poisson(r - 1) requests)."""
+        r = self.requests_per_user
+        ey, ey2 = r, (r - 1) + r**2
+        signal = ey2 * self.user_sd**2
+        latent = self.rho * (signal + ey * self.request_sd**2) / signal
+        if latent > 1:
+            raise ValueError(f"rho {self.rho} is out of reach of this world's request noise")
+        return latent
 
 
 @dataclass(frozen=True)
@@ -111,10 +127,11 @@ def _users(world: World, n: int, rng: np.random.Generator) -> Users:
     candidate = rng.random(n) < 0.5
     z, w = rng.standard_normal(n), rng.standard_normal(n)
     own = world.control_mean * (1 + world.relative_difference * candidate) + world.user_sd * z
-    earlier = world.control_mean + world.user_sd * (world.rho * z + math.sqrt(1 - world.rho**2) * w)
+    r = world.latent_rho()
+    earlier = world.control_mean + world.user_sd * (r * z + math.sqrt(1 - r**2) * w)
     y = (1 + rng.poisson(world.requests_per_user - 1, n)).astype(np.float64)
     x = y * own + world.request_sd * np.sqrt(y) * rng.standard_normal(n)
-    b = rng.poisson(world.requests_per_user, n).astype(np.float64)
+    b = np.where(rng.random(n) < world.new_users, 0.0, y)
     a = b * earlier + world.request_sd * np.sqrt(b) * rng.standard_normal(n)
     return Users(candidate, x, y, a, b)
 

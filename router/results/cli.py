@@ -14,9 +14,11 @@ from router.config import ConfigError, RouterConfig, find_experiment, load_confi
 from router.experiments.cuped import Adjusted, variance_reduction
 from router.experiments.results import ArmResults, Comparison, Report
 from router.experiments.results import report as judge_phase
+from router.experiments.segments import Correction
 from router.experiments.stats import Effect, Statistic, confidence_sequence, welch
 from router.results.cuped_query import phase_arms
 from router.results.query import outcome_metrics, phase_statistics, phases
+from router.results.segment_report import segments_json, segments_text
 from router.results.store import Exposure, ResultsStore, RowsRejected, StoreError, event_kind
 
 
@@ -109,8 +111,15 @@ def phase_report(
     return as_json(judge_phase(settings, arms, better), arms, phase, settings.alpha)
 
 
-def phase_page(config: RouterConfig, store: ResultsStore, name: str, seed: str | None) -> str:
-    """`router report --html`: the report, the effect over the phase, the ramp history."""
+def phase_page(
+    config: RouterConfig,
+    store: ResultsStore,
+    name: str,
+    seed: str | None,
+    correction: Correction = "holm",
+) -> str:
+    """`router report --html`: the report, the effect over the phase, every dimension's
+    segments, the ramp history."""
     from router.results.page import render, timeline
     from router.rollout.state import StateError
     from router.rollout.store import FileStore
@@ -120,6 +129,10 @@ def phase_page(config: RouterConfig, store: ResultsStore, name: str, seed: str |
     assert settings is not None  # phase_report found it
     better = {m: o.better == "higher" for m, o in config.outcomes.items()}
     points = timeline(store, settings, report["seed"], sorted(config.outcomes), better)
+    report["segments_by"] = [
+        segments_json(config, store, settings, report["seed"], d, correction)
+        for d in settings.dimensions
+    ]
     history = []
     if config.rollout.state_file is not None:
         try:
@@ -203,14 +216,27 @@ def _report_output(args: argparse.Namespace, config: RouterConfig | None,
     if args.html is not None:
         if config is None:
             raise ConfigError("--html needs --config (the verdict needs the arms and criteria)")
-        args.html.write_text(phase_page(config, store, args.experiment, args.seed))
+        page = phase_page(config, store, args.experiment, args.seed, args.correction)
+        args.html.write_text(page)
         return f"wrote {args.html}"
     if config is None:
+        if args.segment:
+            raise ConfigError("--segment needs --config (the experiment's dimensions)")
         report = phase_counts(store, args.experiment, args.seed)
     else:
         report = phase_report(config, store, args.experiment, args.seed)
+    if args.segment:
+        assert config is not None
+        settings = find_experiment(config.routes, args.experiment)
+        assert settings is not None  # phase_report found it
+        report["segments"] = segments_json(
+            config, store, settings, report["seed"], args.segment, args.correction
+        )
     # Strict JSON: an undefined number (a relative change from a zero control mean) is null.
-    return dumps(report) if args.json else as_text(report)
+    if args.json:
+        return dumps(report)
+    text = as_text(report)
+    return text + "\n\n" + segments_text(report["segments"]) if args.segment else text
 
 
 def report_command(args: argparse.Namespace) -> int:

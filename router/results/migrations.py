@@ -15,8 +15,10 @@ from sqlalchemy import (
     Column,
     Connection,
     Float,
+    Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -48,7 +50,20 @@ def _v1_to_v2(conn: Connection) -> None:
     ).create(conn)
 
 
-STEPS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2}
+def _v2_to_v3(conn: Connection) -> None:
+    """Version 3: each exposure's segment values (existing exposures have none: `(none)`)."""
+    Table(
+        "exposure_dimensions",
+        MetaData(),
+        Column("request_id", String(128), nullable=False),
+        Column("name", String(64), nullable=False),
+        Column("value", String(64), nullable=False),
+        PrimaryKeyConstraint("request_id", "name"),
+        Index("exposure_dimensions_name", "name", "request_id"),
+    ).create(conn)
+
+
+STEPS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
 """From version N to N + 1."""
 
 

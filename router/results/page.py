@@ -5,7 +5,8 @@ No script, no stylesheet or font from elsewhere: plots are inline SVG drawn by m
 mail attachment, or with JavaScript off. It shows the verdict and its reasons, the split
 check, each arm's users, requests and means, a forest plot of every comparison's effect with
 its fixed-horizon and always-valid intervals against the bound its criterion allows, the
-cumulative effect over the phase with its always-valid band, and the ramp history.
+cumulative effect over the phase with its always-valid band, each declared dimension's
+segments with corrected p-values, and the ramp history.
 """
 
 from __future__ import annotations
@@ -158,6 +159,29 @@ def _num(x: object) -> str:
     return f"{x:.4g}"
 
 
+def _segments(doc: Mapping[str, Any], alpha: float) -> list[str]:
+    """One dimension's segments (`router report --segment`): a row per segment and
+    comparison; a corrected p-value under alpha is marked."""
+    method = {"holm": "Holm", "bh": "Benjamini-Hochberg"}[doc["correction"]]
+    head = (f"<h2>Segments by {escape(doc['dimension'])}</h2><p>p-values corrected by "
+            f"{method} across {len(doc['segments'])} segments"
+            + (f"; {doc['pooled_as_other']} rarer values pooled as other" if doc["pooled_as_other"]
+               else "") + ".</p>")  # fmt: skip
+    rows = []
+    for seg in doc["segments"]:
+        users = ", ".join(f"{arm} {n}" for arm, n in seg["units"].items())
+        if not seg["comparisons"]:  # too few users in an arm to compare yet
+            rows.append([seg["value"], "-", "-", users, "-", "-", "-", "-", seg["verdict"]])
+        for c in seg["comparisons"]:
+            q = c["adjusted_p_value"]
+            rows.append([seg["value"], c["arm"], c["metric"], users, _num(c["difference"]),
+                         f"[{_num(c['ci'][0])}, {_num(c['ci'][1])}]", _num(c["p_value"]),
+                         _num(q) + (" *" if q < alpha else ""), seg["verdict"]])  # fmt: skip
+    header = ["segment", "arm", "metric", "users", "difference", "95% interval", "p",
+              f"adjusted p (* under {alpha:g})", "verdict"]  # fmt: skip
+    return [head, _table(header, rows)]
+
+
 STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"
     "table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;"
@@ -209,6 +233,8 @@ def render(
                              "CUPED variance (users with history)"], rows))  # fmt: skip
     if points:
         parts += ["<h2>Cumulative effect over the phase</h2>", over_time(points)]
+    for doc in report.get("segments_by", []):
+        parts += _segments(doc, settings.alpha)
     parts.append("<h2>Ramp history</h2>")
     if history:
         rows = [[d.action, f"{d.from_coverage:g} -> {d.to_coverage:g}", d.by, d.verdict,

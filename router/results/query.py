@@ -16,9 +16,16 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import FromClause
 
 from router.experiments.results import ArmResults
+from router.experiments.segments import OTHER, UNSET
 from router.experiments.stats import RatioMoments, Statistic
 from router.results.rollup import REQUEST_METRICS
-from router.results.schema import exposures, outcomes, unit_outcomes, unit_requests
+from router.results.schema import (
+    exposure_dimensions,
+    exposures,
+    outcomes,
+    unit_outcomes,
+    unit_requests,
+)
 from router.results.store import ResultsStore
 
 
@@ -73,11 +80,13 @@ Values = dict[str, tuple[ColumnElement[float], ColumnElement[float]]]
 
 
 def request_values(
-    e: FromClause, outcome_metrics: Sequence[str], tag: str
+    e: FromClause, outcome_metrics: Sequence[str], tag: str, table: FromClause | None = None
 ) -> tuple[FromClause, Values]:
-    """The exposures `e` (the table or an alias of it) joined to each outcome metric's reports,
-    and each metric's per-request value and presence; `tag` names the outcome aliases."""
+    """The exposures `e` (the table or an alias of it, or `table` joined to more) joined to
+    each outcome metric's reports, and each metric's per-request value and presence; `tag`
+    names the outcome aliases."""
     joined: FromClause = e
+    e = table if table is not None else e
     values: Values = {}
     for name, column in REQUEST_METRICS.items():
         column = e.c[column.name]
@@ -101,21 +110,68 @@ def phase_statistics_from_events(
 ) -> dict[str, ArmResults]:
     """`phase_statistics` computed from every exposure and outcome of the phase; with
     `until`, from the exposures up to that time only (the phase as it stood then)."""
-    joined, values = request_values(exposures, outcome_metrics, "o")
+    where = [] if until is None else [exposures.c.at <= until]
+    found = _from_events(store, experiment, seed, outcome_metrics, where)
+    return {arm: results for (arm, _), results in found.items()}
+
+
+def segment_statistics(
+    store: ResultsStore,
+    experiment: str,
+    seed: str,
+    dimension: str,
+    outcome_metrics: Sequence[str] = (),
+    top: int = 20,
+) -> tuple[dict[str, dict[str, ArmResults]], int]:
+    """Per value of `dimension` (the `top` values with most exposures; the rest pooled as
+    `other`, exposures without it as `(none)`): per arm, the phase's statistics over the
+    requests in that segment (each user's requests in it are their unit's). Also returns
+    how many distinct values the phase holds."""
+    d = exposure_dimensions.alias("segment")
+    joined = exposures.outerjoin(
+        d, and_(d.c.request_id == exposures.c.request_id, d.c.name == dimension)
+    )
+    value = func.coalesce(d.c.value, UNSET)
+    phase = [exposures.c.experiment == experiment, exposures.c.seed == seed]
+    ranked = (
+        select(value, func.count()).select_from(joined).where(*phase).group_by(value)
+        .order_by(func.count().desc(), value).limit(top)
+    )  # fmt: skip
+    kept = [str(row[0]) for row in store.read(ranked)]
+    distinct = select(func.count(func.distinct(value))).select_from(joined).where(*phase)
+    values = int(store.read(distinct)[0][0])
+    bucket = case((value.in_(kept), value), else_=literal(OTHER)) if kept else value
+    found = _from_events(store, experiment, seed, outcome_metrics, [], (joined, bucket))
+    out: dict[str, dict[str, ArmResults]] = {v: {} for v in kept}
+    for (arm, segment), results in found.items():
+        out.setdefault(segment, {})[arm] = results
+    return out, values
+
+
+def _from_events(
+    store: ResultsStore,
+    experiment: str,
+    seed: str,
+    outcome_metrics: Sequence[str],
+    where: Sequence[ColumnElement[bool]],
+    segment: tuple[FromClause, ColumnElement[str]] | None = None,
+) -> dict[tuple[str, str], ArmResults]:
+    """Per (arm, segment value; "" without a segment): units, requests and the metrics'
+    RatioMoments, from the events: per unit first, then per arm."""
+    base = exposures if segment is None else segment[0]
+    joined, values = request_values(base, outcome_metrics, "o", exposures)
+    by = literal("") if segment is None else segment[1]
     per_unit = (
         select(
             exposures.c.arm.label("arm"),
+            by.label("segment"),
             func.count().label("n"),
             *(func.sum(x).label(f"x{i}") for i, (x, _) in enumerate(values.values())),
             *(func.sum(y).label(f"y{i}") for i, (_, y) in enumerate(values.values())),
         )
         .select_from(joined)
-        .where(
-            exposures.c.experiment == experiment,
-            exposures.c.seed == seed,
-            *([] if until is None else [exposures.c.at <= until]),
-        )
-        .group_by(exposures.c.arm, exposures.c.unit)
+        .where(exposures.c.experiment == experiment, exposures.c.seed == seed, *where)
+        .group_by(exposures.c.arm, *([] if segment is None else [by]), exposures.c.unit)
         .subquery("per_unit")
     )
     u = per_unit.c
@@ -129,15 +185,14 @@ def phase_statistics_from_events(
             func.sum(uy * uy),
             func.sum(ux * uy),
         ]
-    query = select(u.arm, func.count(), func.sum(u.n), *sums).group_by(u.arm)
-    rows = store.read(query)
+    query = select(u.arm, u.segment, func.count(), func.sum(u.n), *sums).group_by(u.arm, u.segment)
     out = {}
-    for arm, units, requests, *rest in rows:
+    for arm, seg, units, requests, *rest in store.read(query):
         metrics: dict[str, Statistic] = {}
         for i, name in enumerate(values):
             x, xx, y, yy, xy = (float(v or 0.0) for v in rest[5 * i : 5 * i + 5])
             metrics[name] = RatioMoments(int(units), x, xx, y, yy, xy)
-        out[str(arm)] = ArmResults(int(units), int(requests), metrics)
+        out[(str(arm), str(seg))] = ArmResults(int(units), int(requests), metrics)
     return out
 
 

@@ -17,9 +17,9 @@ from sqlalchemy import (
 
 from router.ids import MAX_ID_LENGTH
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Raised with every change to the tables, with its step in router/results/migrations.py; a
-router uses only a store at its own version (2: dead letters)."""
+router uses only a store at its own version (2: dead letters; 3: exposure dimensions)."""
 
 metadata = MetaData()
 
@@ -54,6 +54,18 @@ exposures = Table(
     Column("output_tokens", Integer, nullable=False),
     Index("exposures_phase", "experiment", "seed", "arm", "unit"),
     Index("exposures_at", "at"),
+)
+
+# An exposure's segment values, one row per dimension its experiment names (router/experiments/
+# segments.py): written with the exposure, at most 64 characters each. Since schema 3.
+exposure_dimensions = Table(
+    "exposure_dimensions",
+    metadata,
+    Column("request_id", String(MAX_ID_LENGTH), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("value", String(64), nullable=False),
+    PrimaryKeyConstraint("request_id", "name"),
+    Index("exposure_dimensions_name", "name", "request_id"),
 )
 
 outcomes = Table(

@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 import grpc
 
 from router.config import ExperimentSettings, OutcomeSettings
 from router.errors import RouteError
 from router.experiments.results import ArmResults
+from router.experiments.segments import dimension_values
+from router.metrics import RouterMetrics, Unmeasured
 from router.record import RouteResult
 from router.results.cuped_query import phase_arms
 from router.results.query import outcome_trends, phases
@@ -25,10 +28,12 @@ class ExperimentResults:
         store: ResultsStore,
         writer: ResultsWriter,
         wall_clock: Callable[[], float] = time.time,
+        metrics: RouterMetrics | None = None,
     ) -> None:
         self.store = store
         self.writer = writer
         self.wall_clock = wall_clock
+        self.metrics: RouterMetrics = metrics or Unmeasured()
 
     def expose(self, r: RouteResult) -> None:
         """One routed request (the caller's own faults excepted): an experiment's exposure
@@ -37,6 +42,12 @@ class ExperimentResults:
             return
         output = r.output if r.answer is not None else None
         phase = r.experiment if r.assignment is not None else None
+        dimensions: dict[str, str] = {}
+        if phase is not None and phase.dimensions:
+            facts = replace(r.facts, model_version=output.model_version if output else "")
+            dimensions, cut = dimension_values(phase.dimensions, facts)
+            for name in cut:
+                self.metrics.segment_value_cut(phase.name, name)
         self.writer.add_exposure(
             Exposure(
                 request_id=r.request_id,
@@ -52,6 +63,7 @@ class ExperimentResults:
                 quality_failed=bool(r.failed_checks),
                 input_tokens=output.input_tokens if output else 0,
                 output_tokens=output.output_tokens if output else 0,
+                dimensions=dimensions,
             )
         )
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -44,6 +44,7 @@ from router.results.rollup import (
 )
 from router.results.schema import (
     dead_letters,
+    exposure_dimensions,
     exposures,
     outcomes,
     staged_exposures,
@@ -103,6 +104,8 @@ class Exposure:
     quality_failed: bool
     input_tokens: int = 0
     output_tokens: int = 0
+    dimensions: Mapping[str, str] = field(default_factory=dict)
+    """Segment values (router/experiments/segments.py): dimension name -> value."""
 
 
 @dataclass(frozen=True)
@@ -253,8 +256,10 @@ class ResultsStore:
                 conn.execute(select(writer_lock).with_for_update())
                 deltas = Deltas()
                 if exposure_rows:
+                    segments = {r["request_id"]: r.pop("dimensions", None) for r in exposure_rows}
                     fresh = self._insert_exposures(conn, exposure_rows, reused)
                     new_exposures(conn, fresh, deltas)
+                    _insert_dimensions(conn, fresh, segments)
                 if outcome_rows:
                     previous = previous_outcomes(conn, outcome_rows)
                     up = self._upsert(outcomes)
@@ -421,6 +426,9 @@ class ResultsStore:
                         rolled.append(table.c.seed == seed)
                     conn.execute(delete(table).where(*rolled))
                 conn.execute(delete(outcomes).where(outcomes.c.request_id.in_(ids)))
+                conn.execute(
+                    delete(exposure_dimensions).where(exposure_dimensions.c.request_id.in_(ids))
+                )
                 return conn.execute(delete(exposures).where(*where)).rowcount
         except SQLAlchemyError as exc:
             raise StoreError(f"{self.describe()}: {_reason(exc)}") from exc
@@ -442,6 +450,21 @@ class ResultsStore:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _insert_dimensions(
+    conn: Connection,
+    fresh: Sequence[Mapping[str, Any]],
+    segments: Mapping[str, Mapping[str, str] | None],
+) -> None:
+    """The segment values of the exposures just stored (a re-sent one has its rows)."""
+    rows = [
+        {"request_id": r["request_id"], "name": name, "value": value}
+        for r in fresh
+        for name, value in (segments.get(r["request_id"]) or {}).items()
+    ]
+    if rows:
+        conn.execute(insert(exposure_dimensions), rows)
 
 
 # What the rollup needs of a new exposure (router/results/rollup.py).

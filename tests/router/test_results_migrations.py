@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import delete, text, update
 
 from router.cli import main
-from router.results.query import phase_statistics
+from router.results.query import phase_statistics, segment_statistics
 from router.results.schema import SCHEMA_VERSION, schema_info
 from router.results.store import Exposure, Outcome, ResultsStore, SchemaError
 from router.server import StartupError
@@ -43,9 +43,11 @@ def _events() -> tuple[list[Exposure], list[Outcome]]:
 
 
 def _to_version_1(store: ResultsStore) -> None:
-    """The store as a router at schema 1 left it: no dead letters, version 1."""
+    """The store as a router at schema 1 left it: no dead letters, no exposure dimensions,
+    version 1."""
     with store.engine.begin() as conn:
         conn.execute(text("DROP TABLE results_dead_letters"))
+        conn.execute(text("DROP TABLE exposure_dimensions"))
         conn.execute(update(schema_info).values(version=1))
 
 
@@ -83,6 +85,12 @@ def test_an_older_store_is_refused_then_migrated_with_its_rows(
     again = ResultsStore.existing(url)
     assert phase_statistics(again, "e", "s", ["accepted"]) == before
     assert again.dead_letters() == []  # the table schema 2 added
+    # Schema 3's: earlier exposures have no segment value; new ones keep theirs.
+    again.write([Exposure("new", "e", "s", "a", "m", "u9", 3.0, 1.0, False, False, False,
+                          dimensions={"x-client": "web"})], [])  # fmt: skip
+    by_value, distinct = segment_statistics(again, "e", "s", "x-client")
+    assert distinct == 2 and by_value["(none)"]["a"].requests == 10
+    assert by_value["web"]["a"].requests == 1 and "b" not in by_value["web"]
     again.close()
     code, said = _cli(capsys, "report", "--results", url, "--experiment", "e", "--json")
     assert code == 0, said

@@ -1,0 +1,99 @@
+"""`router report --segment NAME`: every segment of a dimension judged by the experiment's own
+report, with corrected p-values (router/experiments/segments.py), as JSON and as a table."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from router.admin.render import interval, num, table
+from router.config import ConfigError, ExperimentSettings, RouterConfig
+from router.experiments.segments import TOP_SEGMENTS, Correction, judge_segments
+from router.results.query import segment_statistics
+from router.results.store import ResultsStore
+
+
+def segments_json(
+    config: RouterConfig,
+    store: ResultsStore,
+    settings: ExperimentSettings,
+    seed: str,
+    dimension: str,
+    correction: Correction = "holm",
+) -> dict[str, Any]:
+    if dimension not in settings.dimensions:
+        named = ", ".join(settings.dimensions) or "none (set `dimensions` on the experiment)"
+        raise ConfigError(
+            f"--segment {dimension!r}: experiment {settings.name!r} records no such dimension; "
+            f"its dimensions: {named}"
+        )
+    by_value, distinct = segment_statistics(
+        store, settings.name, seed, dimension, sorted(config.outcomes), TOP_SEGMENTS
+    )
+    better = {m: o.better == "higher" for m, o in config.outcomes.items()}
+    judged = judge_segments(settings, by_value, better, correction)
+    return {
+        "dimension": dimension,
+        "correction": correction,
+        "distinct_values": distinct,
+        # Values past the TOP_SEGMENTS most frequent, pooled in the `other` segment.
+        "pooled_as_other": max(distinct - TOP_SEGMENTS, 0),
+        "segments": [
+            {
+                "value": s.value,
+                "verdict": s.report.verdict,
+                "reasons": s.report.reasons,
+                "counts": s.report.counts,
+                "units": {arm: a.units for arm, a in s.arms.items()},
+                "comparisons": [
+                    {
+                        "arm": c.arm,
+                        "metric": c.metric,
+                        "control_mean": c.control_mean,
+                        "arm_mean": c.arm_mean,
+                        "difference": c.effect.difference,
+                        "ci": list(c.effect.ci),
+                        "p_value": c.effect.p_value,
+                        "adjusted_p_value": s.adjusted_p[(c.arm, c.metric)],
+                        "confidence_sequence": list(c.cs),
+                    }
+                    for c in s.report.comparisons
+                ],
+            }
+            for s in judged
+        ],
+    }
+
+
+def segments_text(doc: dict[str, Any]) -> str:
+    """One row per segment and comparison: the effect, its p-value before and after the
+    correction, and the segment's own verdict."""
+    method = {"holm": "Holm", "bh": "Benjamini-Hochberg"}[doc["correction"]]
+    rows = []
+    for s in doc["segments"]:
+        users = ", ".join(f"{arm} {n}" for arm, n in s["units"].items())
+        for c in s["comparisons"] or [None]:
+            if c is None:
+                rows.append([s["value"], "-", "-", users, "-", "-", "-", s["verdict"]])
+                continue
+            rows.append([
+                s["value"], c["arm"], c["metric"], users,
+                f"{num(c['difference'])} {interval(*(_finite(x) for x in c['ci']))}",
+                f"{c['p_value']:.3g}", f"{c['adjusted_p_value']:.3g}", s["verdict"],
+            ])  # fmt: skip
+    headers = ["SEGMENT", "ARM", "METRIC", "USERS", "DIFFERENCE [95%]", "P", "ADJUSTED P",
+               "VERDICT"]  # fmt: skip
+    out = [
+        f"segments by {doc['dimension']}: {len(doc['segments'])} shown, p-values corrected by "
+        f"{method} across them; each segment's verdict at alpha / segments",
+    ]
+    if doc["pooled_as_other"]:
+        out.append(
+            f"{doc['pooled_as_other']} of {doc['distinct_values']} values are pooled as `other` "
+            f"(only the {TOP_SEGMENTS} most frequent are shown on their own)"
+        )
+    return "\n".join([*out, "", table(headers, rows)])
+
+
+def _finite(x: float | None) -> float:
+    return math.nan if x is None else x
