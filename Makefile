@@ -39,7 +39,7 @@ install: $(STAMP)
 # System tools some tests use (each test skips, naming the tool, when it is missing). As root
 # with apt-get, the missing ones are installed; otherwise this only says what is missing.
 # TOOLS= (empty) skips it, e.g. to run the suite as a machine without them would.
-TOOLS ?= espeak-ng prometheus prometheus-alertmanager kubectl postgresql
+TOOLS ?= espeak-ng prometheus prometheus-alertmanager kubectl postgresql chromium
 tools:
 	@missing=(); for pkg in $(TOOLS); do \
 		case $$pkg in prometheus-alertmanager) bin=alertmanager;; postgresql) bin=initdb;; *) bin=$$pkg;; esac; \

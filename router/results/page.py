@@ -164,21 +164,25 @@ def _segments(doc: Mapping[str, Any], alpha: float) -> list[str]:
     comparison; a corrected p-value under alpha is marked."""
     method = {"holm": "Holm", "bh": "Benjamini-Hochberg"}[doc["correction"]]
     head = (f"<h2>Segments by {escape(doc['dimension'])}</h2><p>p-values corrected by "
-            f"{method} across {len(doc['segments'])} segments"
+            f"{method} across {len(doc['segments'])} segments; each segment's intervals and "
+            f"verdict at alpha / segments ({doc['segment_alpha']:.3g})"
             + (f"; {doc['pooled_as_other']} rarer values pooled as other" if doc["pooled_as_other"]
                else "") + ".</p>")  # fmt: skip
     rows = []
     for seg in doc["segments"]:
         users = ", ".join(f"{arm} {n}" for arm, n in seg["units"].items())
         if not seg["comparisons"]:  # too few users in an arm to compare yet
-            rows.append([seg["value"], "-", "-", users, "-", "-", "-", "-", seg["verdict"]])
+            rows.append([seg["value"], "-", "-", users, *["-"] * 5, seg["verdict"]])
         for c in seg["comparisons"]:
             q = c["adjusted_p_value"]
+            cs = c["confidence_sequence"]
             rows.append([seg["value"], c["arm"], c["metric"], users, _num(c["difference"]),
-                         f"[{_num(c['ci'][0])}, {_num(c['ci'][1])}]", _num(c["p_value"]),
+                         f"[{_num(c['ci'][0])}, {_num(c['ci'][1])}]",
+                         f"[{_num(cs[0])}, {_num(cs[1])}]", _num(c["p_value"]),
                          _num(q) + (" *" if q < alpha else ""), seg["verdict"]])  # fmt: skip
-    header = ["segment", "arm", "metric", "users", "difference", "95% interval", "p",
-              f"adjusted p (* under {alpha:g})", "verdict"]  # fmt: skip
+    level = f"{1 - doc['segment_alpha']:.1%}"
+    header = ["segment", "arm", "metric", "users", "difference", f"{level} interval",
+              "always-valid", "p", f"adjusted p (* under {alpha:g})", "verdict"]  # fmt: skip
     return [head, _table(header, rows)]
 
 

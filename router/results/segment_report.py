@@ -35,6 +35,8 @@ def segments_json(
     return {
         "dimension": dimension,
         "correction": correction,
+        # Each segment's intervals and verdict: the experiment's alpha over the segments.
+        "segment_alpha": settings.alpha / max(len(judged), 1),
         "distinct_values": distinct,
         # Values past the TOP_SEGMENTS most frequent, pooled in the `other` segment.
         "pooled_as_other": max(distinct - TOP_SEGMENTS, 0),
@@ -74,18 +76,21 @@ def segments_text(doc: dict[str, Any]) -> str:
         users = ", ".join(f"{arm} {n}" for arm, n in s["units"].items())
         for c in s["comparisons"] or [None]:
             if c is None:
-                rows.append([s["value"], "-", "-", users, "-", "-", "-", s["verdict"]])
+                rows.append([s["value"], "-", "-", users, "-", "-", "-", "-", s["verdict"]])
                 continue
             rows.append([
                 s["value"], c["arm"], c["metric"], users,
                 f"{num(c['difference'])} {interval(*(_finite(x) for x in c['ci']))}",
+                interval(*(_finite(x) for x in c["confidence_sequence"])),
                 f"{c['p_value']:.3g}", f"{c['adjusted_p_value']:.3g}", s["verdict"],
             ])  # fmt: skip
-    headers = ["SEGMENT", "ARM", "METRIC", "USERS", "DIFFERENCE [95%]", "P", "ADJUSTED P",
-               "VERDICT"]  # fmt: skip
+    level = f"{1 - doc['segment_alpha']:.1%}"
+    headers = ["SEGMENT", "ARM", "METRIC", "USERS", f"DIFFERENCE [{level}]", "ALWAYS-VALID",
+               "P", "ADJUSTED P", "VERDICT"]  # fmt: skip
     out = [
         f"segments by {doc['dimension']}: {len(doc['segments'])} shown, p-values corrected by "
-        f"{method} across them; each segment's verdict at alpha / segments",
+        f"{method} across them; each segment's intervals and verdict at alpha / segments "
+        f"({doc['segment_alpha']:.3g})",
     ]
     if doc["pooled_as_other"]:
         out.append(

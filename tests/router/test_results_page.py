@@ -5,6 +5,7 @@ time ends where the report's verdict stands."""
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from html.parser import HTMLParser
@@ -22,6 +23,9 @@ from router.rollout.controller import RolloutController
 from router.rollout.sources import StoreSource
 from router.rollout.store import FileStore
 from tests.router.test_outcomes import _config
+from tests.support.chromium import chromium_page
+
+ROOT = Path(__file__).resolve().parents[2]
 
 START = 1_765_000_000.0
 
@@ -34,9 +38,10 @@ def _phase(store: ResultsStore, users: int = 300) -> None:
         for arm, latency, accepted in (("control", 100.0, 0.8), ("candidate", 80.0, 0.6)):
             for k in range(2):
                 rid, at = f"{arm}-{u}-{k}", START + 600 * (u + rng.random()) / users
+                client = {"x-client": ("web", "ios")[u % 2]}
                 rows.append(Exposure(rid, "ab", "p1", arm, "a" if arm == "control" else "b",
                                      f"{arm}-{u}", at, latency + rng.gauss(0, 5), False, False,
-                                     False))  # fmt: skip
+                                     False, dimensions=client))  # fmt: skip
                 reports.append(Outcome(rid, "accepted", float(rng.random() < accepted), at + 1))
     store.write(rows, reports)
 
@@ -64,7 +69,7 @@ class _Tags(HTMLParser):
 
 @pytest.fixture
 def setup(tmp_path: Path) -> tuple[Path, ResultsStore]:
-    cfg = _config("127.0.0.1:1", "127.0.0.1:2", auto_rollback=True,
+    cfg = _config("127.0.0.1:1", "127.0.0.1:2", auto_rollback=True, dimensions=["x-client"],
                   guardrails=[{"metric": "accepted", "max_absolute_increase": 0.05}],
                   success=[{"metric": "latency_ms", "max_relative_increase": 0.0}])  # fmt: skip
     cfg["rollout"] = {"state_file": "rollout.json"}
@@ -99,6 +104,41 @@ async def test_the_page_is_self_contained_and_shows_the_decision(
     assert "<td>candidate</td><td>300</td><td>600</td>" in html
     assert "sample-ratio check p = 1" in html and 'class="warn"' not in html
     assert "<td>start</td>" in html and "<td>rollback</td>" in html  # the ramp history
+    assert "<h2>Segments by x-client</h2>" in html and "<td>ios</td>" in html
+    store.close()
+
+
+async def test_the_page_renders_in_chromium_as_the_report_says(
+    setup: tuple[Path, ResultsStore], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Opened in a real headless Chromium: nothing on the console, both plots laid out at a
+    readable size, and the text a person reads is `router report --json`'s."""
+    path, store = setup
+    controller = RolloutController(path, StoreSource(store), FileStore(tmp_path / "rollout.json"))
+    await controller.evaluate()
+    page_file = tmp_path / "page.html"
+    common = ["report", "--config", str(path), "--experiment", "ab"]
+    assert main([*common, "--html", str(page_file)]) == 0
+    assert main([*common, "--json"]) == 0
+    said = capsys.readouterr().out
+    report = json.loads(said.split("\n", 1)[1])  # after "wrote PAGE"
+    with chromium_page(tmp_path / "profile") as page:
+        page.open(page_file)
+        plots = page.evaluate(
+            "[...document.querySelectorAll('svg')].map(s => {"
+            "const r = s.getBoundingClientRect(); return [r.width, r.height]; })"
+        )
+        text = page.evaluate("document.body.innerText")
+        page.screenshot(ROOT / "out" / "results-page.png")
+        errors = page.errors()
+    assert errors == []
+    assert len(plots) == 2 and all(w >= 400 and h >= 150 for w, h in plots), plots
+    assert report["verdict"] in text and all(reason in text for reason in report["reasons"])
+    for arm, n in report["counts"].items():
+        assert re.search(rf"{arm}\s+{report['units'][arm]}\s+{n}\b", text), arm
+    for c in report["comparisons"]:
+        assert f"{c['difference']:.4g}" in text, c["metric"]
+    assert "Segments by x-client" in text
     store.close()
 
 
