@@ -29,7 +29,8 @@ def dumps(value: Any, indent: int | None = 2) -> str:
 
 
 def message_to_plain(message: Message) -> dict[str, Any]:
-    """A protobuf message as plain values, every field present (zeros included), enums by
+    """A protobuf message as plain values, every field present (zeros included; an unset
+    message field is None), enums by
     name, and non-finite doubles as None: protobuf's own JSON mapping writes them as the
     strings "NaN" and "Infinity", which a client would have to special-case."""
     out: dict[str, Any] = {}
@@ -40,6 +41,9 @@ def message_to_plain(message: Message) -> dict[str, Any]:
             out[field.name] = {k: _plain(value_field, v) for k, v in value.items()}
         elif field.is_repeated:
             out[field.name] = [_plain(field, v) for v in value]
+        elif field.type == FieldDescriptor.TYPE_MESSAGE and not message.HasField(field.name):
+            # Absent, not a message of zeros (which a recursive type would never end).
+            out[field.name] = None
         else:
             out[field.name] = _plain(field, value)
     return out

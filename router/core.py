@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import grpc
 from opentelemetry.trace import Tracer
@@ -17,12 +18,17 @@ from gamaserving.oip import ModelOutput
 from gamaserving.telemetry.tracing import ChildSpan
 from router.backends.model import ModelBackend
 from router.backends.streaming import OnPiece
-from router.config import ExperimentSettings, OutcomeSettings, RouterConfig, RouteSettings
+from router.config import (
+    ConfigError,
+    ExperimentSettings,
+    OutcomeSettings,
+    RouterConfig,
+    RouteSettings,
+)
 from router.errors import RouteError
 from router.experiments.assignment import Assignment, assign
 from router.experiments.policy import ExperimentPolicy
-from router.experiments.results import Report, report
-from router.experiments.segments import RequestFacts
+from router.experiments.segments import Correction, RequestFacts
 from router.experiments.shadow import ShadowRunner, sampled
 from router.failover.circuit import State
 from router.failover.dispatch import Dispatcher
@@ -33,7 +39,8 @@ from router.quality.trends import Series, TrendTracker, trend
 from router.record import RouteResult
 from router.recorder import Recorder, RouterStats
 from router.requests import RouteRequest
-from router.results.service import ExperimentResults, higher_is_better
+from router.results.document import phase_page, phase_report
+from router.results.service import ExperimentResults
 from router.results.store import StoreError
 
 log = logging.getLogger(__name__)
@@ -206,14 +213,28 @@ class RouterCore:
         declared = self.state.config.outcomes if self.state else {}
         return self._results(), declared
 
-    async def experiment_report(self, e: ExperimentSettings, seed: str) -> Report:
-        """The phase's results from the store (every replica's), and its report."""
-        declared = self.state.config.outcomes if self.state else {}
+    async def experiment_document(
+        self, e: ExperimentSettings, seed: str, segment: str, correction: Correction, page: bool
+    ) -> tuple[dict[str, Any], str]:
+        """The phase's report from the store (every replica's), as `router report --json`
+        gives it (with `segment`, broken down by it), and with `page` the results page."""
+        results, config = self._results(), self.state.config if self.state else None
+        if config is None:
+            raise RouteError(grpc.StatusCode.UNAVAILABLE, "the router has no configuration yet")
         try:
-            arms = await self._results().arms(e, seed, declared)
+            doc = await asyncio.to_thread(
+                phase_report, config, results.store, e.name, seed, segment or None, correction
+            )
+            html = ""
+            if page:
+                html = await asyncio.to_thread(
+                    phase_page, config, results.store, e.name, seed, correction
+                )
         except StoreError as exc:
             raise RouteError(grpc.StatusCode.UNAVAILABLE, f"results store: {exc}") from exc
-        return report(e, arms, higher_is_better(declared))
+        except ConfigError as exc:  # a dimension the experiment does not record
+            raise RouteError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+        return doc, html
 
     async def outcome_trends(self, model: str = "") -> list[Series]:
         """Per model and outcome metric, the mean reported value over the trend window, from

@@ -64,6 +64,24 @@ def add_parser(sub: Any) -> None:
     report = parser("report", help="an experiment's verdict and comparisons")
     report.add_argument("experiment", help="the experiment's name (see `experiments`)")
     report.add_argument("--seed", default="", help="an earlier phase (default: the current one)")
+    report.add_argument(
+        "--segment",
+        default="",
+        metavar="DIMENSION",
+        help="also break the phase down by one of the experiment's `dimensions`",
+    )
+    report.add_argument(
+        "--correction",
+        choices=["holm", "bh"],
+        default="holm",
+        help="how --segment corrects p-values: holm (the default) or bh (Benjamini-Hochberg)",
+    )
+    report.add_argument(
+        "--html",
+        type=Path,
+        metavar="OUT",
+        help="write the results page the router renders to OUT",
+    )
     assignment = parser("assignment", help="which arm users get now (records nothing)")
     assignment.add_argument("experiment", help="the experiment's name (see `experiments`)")
     assignment.add_argument("users", nargs="+", metavar="USER", help="user ids to look up")
@@ -148,8 +166,18 @@ def _experiments(admin: _Admin, args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def _report(admin: _Admin, args: argparse.Namespace) -> tuple[Any, str]:
-    request = rpb.GetExperimentReportRequest(experiment=args.experiment, seed=args.seed)
+    request = rpb.GetExperimentReportRequest(
+        experiment=args.experiment,
+        seed=args.seed,
+        segment=args.segment,
+        correction=args.correction,
+        html=args.html is not None,
+    )
     r = admin.call("GetExperimentReport", request)
+    if args.html is not None:
+        args.html.write_text(r.html)
+        r.html = ""  # the page is in the file, not on the terminal
+        return {"wrote": str(args.html)}, f"wrote {args.html}"
     return message_to_plain(r), render.report(r)
 
 
@@ -207,6 +235,8 @@ def run(args: argparse.Namespace) -> int:
             return _fail(str(exc), 1)
         except grpc.RpcError as exc:
             return _fail(f"{args.target}: {exc.code().name}: {exc.details()}", 1)
+        except OSError as exc:  # --html to a path it cannot write
+            return _fail(str(exc))
     print_out(dumps(plain) if args.json else text)
     if args.admin_command == "health" and any(s != "SERVING" for s in plain.values()):
         return 1

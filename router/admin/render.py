@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from gamaserving.router.v1 import router_pb2 as rpb
 
@@ -54,14 +55,33 @@ def experiments(r: rpb.ListExperimentsResponse) -> str:
     return table(headers, rows)
 
 
+def segments_plain(b: rpb.SegmentBreakdown) -> dict[str, Any]:
+    """A SegmentBreakdown in `router report --json`'s shape, for segments_text."""
+    return {
+        "dimension": b.dimension, "correction": b.correction or "holm",
+        "segment_alpha": b.segment_alpha, "distinct_values": b.distinct_values,
+        "pooled_as_other": b.pooled_as_other,
+        "segments": [{
+            "value": s.value, "verdict": s.verdict,
+            "units": {a.name: a.users for a in s.arms},
+            "comparisons": [{
+                "arm": c.arm, "metric": c.metric, "difference": c.difference,
+                "ci": [c.ci_low, c.ci_high], "confidence_sequence": [c.cs_low, c.cs_high],
+                "p_value": c.p_value, "adjusted_p_value": c.adjusted_p_value,
+            } for c in s.comparisons],
+        } for s in b.segments],
+    }  # fmt: skip
+
+
 def report(r: rpb.GetExperimentReportResponse) -> str:
     phase = "current phase" if r.current_phase else "an earlier phase"
     out = [f"experiment {r.experiment}, seed {r.seed} ({phase}): {r.verdict}"]
     if r.rolled_back:
         out.append("rolled back by the rollout controller (coverage in force: 0)")
     out += [f"  - {reason}" for reason in r.reasons]
-    out += ["", table(["ARM", "MODEL", "WEIGHT", "REQUESTS"],
-                      [[a.name, a.model, f"{a.weight:g}", a.count] for a in r.arms])]  # fmt: skip
+    out += ["", table(["ARM", "MODEL", "WEIGHT", "USERS", "REQUESTS"],
+                      [[a.name, a.model, f"{a.weight:g}", a.users, a.count]
+                       for a in r.arms])]  # fmt: skip
     out.append(f"sample-ratio check: p = {num(r.srm_p_value)}")
     rows = [
         [
@@ -80,7 +100,14 @@ def report(r: rpb.GetExperimentReportResponse) -> str:
         "ARM", "METRIC", "CONTROL", "ARM MEAN", "DIFFERENCE [95%]", "RELATIVE [95%]", "P",
         "ALWAYS-VALID",
     ]  # fmt: skip
+    if any(c.HasField("cuped") for c in r.comparisons):
+        # Under CUPED the numbers above are the adjusted ones.
+        headers.append("CUPED VARIANCE")
+        for row, c in zip(rows, r.comparisons, strict=True):
+            row.append(f"-{c.cuped.variance_reduction:.0%}" if c.HasField("cuped") else "-")
     out += ["", table(headers, rows)]
+    if r.HasField("segments"):
+        out += ["", segments_text(segments_plain(r.segments))]
     return "\n".join(out)
 
 
@@ -127,3 +154,41 @@ def alerts(items: Sequence[rpb.Alert]) -> str:
 
 def health(statuses: dict[str, str]) -> str:
     return table(["SERVICE", "STATUS"], [[name or '""', s] for name, s in statuses.items()])
+
+
+def segments_text(doc: dict[str, Any]) -> str:
+    """One row per segment and comparison: the effect, its p-value before and after the
+    correction, and the segment's own verdict."""
+    method = {"holm": "Holm", "bh": "Benjamini-Hochberg"}[doc["correction"]]
+    rows = []
+    for s in doc["segments"]:
+        users = ", ".join(f"{arm} {n}" for arm, n in s["units"].items())
+        for c in s["comparisons"] or [None]:
+            if c is None:
+                rows.append([s["value"], "-", "-", users, "-", "-", "-", "-", s["verdict"]])
+                continue
+            rows.append([
+                s["value"], c["arm"], c["metric"], users,
+                f"{num(c['difference'])} {interval(*(finite(x) for x in c['ci']))}",
+                interval(*(finite(x) for x in c["confidence_sequence"])),
+                f"{c['p_value']:.3g}", f"{c['adjusted_p_value']:.3g}", s["verdict"],
+            ])  # fmt: skip
+    level = f"{1 - doc['segment_alpha']:.1%}"
+    headers = ["SEGMENT", "ARM", "METRIC", "USERS", f"DIFFERENCE [{level}]", "ALWAYS-VALID",
+               "P", "ADJUSTED P", "VERDICT"]  # fmt: skip
+    out = [
+        f"segments by {doc['dimension']}: {len(doc['segments'])} shown, p-values corrected by "
+        f"{method} across them; each segment's intervals and verdict at alpha / segments "
+        f"({doc['segment_alpha']:.3g})",
+    ]
+    if doc["pooled_as_other"]:
+        out.append(
+            f"{doc['pooled_as_other']} of {doc['distinct_values']} values are pooled as `other` "
+            f"(only the {len(doc['segments']) - 1} most frequent are shown on their own)"
+        )
+    return "\n".join([*out, "", table(headers, rows)])
+
+
+def finite(x: float | None) -> float:
+    """JSON's null (an undefined number) as NaN, which the table prints as -."""
+    return math.nan if x is None else x

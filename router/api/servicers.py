@@ -17,8 +17,10 @@ from router.alerts.engine import Alert
 from router.alerts.history import AlreadyAcknowledged
 from router.alerts.service import AlertService
 from router.api.convert import TASK_ENUMS, TASKS, check_ids, process_response, route_request
+from router.api.report_proto import report_response
 from router.core import RouterCore
 from router.errors import RouteError
+from router.experiments.segments import Correction
 
 log = logging.getLogger(__name__)
 
@@ -282,41 +284,18 @@ class RouterAdminServicer(rpb_grpc.RouterAdminServicer):
                     f"experiment {settings.name!r} has no phase with seed {seed!r}; its "
                     f"phases: {known} (the first is the current one)",
                 )
-        policy = self.core.policy
-        result = await self.core.experiment_report(settings, seed)
-        phase = policy.rollout.phase(settings.name, seed)
-        response = rpb.GetExperimentReportResponse(
-            experiment=result.experiment,
-            verdict=result.verdict,
-            reasons=result.reasons,
-            srm_p_value=result.srm_p_value,
-            rolled_back=phase is not None and phase.status == "rolled_back",
-            control_arm=result.control,
-            seed=seed,
-            current_phase=seed == settings.seed,
+        if request.correction not in ("", "holm", "bh"):
+            raise RouteError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"correction must be holm or bh, got {request.correction!r}",
+            )
+        correction: Correction = "bh" if request.correction == "bh" else "holm"
+        doc, html = await self.core.experiment_document(
+            settings, seed, request.segment, correction, request.html
         )
-        for arm in settings.arms:
-            response.arms.add(
-                name=arm.name, model=arm.model, weight=arm.weight, count=result.counts[arm.name]
-            )
-        for c in result.comparisons:
-            e = c.effect
-            response.comparisons.add(
-                arm=c.arm,
-                metric=c.metric,
-                control_mean=c.control_mean,
-                arm_mean=c.arm_mean,
-                difference=e.difference,
-                ci_low=e.ci[0],
-                ci_high=e.ci[1],
-                relative=e.relative,
-                relative_ci_low=e.relative_ci[0],
-                relative_ci_high=e.relative_ci[1],
-                p_value=e.p_value,
-                cs_low=c.cs[0],
-                cs_high=c.cs[1],
-            )
-        return response
+        phase = self.core.policy.rollout.phase(settings.name, seed)
+        rolled_back = phase is not None and phase.status == "rolled_back"
+        return report_response(doc, settings, rolled_back, seed == settings.seed, html)
 
     @grpc_errors
     async def ListAlerts(

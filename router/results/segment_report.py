@@ -3,10 +3,8 @@ report, with corrected p-values (router/experiments/segments.py), as JSON and as
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from router.admin.render import interval, num, table
 from router.config import ConfigError, ExperimentSettings, RouterConfig
 from router.experiments.segments import TOP_SEGMENTS, Correction, judge_segments
 from router.results.query import segment_statistics
@@ -65,40 +63,3 @@ def segments_json(
             for s in judged
         ],
     }
-
-
-def segments_text(doc: dict[str, Any]) -> str:
-    """One row per segment and comparison: the effect, its p-value before and after the
-    correction, and the segment's own verdict."""
-    method = {"holm": "Holm", "bh": "Benjamini-Hochberg"}[doc["correction"]]
-    rows = []
-    for s in doc["segments"]:
-        users = ", ".join(f"{arm} {n}" for arm, n in s["units"].items())
-        for c in s["comparisons"] or [None]:
-            if c is None:
-                rows.append([s["value"], "-", "-", users, "-", "-", "-", "-", s["verdict"]])
-                continue
-            rows.append([
-                s["value"], c["arm"], c["metric"], users,
-                f"{num(c['difference'])} {interval(*(_finite(x) for x in c['ci']))}",
-                interval(*(_finite(x) for x in c["confidence_sequence"])),
-                f"{c['p_value']:.3g}", f"{c['adjusted_p_value']:.3g}", s["verdict"],
-            ])  # fmt: skip
-    level = f"{1 - doc['segment_alpha']:.1%}"
-    headers = ["SEGMENT", "ARM", "METRIC", "USERS", f"DIFFERENCE [{level}]", "ALWAYS-VALID",
-               "P", "ADJUSTED P", "VERDICT"]  # fmt: skip
-    out = [
-        f"segments by {doc['dimension']}: {len(doc['segments'])} shown, p-values corrected by "
-        f"{method} across them; each segment's intervals and verdict at alpha / segments "
-        f"({doc['segment_alpha']:.3g})",
-    ]
-    if doc["pooled_as_other"]:
-        out.append(
-            f"{doc['pooled_as_other']} of {doc['distinct_values']} values are pooled as `other` "
-            f"(only the {TOP_SEGMENTS} most frequent are shown on their own)"
-        )
-    return "\n".join([*out, "", table(headers, rows)])
-
-
-def _finite(x: float | None) -> float:
-    return math.nan if x is None else x

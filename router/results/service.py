@@ -10,13 +10,11 @@ from dataclasses import replace
 
 import grpc
 
-from router.config import ExperimentSettings, OutcomeSettings
+from router.config import OutcomeSettings
 from router.errors import RouteError
-from router.experiments.results import ArmResults
 from router.experiments.segments import dimension_values
 from router.metrics import RouterMetrics, Unmeasured
 from router.record import RouteResult
-from router.results.cuped_query import phase_arms
 from router.results.query import outcome_trends, phases
 from router.results.store import Exposure, Outcome, ResultsStore
 from router.results.writer import ResultsWriter
@@ -83,14 +81,6 @@ class ExperimentResults:
             raise invalid(f"value: {problem} for metric {metric!r}")
         self.writer.add_outcome(Outcome(request_id, metric, value, self.wall_clock()))
 
-    async def arms(
-        self,
-        e: ExperimentSettings,
-        seed: str,
-        declared: Mapping[str, OutcomeSettings],
-    ) -> dict[str, ArmResults]:
-        return await asyncio.to_thread(phase_arms, self.store, e, seed, sorted(declared))
-
     async def outcome_trends(
         self, since: float, bucket_seconds: float, model: str = ""
     ) -> dict[tuple[str, str], list[tuple[float, float, int]]]:
@@ -106,7 +96,3 @@ class ExperimentResults:
 
 def invalid(message: str) -> RouteError:
     return RouteError(grpc.StatusCode.INVALID_ARGUMENT, message)
-
-
-def higher_is_better(declared: Mapping[str, OutcomeSettings]) -> dict[str, bool]:
-    return {name: o.better == "higher" for name, o in declared.items()}

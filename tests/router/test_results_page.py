@@ -16,7 +16,7 @@ import yaml
 
 from router.cli import main
 from router.config import find_experiment, load_config
-from router.results.cli import phase_report
+from router.results.document import phase_report
 from router.results.page import timeline
 from router.results.store import Exposure, Outcome, ResultsStore
 from router.rollout.controller import RolloutController

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
@@ -71,7 +72,9 @@ async def test_segments_recorded_by_a_router_and_reported(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     experiment = two_arms(
-        dimensions=["x-client", "audio_duration", "model_version"], min_samples=20
+        dimensions=["x-client", "audio_duration", "model_version"],
+        min_samples=20,
+        cuped={"lookback_days": 14},
     )
     async with fault_server("a") as (_, a), fault_server("b") as (_, b):
         cfg = base_config({"a": [a], "b": [b]}, tag={"primary": "a", "experiment": experiment})
@@ -85,6 +88,24 @@ async def test_segments_recorded_by_a_router_and_reported(
             assert router.core.results is not None
             store = router.core.results.store
             longest = store.read(select(func.max(func.length(exposure_dimensions.c.value))))
+            rpc = await router.admin.GetExperimentReport(
+                rpb.GetExperimentReportRequest(experiment="ab", segment="x-client", html=True)
+            )
+            refusals = []
+            for wrong in (
+                rpb.GetExperimentReportRequest(experiment="ab", segment="x-team"),
+                rpb.GetExperimentReportRequest(experiment="ab", correction="bonferroni"),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await router.admin.GetExperimentReport(wrong)
+                refusals.append((info.value.code(), info.value.details()))
+            target = f"127.0.0.1:{router.server.port}"
+            admin = ["admin", "--target", target, "report", "ab", "--segment", "x-client"]
+            admin_code = await asyncio.to_thread(main, admin)
+            admin_text = capsys.readouterr().out
+            page = tmp_path / "admin-page.html"
+            assert await asyncio.to_thread(main, [*admin[:5], "--html", str(page)]) == 0
+            assert capsys.readouterr().out.strip() == f"wrote {page}"
     assert cut == {("ab", "x-client"): 1.0}
     assert longest[0][0] == 64
     config = str(tmp_path / "router.yaml")
@@ -128,6 +149,28 @@ async def test_segments_recorded_by_a_router_and_reported(
     }
     (version,) = report("--segment", "model_version")["segments"]["segments"]
     assert version["value"] == "fault-1"
+
+    # RouterAdmin answers with the same document, CUPED and segments included.
+    full = report("--segment", "x-client")
+    assert rpc.verdict == full["verdict"] and list(rpc.reasons) == full["reasons"]
+    assert {a.name: (a.users, a.count) for a in rpc.arms} == {
+        arm: (full["units"][arm], n) for arm, n in full["counts"].items()
+    }
+    for got, want in zip(rpc.comparisons, full["comparisons"], strict=True):
+        assert (got.metric, got.difference) == (want["metric"], pytest.approx(want["difference"]))
+        assert got.unadjusted.difference == pytest.approx(want["unadjusted"]["difference"])
+        assert got.cuped.variance_reduction == pytest.approx(want["cuped"]["variance_reduction"])
+    wire = {s.value: {c.metric: c.adjusted_p_value for c in s.comparisons}
+            for s in rpc.segments.segments}  # fmt: skip
+    assert wire == {s["value"]: {c["metric"]: pytest.approx(c["adjusted_p_value"])
+                                 for c in s["comparisons"]} for s in doc["segments"]}  # fmt: skip
+    assert rpc.segments.pooled_as_other == doc["pooled_as_other"]
+    assert "<h2>Segments by x-client</h2>" in rpc.html
+    assert [code for code, _ in refusals] == [grpc.StatusCode.INVALID_ARGUMENT] * 2
+    assert "records no such dimension" in refusals[0][1] and "holm or bh" in refusals[1][1]
+    assert admin_code == 0 and "CUPED VARIANCE" in admin_text
+    assert "segments by x-client: 21 shown" in admin_text
+    assert "<h2>Segments by x-client</h2>" in page.read_text()
 
     # The table, and a dimension the experiment does not record.
     assert main(["report", "--config", config, "--experiment", "ab", "--segment", "x-client"]) == 0

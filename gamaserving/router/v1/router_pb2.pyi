@@ -819,20 +819,34 @@ class GetExperimentReportRequest(_message.Message):
 
     EXPERIMENT_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
+    SEGMENT_FIELD_NUMBER: _builtins.int
+    CORRECTION_FIELD_NUMBER: _builtins.int
+    HTML_FIELD_NUMBER: _builtins.int
     experiment: _builtins.str
     seed: _builtins.str
     """The phase (seed) to report; empty for the current one. Earlier phases stay readable
     until the router restarts.
     """
+    segment: _builtins.str
+    """One of the experiment's `dimensions`: the phase broken down by it, in `segments`."""
+    correction: _builtins.str
+    """How `segment` corrects p-values across segments: "holm" (the default: any false
+    finding at most alpha) or "bh" (Benjamini-Hochberg: the share of false findings).
+    """
+    html: _builtins.bool
+    """Also render the results page (`router report --html`'s) into `html`."""
     def __init__(
         self,
         *,
         experiment: _builtins.str = ...,
         seed: _builtins.str = ...,
+        segment: _builtins.str = ...,
+        correction: _builtins.str = ...,
+        html: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment", b"experiment", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correction", b"correction", "experiment", b"experiment", "html", b"html", "seed", b"seed", "segment", b"segment"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -883,10 +897,14 @@ class ArmSummary(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     WEIGHT_FIELD_NUMBER: _builtins.int
     COUNT_FIELD_NUMBER: _builtins.int
+    USERS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     model: _builtins.str
     weight: _builtins.float
     count: _builtins.int
+    """Requests."""
+    users: _builtins.int
+    """Users (what was randomised)."""
     def __init__(
         self,
         *,
@@ -894,10 +912,11 @@ class ArmSummary(_message.Message):
         model: _builtins.str = ...,
         weight: _builtins.float = ...,
         count: _builtins.int = ...,
+        users: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "model", b"model", "name", b"name", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "model", b"model", "name", b"name", "users", b"users", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -922,6 +941,9 @@ class MetricComparison(_message.Message):
     P_VALUE_FIELD_NUMBER: _builtins.int
     CS_LOW_FIELD_NUMBER: _builtins.int
     CS_HIGH_FIELD_NUMBER: _builtins.int
+    UNADJUSTED_FIELD_NUMBER: _builtins.int
+    CUPED_FIELD_NUMBER: _builtins.int
+    ADJUSTED_P_VALUE_FIELD_NUMBER: _builtins.int
     arm: _builtins.str
     metric: _builtins.str
     """latency_ms, error_rate, fallback_rate or quality_failure_rate."""
@@ -939,6 +961,16 @@ class MetricComparison(_message.Message):
     cs_low: _builtins.float
     """Always-valid interval for the difference: safe to look at any time."""
     cs_high: _builtins.float
+    adjusted_p_value: _builtins.float
+    """In a segment: `p_value` corrected across the segments."""
+    @_builtins.property
+    def unadjusted(self) -> Global___MetricComparison:
+        """Under CUPED, the numbers above are adjusted; these are the same without the adjustment."""
+
+    @_builtins.property
+    def cuped(self) -> Global___CupedSummary:
+        """What CUPED did (absent when the experiment has no `cuped`)."""
+
     def __init__(
         self,
         *,
@@ -955,14 +987,118 @@ class MetricComparison(_message.Message):
         p_value: _builtins.float = ...,
         cs_low: _builtins.float = ...,
         cs_high: _builtins.float = ...,
+        unadjusted: Global___MetricComparison | None = ...,
+        cuped: Global___CupedSummary | None = ...,
+        adjusted_p_value: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cuped", b"cuped", "unadjusted", b"unadjusted"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "arm_mean", b"arm_mean", "ci_high", b"ci_high", "ci_low", b"ci_low", "control_mean", b"control_mean", "cs_high", b"cs_high", "cs_low", b"cs_low", "difference", b"difference", "metric", b"metric", "p_value", b"p_value", "relative", b"relative", "relative_ci_high", b"relative_ci_high", "relative_ci_low", b"relative_ci_low"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjusted_p_value", b"adjusted_p_value", "arm", b"arm", "arm_mean", b"arm_mean", "ci_high", b"ci_high", "ci_low", b"ci_low", "control_mean", b"control_mean", "cs_high", b"cs_high", "cs_low", b"cs_low", "cuped", b"cuped", "difference", b"difference", "metric", b"metric", "p_value", b"p_value", "relative", b"relative", "relative_ci_high", b"relative_ci_high", "relative_ci_low", b"relative_ci_low", "unadjusted", b"unadjusted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MetricComparison: _TypeAlias = MetricComparison  # noqa: Y015
+
+@_typing.final
+class CupedSummary(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    THETA_FIELD_NUMBER: _builtins.int
+    VARIANCE_REDUCTION_FIELD_NUMBER: _builtins.int
+    USERS_WITH_HISTORY_FIELD_NUMBER: _builtins.int
+    theta: _builtins.float
+    variance_reduction: _builtins.float
+    """The share of the difference's variance the adjustment removed."""
+    users_with_history: _builtins.int
+    def __init__(
+        self,
+        *,
+        theta: _builtins.float = ...,
+        variance_reduction: _builtins.float = ...,
+        users_with_history: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["theta", b"theta", "users_with_history", b"users_with_history", "variance_reduction", b"variance_reduction"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CupedSummary: _TypeAlias = CupedSummary  # noqa: Y015
+
+@_typing.final
+class Segment(_message.Message):
+    """One value of a dimension, judged by the experiment's own report."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUE_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    REASONS_FIELD_NUMBER: _builtins.int
+    ARMS_FIELD_NUMBER: _builtins.int
+    COMPARISONS_FIELD_NUMBER: _builtins.int
+    value: _builtins.str
+    verdict: _builtins.str
+    @_builtins.property
+    def reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def arms(self) -> _containers.RepeatedCompositeFieldContainer[Global___ArmSummary]:
+        """Requests and users per arm in the segment (model and weight left empty)."""
+
+    @_builtins.property
+    def comparisons(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricComparison]: ...
+    def __init__(
+        self,
+        *,
+        value: _builtins.str = ...,
+        verdict: _builtins.str = ...,
+        reasons: _abc.Iterable[_builtins.str] | None = ...,
+        arms: _abc.Iterable[Global___ArmSummary] | None = ...,
+        comparisons: _abc.Iterable[Global___MetricComparison] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arms", b"arms", "comparisons", b"comparisons", "reasons", b"reasons", "value", b"value", "verdict", b"verdict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Segment: _TypeAlias = Segment  # noqa: Y015
+
+@_typing.final
+class SegmentBreakdown(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIMENSION_FIELD_NUMBER: _builtins.int
+    CORRECTION_FIELD_NUMBER: _builtins.int
+    SEGMENT_ALPHA_FIELD_NUMBER: _builtins.int
+    DISTINCT_VALUES_FIELD_NUMBER: _builtins.int
+    POOLED_AS_OTHER_FIELD_NUMBER: _builtins.int
+    SEGMENTS_FIELD_NUMBER: _builtins.int
+    dimension: _builtins.str
+    correction: _builtins.str
+    segment_alpha: _builtins.float
+    """Each segment's intervals and verdict use the experiment's alpha over the segments."""
+    distinct_values: _builtins.int
+    pooled_as_other: _builtins.int
+    """Values past the 20 most frequent, pooled in the segment "other"."""
+    @_builtins.property
+    def segments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Segment]: ...
+    def __init__(
+        self,
+        *,
+        dimension: _builtins.str = ...,
+        correction: _builtins.str = ...,
+        segment_alpha: _builtins.float = ...,
+        distinct_values: _builtins.int = ...,
+        pooled_as_other: _builtins.int = ...,
+        segments: _abc.Iterable[Global___Segment] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correction", b"correction", "dimension", b"dimension", "distinct_values", b"distinct_values", "pooled_as_other", b"pooled_as_other", "segment_alpha", b"segment_alpha", "segments", b"segments"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SegmentBreakdown: _TypeAlias = SegmentBreakdown  # noqa: Y015
 
 @_typing.final
 class GetExperimentReportResponse(_message.Message):
@@ -979,6 +1115,8 @@ class GetExperimentReportResponse(_message.Message):
     SEED_FIELD_NUMBER: _builtins.int
     MOMENTS_FIELD_NUMBER: _builtins.int
     CURRENT_PHASE_FIELD_NUMBER: _builtins.int
+    SEGMENTS_FIELD_NUMBER: _builtins.int
+    HTML_FIELD_NUMBER: _builtins.int
     experiment: _builtins.str
     verdict: _builtins.str
     """PROMOTE, ROLL_BACK or KEEP_RUNNING."""
@@ -990,6 +1128,8 @@ class GetExperimentReportResponse(_message.Message):
     """The phase reported."""
     current_phase: _builtins.bool
     """Whether `seed` is the phase now configured."""
+    html: _builtins.str
+    """When the request asked for `html`: the results page, one self-contained file."""
     @_builtins.property
     def reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -1001,6 +1141,10 @@ class GetExperimentReportResponse(_message.Message):
         """No longer filled: the statistics come from the results store (`router report`), which
         every replica writes, instead of being summed over replicas.
         """
+
+    @_builtins.property
+    def segments(self) -> Global___SegmentBreakdown:
+        """When the request named a `segment`."""
 
     def __init__(
         self,
@@ -1016,10 +1160,12 @@ class GetExperimentReportResponse(_message.Message):
         seed: _builtins.str = ...,
         moments: _abc.Iterable[Global___ArmMoments] | None = ...,
         current_phase: _builtins.bool = ...,
+        segments: Global___SegmentBreakdown | None = ...,
+        html: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["segments", b"segments"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arms", b"arms", "comparisons", b"comparisons", "control_arm", b"control_arm", "current_phase", b"current_phase", "experiment", b"experiment", "moments", b"moments", "reasons", b"reasons", "rolled_back", b"rolled_back", "seed", b"seed", "srm_p_value", b"srm_p_value", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arms", b"arms", "comparisons", b"comparisons", "control_arm", b"control_arm", "current_phase", b"current_phase", "experiment", b"experiment", "html", b"html", "moments", b"moments", "reasons", b"reasons", "rolled_back", b"rolled_back", "seed", b"seed", "segments", b"segments", "srm_p_value", b"srm_p_value", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
