@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import io
+import math
 from typing import Any
 
 import numpy as np
@@ -160,6 +161,11 @@ def plots(report: dict[str, Any], columns: dict[str, Columns]) -> list[tuple[str
 
     plt.rcParams["svg.fonttype"] = "path"  # glyphs as paths: no font needed to view
     figures = []
+    checked = [(c["model"], r) for c in report["comparisons"] for r in c["criteria"]
+               if r["status"] != "not_applicable"]  # fmt: skip
+    if checked:
+        figures.append(("Criteria: each worsening's interval against its bound",
+                        _criteria_plot(plt, checked, report["alpha"])))  # fmt: skip
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for name, cols in columns.items():
         values = np.sort(cols.latency_ms[~np.isnan(cols.latency_ms)])
@@ -210,6 +216,33 @@ def plots(report: dict[str, Any], columns: dict[str, Columns]) -> list[tuple[str
     figures.append(("Error breakdown", _svg(fig)))
     plt.close(fig)
     return figures
+
+
+STATUS_COLOURS = {"met": "#176f2c", "violated": "#a11", "inconclusive": "#975a00"}
+
+
+def _criteria_plot(plt: Any, checked: list[tuple[str, dict[str, Any]]], alpha: float) -> str:
+    """What the verdict rests on: per model and criterion, the worsening against the baseline
+    with its paired bootstrap interval, and the bound it must stay within (a row each: their
+    scales differ). Met when the whole interval is left of the bound."""
+    fig, axes = plt.subplots(len(checked), 1, figsize=(7, 0.9 * len(checked) + 0.6),
+                             squeeze=False)  # fmt: skip
+    for ax, (model, r) in zip(axes[:, 0], checked, strict=True):
+        lo, hi = (math.nan if v is None else v for v in r["ci"])
+        colour = STATUS_COLOURS[r["status"]]
+        ax.plot([lo, hi], [0, 0], color=colour, linewidth=4, solid_capstyle="butt")
+        if r["worsening"] is not None:
+            ax.plot([r["worsening"]], [0], "o", color=colour)
+        ax.axvline(r["bound"], color="#444", linestyle="--")
+        ax.axvline(0, color="#bbb", linewidth=0.8)
+        ax.set_yticks([0], [f"{model}: {r['metric']} ({r['kind']}) {r['status']}"])
+        ax.set_ylim(-1, 1)
+    axes[-1, 0].set_xlabel(f"worsening against the baseline, {100 * (1 - alpha):g}% paired "
+                           "bootstrap interval (dashed: the bound)")  # fmt: skip
+    fig.tight_layout()
+    svg = _svg(fig)
+    plt.close(fig)
+    return svg
 
 
 _STYLE = """

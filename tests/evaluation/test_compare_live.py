@@ -127,7 +127,11 @@ def test_compare_writes_four_outputs_and_resumes_to_the_same_report(
     assert comparison["recommendation"]["verdict"] in {"ADOPT", "KEEP_BASELINE", "INCONCLUSIVE"}
     assert {r["metric"] for r in comparison["criteria"]} == {"knn_accuracy", "latency_p95_ms"}
     page = (whole / "report.html").read_text()
-    assert page.count("<svg") == 3
+    assert page.count("<svg") == 4
+    # The chart the verdict rests on: a row per criterion, labelled with its status.
+    assert "Criteria: each worsening&#x27;s interval against its bound" in page
+    for r in comparison["criteria"]:
+        assert f"<!-- gama: {r['metric']} ({r['kind']}) {r['status']} -->" in page, r
     # Namespaces (xmlns="http://...") name things; these forms would fetch them.
     for fetch in ("<script", "<link", "src=", "@import", "url(http", 'href="http', "href='http"):
         assert fetch not in page, f"report.html would fetch something: {fetch}"
