@@ -4,15 +4,18 @@
   concurrency 1 and 16 (same route, no experiment: every routed request is a row);
 - PostgreSQL ingest in events per second for one writer (one replica), batches as the writer
   sends them;
-- the report's query time for one phase of 10^5, 10^6 and 10^7 exposures (30% with an outcome).
+- the report's query time for one phase of 10^5, 10^6 and 10^7 exposures (30% with an outcome),
+  and CUPED's sums over it (from the writers' covariates, and from the events).
 
     python -m benchmarks.results --models models --out docs/benchmarks.md
+    python -m benchmarks.results --store-only   # the last two only (no model server)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import sys
 import tempfile
 import time
@@ -25,7 +28,8 @@ from sqlalchemy import text
 
 from benchmarks.common import Load, Rounds, machine, merge, ratio_cell, write_section
 from benchmarks.router import oip_load, router_load
-from router.results.cuped_query import cuped_sums
+from router.results.covariates import DAY
+from router.results.cuped_query import cuped_sums, cuped_sums_from_events
 from router.results.query import phase_statistics
 from router.results.store import Exposure, ResultsStore
 from tests.support.audio import wav
@@ -42,6 +46,7 @@ INSTANCES = 2
 ROUNDS = 8
 DEADLINE_S = 5.0
 SIZES = (10**5, 10**6, 10**7)
+LOOKBACK_DAYS = 14.0
 
 
 def _router(d: Path, name: str, model_port: int, results: str | None) -> ServerProcess:
@@ -137,11 +142,6 @@ def _fill(store: ResultsStore, experiment: str, n: int) -> None:
             ),
             {"e": experiment, "n": n},
         )
-    # The writers keep the per-user rollup as they write; rows loaded in bulk get it rebuilt.
-    store.rebuild(experiment, "s1", ["accepted"])
-    with store.engine.begin() as conn:
-        for table in ("exposures", "outcomes", "unit_requests", "unit_outcomes"):
-            conn.execute(text(f"ANALYZE {table}"))
 
 
 def _earlier(store: ResultsStore, experiment: str, n: int) -> None:
@@ -156,7 +156,11 @@ def _earlier(store: ResultsStore, experiment: str, n: int) -> None:
             "INSERT INTO outcomes SELECT 'pre' || :e || g, 'accepted', "
             "(random() < 0.7)::int, 1 FROM generate_series(1, :n) g WHERE g % 10 < 3"),
             {"e": experiment, "n": n // 2})  # fmt: skip
-        for table in ("exposures", "outcomes"):
+    # The writers keep the per-user rollup, CUPED's covariates included, as they write; rows
+    # loaded in bulk get it rebuilt.
+    store.rebuild(experiment, "s1", ["accepted"], LOOKBACK_DAYS * DAY)
+    with store.engine.begin() as conn:
+        for table in ("exposures", "outcomes", "unit_requests", "unit_outcomes"):
             conn.execute(text(f"ANALYZE {table}"))
 
 
@@ -171,9 +175,11 @@ def _best(run: Callable[..., object], *args: object) -> float:
 
 
 def report_times(
-    store: ResultsStore, sizes: tuple[int, ...]
-) -> dict[int, tuple[float, int, float]]:
-    """Per size: (best of three report query seconds, units found, the same with CUPED)."""
+    store: ResultsStore, sizes: tuple[int, ...], events_up_to: int = 10**6
+) -> dict[int, tuple[float, int, float, float]]:
+    """Per size: (best of three report query seconds, units found, the same for CUPED's sums
+    from the rollup, and once from the events where the size is at most `events_up_to`
+    (NaN above: about 45 s a time at 10^7))."""
     out = {}
     for n in sizes:
         experiment = f"size{n}"
@@ -183,11 +189,47 @@ def report_times(
         print(f"loaded {n} exposures in {time.perf_counter() - t0:.1f} s", flush=True)
         plain = _best(phase_statistics, store, experiment, "s1", ["accepted"])
         units = sum(a.units for a in phase_statistics(store, experiment, "s1", []).values())
-        cuped = _best(cuped_sums, store, experiment, "s1", ["accepted"], 14)
-        out[n] = (plain, units, cuped)
+        cuped = _best(cuped_sums, store, experiment, "s1", ["accepted"], LOOKBACK_DAYS)
+        events = math.nan
+        if n <= events_up_to:
+            started = time.perf_counter()
+            cuped_sums_from_events(store, experiment, "s1", ["accepted"], LOOKBACK_DAYS)
+            events = time.perf_counter() - started
+        out[n] = (plain, units, cuped, events)
         print(f"report over {n} exposures: {plain:.2f} s ({units} users); CUPED's sums "
-              f"{cuped:.2f} s", flush=True)  # fmt: skip
+              f"{cuped:.2f} s (from the events {events:.2f} s)", flush=True)  # fmt: skip
     return out
+
+
+def store_section(rate: float, times: dict[int, tuple[float, int, float, float]]) -> str:
+    lines = [
+        "## Results store: ingest and report time",
+        "",
+        f"`python -m benchmarks.results --store-only` (also in `make bench`), "
+        f"{time.strftime('%Y-%m-%d')}, {machine()}. PostgreSQL (Debian's, on this machine): "
+        "one writer's ingest (batches of 1000 exposures, one transaction each, the per-user "
+        "rollup and CUPED's covariate bookkeeping in the same transaction); then per size one "
+        "phase loaded in bulk (n/20 users, 30 % of requests with an outcome) with n/2 earlier "
+        "requests by the same users outside any experiment, its rollup and covariates "
+        f"rebuilt (lookback {LOOKBACK_DAYS:g} days): the report's query (one row per user and "
+        "metric), CUPED's sums from the covariates the writers keep (what a CUPED report "
+        "reads), and the same sums from the events (the reference, and what a phase summed "
+        "over another lookback reads). Best of three, except from the events (once).",
+        "",
+        "| measure | seconds | goal |",
+        "| --- | ---: | --- |",
+        f"| PostgreSQL ingest, one replica | **{rate:,.0f} events/s** | |",
+    ]
+    for n, (seconds, units, cuped, events) in times.items():
+        goal = "< 2 s" if n == 10**7 else ""
+        lines += [
+            f"| report query, {n:.0e} exposures ({units:,} users) | **{seconds:.2f} s** | {goal} |",
+            f"| CUPED's sums from the rollup, {n:.0e} exposures (+{n // 2:.0e} earlier) | "
+            f"**{cuped:.2f} s** | {goal} |",
+        ]
+        if not math.isnan(events):
+            lines.append(f"| CUPED's sums from the events, {n:.0e} exposures | {events:.2f} s | |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -196,10 +238,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
     parser.add_argument("--seconds", type=float, default=16.0, help="per overhead cell")
     parser.add_argument("--sizes", type=int, nargs="*", default=list(SIZES))
+    parser.add_argument(
+        "--store-only", action="store_true", help="the store's ingest and report times alone"
+    )
     args = parser.parse_args()
     postgres = Postgres()
     try:
-        rounds = overhead(args.models, postgres, args.seconds)
+        rounds = {} if args.store_only else overhead(args.models, postgres, args.seconds)
         latency = {key: merge(loads) for key, loads in rounds.items()}
         store = ResultsStore(postgres.url)
         store.create()
@@ -209,19 +254,20 @@ def main() -> None:
         store.close()
     finally:
         postgres.close()
+    write_section(args.out, "results-store", store_section(rate, times))
+    if args.store_only:
+        print(f"wrote {args.out}", file=sys.stderr)
+        return
     lines = [
-        "## Results store: cost on the request path, ingest, report time",
+        "## Results store: cost on the request path",
         "",
         f"`make bench` (`python -m benchmarks.results`), {time.strftime('%Y-%m-%d')}, {machine()}.",
         "A wav2vec2 model server and routers on loopback, one route (`embed`, no",
         "experiment; every routed request is a row when the store is on): without a store,",
         "with SQLite, with PostgreSQL (Debian's, on this machine). The 0.5 s clip closed-loop,",
         f"{args.seconds:g} s per cell in {ROUNDS} interleaved rounds, each router path",
-        f"{INSTANCES} processes taken in turn; the identical copy is the noise floor. Then one",
-        "writer's PostgreSQL ingest (batches of 1000 exposures, one transaction each, the",
-        "per-user rollup kept in the same transaction), and the report's query over one phase",
-        "(the rollup: one row per user and metric; four request metrics and one outcome),",
-        "after loading the phase in bulk and rebuilding its rollup.",
+        f"{INSTANCES} processes taken in turn; the identical copy is the noise floor. Ingest",
+        "and report times: the next section.",
         "",
         "| path | concurrency | req/s | p50 ms | added p50 ms (vs direct) |",
         "| --- | ---: | ---: | ---: | ---: |",
@@ -241,14 +287,6 @@ def main() -> None:
             goal = "(noise floor)" if path.startswith("store off") else "<= 1.05"
             cell = ratio_cell(rounds, c, (path,), ("store off",))
             lines.append(f"| added p50, {path} / store off, c={c} | {cell} | {goal} |")
-    lines.append(f"| PostgreSQL ingest, one replica | **{rate:,.0f} events/s** | |")
-    for n, (seconds, units, cuped) in times.items():
-        goal = "< 2 s" if n == 10**7 else ""
-        lines.append(
-            f"| report query, {n:.0e} exposures ({units:,} users) | **{seconds:.2f} s** | {goal} |"
-        )
-        lines.append(f"| CUPED's sums, {n:.0e} exposures (+{n // 2:.0e} earlier) | "
-                     f"**{cuped:.2f} s** | {goal} |")  # fmt: skip
     write_section(args.out, "results", "\n".join(lines))
     print(f"wrote {args.out}", file=sys.stderr)
 

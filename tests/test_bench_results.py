@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from benchmarks.results import ingest, report_times
-from router.results.cuped_query import cuped_sums
+from router.results.cuped_query import cuped_sums, cuped_sums_from_events
 from router.results.store import ResultsStore
 from tests.support.postgres import Postgres
 
@@ -27,12 +27,19 @@ def store() -> Iterator[ResultsStore]:
 
 
 def test_the_fill_gives_the_report_its_users(store: ResultsStore) -> None:
-    ((seconds, units, cuped),) = report_times(store, (2000,)).values()
+    ((seconds, units, cuped, events),) = report_times(store, (2000,)).values()
     assert units == 2000 // 20 + 1 and seconds > 0 and cuped > 0  # g / 20 over 1..2000
+    assert events > 0
     assert store.count("size2000", "s1") == 2000
     # The earlier requests belong to the phase's users: CUPED finds history for every one.
     sums = cuped_sums(store, "size2000", "s1", ["accepted"], 14)
     assert sum(arm["latency_ms"].with_history for arm in sums.values()) == units
+    # The rebuilt covariates are the events' own (cuped_sums reads the rollup: every user was
+    # summed over the 14 days).
+    events = cuped_sums_from_events(store, "size2000", "s1", ["accepted"], 14)
+    for arm, by_metric in sums.items():
+        for metric, got in by_metric.items():
+            assert vars(got) == pytest.approx(vars(events[arm][metric]), rel=1e-9), metric
 
 
 def test_ingest_commits_what_it_counts(store: ResultsStore) -> None:

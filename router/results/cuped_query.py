@@ -7,6 +7,7 @@ earlier request join as zeros."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import and_, case, func, select
 from sqlalchemy.sql.elements import ColumnElement
@@ -15,11 +16,11 @@ from router.config import ExperimentSettings
 from router.experiments.cuped import CupedSums, adjust, pooled
 from router.experiments.results import ArmResults
 from router.experiments.stats import Statistic
+from router.results.covariates import DAY
 from router.results.query import as_number, phase_statistics, request_values
-from router.results.schema import exposures
+from router.results.rollup import REQUEST_METRICS
+from router.results.schema import exposures, unit_outcomes, unit_requests
 from router.results.store import ResultsStore
-
-DAY = 86_400.0
 
 
 def cuped_sums(
@@ -29,7 +30,65 @@ def cuped_sums(
     outcome_metrics: Sequence[str],
     lookback_days: float,
 ) -> dict[str, dict[str, CupedSums]]:
-    """Per arm, per metric (every request metric, then each outcome metric)."""
+    """Per arm, per metric (every request metric, then each outcome metric): from the
+    covariates the writers keep in the rollup (router/results/covariates.py), one row per
+    user, when every user of the phase was summed over this lookback; else from the events."""
+    r = unit_requests.c
+    other = select(func.count()).where(
+        r.experiment == experiment, r.seed == seed, r.lookback != lookback_days * DAY
+    )
+    if int(store.read(other)[0][0]):
+        return cuped_sums_from_events(store, experiment, seed, outcome_metrics, lookback_days)
+    out: dict[str, dict[str, CupedSums]] = {}
+    columns = [(r[m], r.requests, r[f"pre_{m}"], r.pre_requests) for m in REQUEST_METRICS]
+    query = select(r.arm, func.count(), *(s for c in columns for s in _products(*c)))
+    for arm, n, *rest in store.read(
+        query.where(r.experiment == experiment, r.seed == seed).group_by(r.arm)
+    ):
+        out[str(arm)] = {name: _sums(int(n), rest, i) for i, name in enumerate(REQUEST_METRICS)}
+    o = unit_outcomes.c
+    for metric in outcome_metrics:
+        query = select(o.arm, *_products(o.x, o.y, o.a, o.b)).where(
+            o.experiment == experiment, o.seed == seed, o.metric == metric
+        )
+        found = {str(arm): rest for arm, *rest in store.read(query.group_by(o.arm))}
+        for arm, by_metric in out.items():
+            # A user without a row for this metric adds zero to every sum.
+            n = by_metric[REQUEST_METRICS_FIRST].n
+            by_metric[metric] = _sums(n, found.get(arm, [0.0] * _PER_METRIC), 0)
+    return out
+
+
+_PER_METRIC = 15
+REQUEST_METRICS_FIRST = next(iter(REQUEST_METRICS))
+
+
+def _products(
+    x: ColumnElement[float], y: ColumnElement[float], a: ColumnElement[float],
+    b: ColumnElement[float],
+) -> list[ColumnElement[float]]:  # fmt: skip
+    """Per arm, the sums CupedSums holds, over users' x, y (in the phase), a, b (before)."""
+    x, y, a, b = (as_number(v) for v in (x, y, a, b))
+    products = (x, x * x, y, y * y, x * y, a, a * a, b, b * b, a * b,
+                x * a, x * b, y * a, y * b)  # fmt: skip
+    return [*(func.sum(v) for v in products), func.sum(case((b > 0, 1.0), else_=0.0))]
+
+
+def _sums(n: int, row: Sequence[Any], i: int) -> CupedSums:
+    chunk = [float(v or 0.0) for v in row[_PER_METRIC * i : _PER_METRIC * (i + 1)]]
+    x, xx, y, yy, xy, a, aa, b, bb, ab, xa, xb, ya, yb, history = chunk
+    return CupedSums(n, x, xx, y, yy, xy, a, aa, b, bb, ab, xa, xb, ya, yb, round(history))
+
+
+def cuped_sums_from_events(
+    store: ResultsStore,
+    experiment: str,
+    seed: str,
+    outcome_metrics: Sequence[str],
+    lookback_days: float,
+) -> dict[str, dict[str, CupedSums]]:
+    """`cuped_sums` from the events themselves: the reference the rollup is checked against,
+    and what a phase whose users were summed over another lookback reads."""
     e = exposures.c
     in_phase = and_(e.experiment == experiment, e.seed == seed)
     first = (
@@ -64,23 +123,11 @@ def cuped_sums(
     units = post.outerjoin(pre, and_(p.arm == q.arm, p.unit == q.unit))
     sums: list[ColumnElement[float]] = []
     for i in range(len(values)):
-        px, py = as_number(p[f"x{i}"]), as_number(p[f"y{i}"])
-        qa, qb = (as_number(func.coalesce(q[f"{k}{i}"], 0.0)) for k in ("a", "b"))
-        products = (px, px * px, py, py * py, px * py, qa, qa * qa, qb, qb * qb, qa * qb,
-                    px * qa, px * qb, py * qa, py * qb)  # fmt: skip
-        sums += [func.sum(v) for v in products]
-        sums.append(func.sum(case((qb > 0, 1.0), else_=0.0)))
+        qa, qb = (func.coalesce(q[f"{k}{i}"], 0.0) for k in ("a", "b"))
+        sums += _products(p[f"x{i}"], p[f"y{i}"], qa, qb)
     query = select(p.arm, func.count(), *sums).select_from(units).group_by(p.arm)
-    out: dict[str, dict[str, CupedSums]] = {}
-    per_metric = 15
-    for arm, n, *rest in store.read(query):
-        out[str(arm)] = {}
-        for i, name in enumerate(values):
-            chunk = [float(v or 0.0) for v in rest[per_metric * i : per_metric * (i + 1)]]
-            x, xx, y, yy, xy, a, aa, b, bb, ab, xa, xb, ya, yb, history = chunk
-            out[str(arm)][name] = CupedSums(int(n), x, xx, y, yy, xy, a, aa, b, bb, ab,
-                                            xa, xb, ya, yb, round(history))  # fmt: skip
-    return out
+    return {str(arm): {name: _sums(int(n), rest, i) for i, name in enumerate(values)}
+            for arm, n, *rest in store.read(query)}  # fmt: skip
 
 
 def phase_arms(

@@ -25,6 +25,7 @@ from sqlalchemy import (
     insert,
     inspect,
     select,
+    text,
     update,
 )
 
@@ -51,7 +52,23 @@ def _v1_to_v2(conn: Connection) -> None:
 
 
 def _v2_to_v3(conn: Connection) -> None:
-    """Version 3: each exposure's segment values (existing exposures have none: `(none)`)."""
+    """Version 3: each exposure's segment values (existing exposures have none: `(none)`), and
+    CUPED's covariates in the per-user rollup (existing users get their first exposure and no
+    covariate: lookback 0, so a CUPED report reads the events until each is recomputed)."""
+    floats = {"unit_requests": ("first_at", "lookback", "pre_requests", "pre_latency_ms",
+                                "pre_error_rate", "pre_fallback_rate",
+                                "pre_quality_failure_rate"),
+              "unit_outcomes": ("a", "b")}  # fmt: skip
+    for table, columns in floats.items():
+        for column in columns:
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} FLOAT NOT NULL DEFAULT 0"))
+    conn.execute(text(
+        "UPDATE unit_requests SET first_at = (SELECT MIN(e.at) FROM exposures e WHERE "
+        "e.experiment = unit_requests.experiment AND e.seed = unit_requests.seed AND "
+        "e.arm = unit_requests.arm AND e.unit = unit_requests.unit)"
+    ))  # fmt: skip
+    conn.execute(text("CREATE INDEX unit_requests_unit ON unit_requests (unit)"))
+    conn.execute(text("CREATE INDEX exposures_unit_at ON exposures (unit, at)"))
     Table(
         "exposure_dimensions",
         MetaData(),

@@ -10,6 +10,7 @@ the rollup is checked against."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import Float, and_, case, cast, func, literal, select
 from sqlalchemy.sql.elements import ColumnElement
@@ -29,7 +30,7 @@ from router.results.schema import (
 from router.results.store import ResultsStore
 
 
-def as_number(column: ColumnElement[object]) -> ColumnElement[float]:
+def as_number(column: ColumnElement[Any]) -> ColumnElement[float]:
     return cast(column, Float)
 
 

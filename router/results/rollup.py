@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, Float, and_, case, cast, delete, func, insert, literal, select
 from sqlalchemy.sql.elements import ColumnElement
 
+from router.results.covariates import Window, resum
 from router.results.schema import exposures, outcomes, unit_outcomes, unit_requests
 
 REQUEST_METRICS: dict[str, ColumnElement[Any]] = {
@@ -47,6 +48,9 @@ class Deltas:
         totals["requests"] += 1.0
         for metric, field in _FIELDS.items():
             totals[metric] += float(row[field])
+        # The user's first exposure in the phase, as far as this batch knows.
+        at = float(row["at"])
+        totals["first_at"] = min(totals.get("first_at", at), at)
 
     def outcome(self, phase: Phase, metric: str, x: float, y: float) -> None:
         total = self.outcomes[(phase, metric)]
@@ -73,8 +77,9 @@ def _phase(row: Any) -> Phase:
 
 
 def new_exposures(conn: Connection, rows: Sequence[Mapping[str, Any]], deltas: Deltas) -> None:
-    """Exposures just inserted (re-sent ones excluded by the caller): their request metrics,
-    and the outcomes already stored for them (reported before the exposure arrived)."""
+    """Exposures just inserted (re-sent ones excluded by the caller; those outside phases are
+    skipped): their request metrics, and the outcomes already stored for them (reported
+    before the exposure arrived)."""
     in_phase = {r["request_id"]: r for r in rows if r["experiment"]}
     for r in in_phase.values():
         deltas.exposure(_phase(r), r)
@@ -145,9 +150,10 @@ def new_outcomes(
             deltas.outcome(phase, r["metric"], float(r["value"]) - prev[0], 0.0)
 
 
-def rebuild(conn: Connection, experiment: str, seed: str, outcome_metrics: Sequence[str]) -> None:
+def rebuild(conn: Connection, experiment: str, seed: str, outcome_metrics: Sequence[str],
+            lookback: float = 0.0) -> None:  # fmt: skip
     """Recompute a phase's rollup from its events (after loading events in bulk, or to check
-    the incremental one)."""
+    the incremental one); with a CUPED `lookback` (seconds), its users' covariates too."""
     phase = (exposures.c.experiment == experiment, exposures.c.seed == seed)
     for table in (unit_requests, unit_outcomes):
         conn.execute(delete(table).where(table.c.experiment == experiment, table.c.seed == seed))
@@ -156,9 +162,10 @@ def rebuild(conn: Connection, experiment: str, seed: str, outcome_metrics: Seque
     for name, column in REQUEST_METRICS.items():
         number = cast(column, Float) if name == "latency_ms" else case((column, 1.0), else_=0.0)
         sums.append(func.sum(number))
+    sums.append(func.min(exposures.c.at))
     conn.execute(
         insert(unit_requests).from_select(
-            [*_PHASE, "requests", *REQUEST_METRICS],
+            [*_PHASE, "requests", *REQUEST_METRICS, "first_at"],
             select(*keys, *sums).where(*phase).group_by(*keys),
         )
     )
@@ -174,3 +181,10 @@ def rebuild(conn: Connection, experiment: str, seed: str, outcome_metrics: Seque
             .group_by(*keys)
         )
         conn.execute(insert(unit_outcomes).from_select([*_PHASE, "metric", "x", "y"], per_unit))
+    if lookback > 0:
+        r = unit_requests.c
+        users = select(*(r[k] for k in _PHASE), r.first_at).where(
+            r.experiment == experiment, r.seed == seed
+        )
+        resum(conn, {tuple(row[:4]): Window(float(row[4]), lookback)
+                     for row in conn.execute(users)})  # fmt: skip

@@ -19,7 +19,8 @@ from router.ids import MAX_ID_LENGTH
 
 SCHEMA_VERSION = 3
 """Raised with every change to the tables, with its step in router/results/migrations.py; a
-router uses only a store at its own version (2: dead letters; 3: exposure dimensions)."""
+router uses only a store at its own version (2: dead letters; 3: exposure dimensions and
+CUPED's covariates in the per-user rollup)."""
 
 metadata = MetaData()
 
@@ -54,6 +55,8 @@ exposures = Table(
     Column("output_tokens", Integer, nullable=False),
     Index("exposures_phase", "experiment", "seed", "arm", "unit"),
     Index("exposures_at", "at"),
+    # A user's requests in a time window: CUPED's covariates (since schema 3).
+    Index("exposures_unit_at", "unit", "at"),
 )
 
 # An exposure's segment values, one row per dimension its experiment names (router/experiments/
@@ -98,12 +101,24 @@ def _sums(*names: str) -> list[Column[float]]:
     return [Column(name, Float, nullable=False) for name in names]
 
 
+PRE_REQUEST_SUMS = ("pre_requests", "pre_latency_ms", "pre_error_rate", "pre_fallback_rate",
+                    "pre_quality_failure_rate")  # fmt: skip
+"""CUPED's covariate for the request metrics (router/results/covariates.py): the same sums
+over the user's requests in the lookback before `first_at`, in any model or experiment."""
+
 unit_requests = Table(
     "unit_requests",
     metadata,
     *_unit(),
     *_sums("requests", "latency_ms", "error_rate", "fallback_rate", "quality_failure_rate"),
+    # Since schema 3: the user's first exposure in the phase, the CUPED lookback (seconds, 0
+    # without CUPED) their covariate was summed over, and that covariate.
+    Column("first_at", Float, nullable=False, server_default="0"),
+    Column("lookback", Float, nullable=False, server_default="0"),
+    *(Column(name, Float, nullable=False, server_default="0") for name in PRE_REQUEST_SUMS),
     PrimaryKeyConstraint("experiment", "seed", "arm", "unit"),
+    # Which phases a user is in (a late event of theirs may fall in a covariate's lookback).
+    Index("unit_requests_unit", "unit"),
 )
 
 unit_outcomes = Table(
@@ -112,6 +127,9 @@ unit_outcomes = Table(
     *_unit(),
     Column("metric", String(64), nullable=False),
     *_sums("x", "y"),
+    # Since schema 3: CUPED's covariate, the same sums (a: x, b: y) over the lookback.
+    Column("a", Float, nullable=False, server_default="0"),
+    Column("b", Float, nullable=False, server_default="0"),
     PrimaryKeyConstraint("experiment", "seed", "arm", "unit", "metric"),
 )
 

@@ -15,6 +15,7 @@ from router.errors import RouteError
 from router.experiments.segments import dimension_values
 from router.metrics import RouterMetrics, Unmeasured
 from router.record import RouteResult
+from router.results.covariates import DAY
 from router.results.query import outcome_trends, phases
 from router.results.store import Exposure, Outcome, ResultsStore
 from router.results.writer import ResultsWriter
@@ -62,6 +63,7 @@ class ExperimentResults:
                 input_tokens=output.input_tokens if output else 0,
                 output_tokens=output.output_tokens if output else 0,
                 dimensions=dimensions,
+                cuped_lookback_s=phase.cuped.lookback_days * DAY if phase and phase.cuped else 0,
             )
         )
 

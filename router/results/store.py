@@ -18,6 +18,7 @@ from sqlalchemy import (
     Row,
     Select,
     Table,
+    case,
     create_engine,
     delete,
     event,
@@ -33,6 +34,7 @@ from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
 
 from router.results import migrations
+from router.results.covariates import CovariateBatch
 from router.results.rollup import (
     REQUEST_METRICS,
     Deltas,
@@ -57,7 +59,7 @@ log = logging.getLogger(__name__)
 
 # The two engines' INSERT constructs share one API for ON CONFLICT (DO NOTHING / DO UPDATE):
 # choosing the construct is the only place the engine matters.
-_UPSERT: dict[str, Callable[[Table], sqlite.Insert | postgresql.Insert]] = {
+UPSERT: dict[str, Callable[[Table], sqlite.Insert | postgresql.Insert]] = {
     "sqlite": sqlite.insert,
     "postgresql": postgresql.insert,
 }
@@ -106,6 +108,9 @@ class Exposure:
     output_tokens: int = 0
     dimensions: Mapping[str, str] = field(default_factory=dict)
     """Segment values (router/experiments/segments.py): dimension name -> value."""
+    cuped_lookback_s: float = 0.0
+    """The phase's CUPED lookback (0: none): the writer sums a user's covariate over it at
+    their first exposure (router/results/covariates.py). Not a column of `exposures`."""
 
 
 @dataclass(frozen=True)
@@ -175,7 +180,7 @@ class ResultsStore:
         self.engine: Engine = create_engine(self.url, pool_pre_ping=True, connect_args=connect)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        self._upsert = _UPSERT[self.engine.dialect.name]
+        self._upsert = UPSERT[self.engine.dialect.name]
         self.ready = False
 
     @classmethod
@@ -255,11 +260,16 @@ class ResultsStore:
                 # Writers apply their batches one at a time (see writer_lock).
                 conn.execute(select(writer_lock).with_for_update())
                 deltas = Deltas()
+                fresh: Sequence[Mapping[str, Any]] = []
+                lookbacks = {r["request_id"]: r.pop("cuped_lookback_s", 0.0)
+                             for r in exposure_rows}  # fmt: skip
                 if exposure_rows:
                     segments = {r["request_id"]: r.pop("dimensions", None) for r in exposure_rows}
                     fresh = self._insert_exposures(conn, exposure_rows, reused)
                     new_exposures(conn, fresh, deltas)
                     _insert_dimensions(conn, fresh, segments)
+                covariates = CovariateBatch(conn, fresh, lookbacks, outcome_rows)
+                previous: dict[tuple[str, str], tuple[float, float]] = {}
                 if outcome_rows:
                     previous = previous_outcomes(conn, outcome_rows)
                     up = self._upsert(outcomes)
@@ -274,6 +284,7 @@ class ResultsStore:
                     conn.execute(stmt, outcome_rows)
                     new_outcomes(conn, outcome_rows, previous, deltas)
                 self._add_totals(conn, deltas)
+                covariates.apply(conn, previous, outcome_rows)
         except _ROW_ERRORS as exc:
             raise RowsRejected(self.describe(), _reason(exc)) from exc
         except (SQLAlchemyError, psycopg.Error) as exc:
@@ -283,9 +294,9 @@ class ResultsStore:
     def _insert_exposures(
         self, conn: Connection, rows: list[dict[str, Any]], reused: list[str]
     ) -> Sequence[Mapping[str, Any]]:
-        """Insert a batch; returns the new exposures of experiment phases (what the rollup
-        adds; a re-sent one is skipped), and adds to `reused` the ids another request's
-        exposure already holds. Not one multi-row INSERT with RETURNING: that
+        """Insert a batch; returns the new exposures (a re-sent one is skipped; the rollup adds
+        those of phases, CUPED's covariates may take any), and adds to `reused` the ids another
+        request's exposure already holds. Not one multi-row INSERT with RETURNING: that
         statement is as long as the batch, and psycopg parses it anew every time (two thirds
         of a PostgreSQL write's CPU, in the router's process). PostgreSQL gets the batch by
         COPY into a staging table and INSERT ... SELECT; SQLite, in-process, by an
@@ -297,7 +308,7 @@ class ResultsStore:
             reused += [i for r in rows if stored.get(i := r["request_id"], r["at"]) != r["at"]]
             plain = self._upsert(exposures).on_conflict_do_nothing(index_elements=["request_id"])
             conn.execute(plain, rows)
-            return [r for r in rows if r["experiment"] and r["request_id"] not in stored]
+            return [r for r in rows if r["request_id"] not in stored]
         conn.execute(CreateTable(staged_exposures, if_not_exists=True))
         _copy(conn, rows)
         names = [c.name for c in exposures.columns]
@@ -310,18 +321,13 @@ class ResultsStore:
                 .on_conflict_do_nothing(index_elements=["request_id"])
             )
 
-        fresh: Sequence[Mapping[str, Any]] = []
-        moved = 0
-        if len(phase_ids) < len(rows):  # rows outside experiments: nothing to return
-            moved += conn.execute(move(~in_phase)).rowcount
-        if phase_ids:
-            returning = move(in_phase).returning(
-                *(exposures.c[n] for n in ("request_id", *_ROLLED))
-            )
-            # RowMapping is a Mapping keyed by column name (typed with Any keys).
-            fresh = cast(Sequence[Mapping[str, Any]], conn.execute(returning).mappings().all())
-            moved += len(fresh)
-        if moved < len(rows):
+        fresh: list[Mapping[str, Any]] = []
+        for where, present in ((~in_phase, len(phase_ids) < len(rows)), (in_phase, phase_ids)):
+            if present:
+                returning = move(where).returning(*(exposures.c[n] for n in _RETURNED))
+                # RowMapping is a Mapping keyed by column name (typed with Any keys).
+                fresh += cast(Sequence[Mapping[str, Any]], conn.execute(returning).mappings())
+        if len(fresh) < len(rows):
             # Some ids were stored already: a re-sent event (the same time) or a reused id.
             held = exposures.alias("held")
             clash = select(staged_exposures.c.request_id).join(
@@ -341,7 +347,13 @@ class ResultsStore:
             conn.execute(
                 up.on_conflict_do_update(
                     index_elements=keys,
-                    set_={c: unit_requests.c[c] + up.excluded[c] for c in sums},
+                    set_={
+                        **{c: unit_requests.c[c] + up.excluded[c] for c in sums},
+                        "first_at": case(
+                            (up.excluded.first_at < unit_requests.c.first_at, up.excluded.first_at),
+                            else_=unit_requests.c.first_at,
+                        ),
+                    },
                 ),
                 requests,
             )
@@ -402,12 +414,15 @@ class ResultsStore:
         except SQLAlchemyError as exc:
             raise StoreError(f"{self.describe()}: {_reason(exc)}") from exc
 
-    def rebuild(self, experiment: str, seed: str, outcome_metrics: Sequence[str]) -> None:
-        """Recompute a phase's per-user totals from its events."""
+    def rebuild(
+        self, experiment: str, seed: str, outcome_metrics: Sequence[str], lookback: float = 0.0
+    ) -> None:
+        """Recompute a phase's per-user totals from its events; with a CUPED `lookback`
+        (seconds), its users' covariates too."""
         try:
             with self.engine.begin() as conn:
                 conn.execute(select(writer_lock).with_for_update())
-                rebuild(conn, experiment, seed, outcome_metrics)
+                rebuild(conn, experiment, seed, outcome_metrics, lookback)
         except SQLAlchemyError as exc:
             raise StoreError(f"{self.describe()}: {_reason(exc)}") from exc
 
@@ -467,8 +482,9 @@ def _insert_dimensions(
         conn.execute(insert(exposure_dimensions), rows)
 
 
-# What the rollup needs of a new exposure (router/results/rollup.py).
-_ROLLED = ("experiment", "seed", "arm", "unit", "latency_ms", "error", "fallback", "quality_failed")
+# What the rollup and the covariates need of a new exposure.
+_RETURNED = ("request_id", "experiment", "seed", "arm", "unit", "at", "latency_ms", "error",
+             "fallback", "quality_failed")  # fmt: skip
 
 
 def _copy(conn: Connection, rows: list[dict[str, Any]]) -> None:

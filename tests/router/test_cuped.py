@@ -24,11 +24,13 @@ from gbstats.models.statistics import (
     SampleMeanStatistic,
     compute_theta,
 )
+from sqlalchemy import func, select
 
 from router.cli import main
 from router.experiments.cuped import Adjusted, CupedSums, adjust, pooled, variance_reduction
 from router.experiments.stats import confidence_sequence, welch
-from router.results.cuped_query import DAY, cuped_sums
+from router.results.cuped_query import DAY, cuped_sums, cuped_sums_from_events
+from router.results.schema import unit_requests
 from router.results.store import Exposure, Outcome, ResultsStore
 from tests.router.test_outcomes import _config
 
@@ -134,12 +136,39 @@ def _history(rng: random.Random, users: int, phase: str) -> tuple[list[Exposure]
         for k, (at, experiment, seed) in enumerate(plan):
             rid = f"{phase}-u{u}-{k}"
             in_phase = experiment == "ab"
+            lookback = 14 * DAY if in_phase else 0.0
             rows.append(Exposure(rid, experiment, seed, arm if in_phase else "", "m", f"u{u}",
                                  at, 50 + rng.random() * 50, rng.random() < 0.1, False,
-                                 False))  # fmt: skip
+                                 False, cuped_lookback_s=lookback))  # fmt: skip
             if rng.random() < 0.7:
                 reports.append(Outcome(rid, "accepted", float(rng.random() < 0.6), at + 1))
+            if rng.random() < 0.2:  # a correction, made later: it replaces the first report
+                reports.append(Outcome(rid, "accepted", float(rng.random() < 0.5), at + 2))
     return rows, reports
+
+
+def _batches(rng: random.Random, rows: list[Exposure], reports: list[Outcome]
+             ) -> list[tuple[list[Exposure], list[Outcome]]]:  # fmt: skip
+    """The events as replicas' writers may deliver them: in small batches, out of order (a
+    user's earlier request after their first exposure, an outcome before its exposure or
+    long after it), each report's correction after the report."""
+    events: list[Exposure | Outcome] = [*rows, *reports]
+    rng.shuffle(events)
+    # A correction lands after the report it replaces: a request's reports keep their places
+    # in the shuffle, in the order they were made.
+    places: dict[str, list[int]] = {}
+    for i, e in enumerate(events):
+        if isinstance(e, Outcome):
+            places.setdefault(e.request_id, []).append(i)
+    for at in places.values():
+        for i, e in zip(at, sorted((events[i] for i in at), key=lambda o: o.at), strict=True):
+            events[i] = e
+    out = []
+    for i in range(0, len(events), 7):
+        part = events[i : i + 7]
+        out.append(([e for e in part if isinstance(e, Exposure)],
+                    [e for e in part if isinstance(e, Outcome)]))  # fmt: skip
+    return out
 
 
 def _per_unit(metric: str, rs: list[Exposure], value: dict[str, Outcome]) -> tuple[float, float]:
@@ -151,13 +180,37 @@ def _per_unit(metric: str, rs: list[Exposure], value: dict[str, Outcome]) -> tup
     return float(sum(float(getattr(r, field)) for r in rs)), float(len(rs))
 
 
-def test_the_store_s_sums_are_the_events_own(store: ResultsStore) -> None:
+@pytest.mark.parametrize("delivery", ["one batch", "out of order"])
+def test_the_store_s_sums_are_the_events_own(store: ResultsStore, delivery: str) -> None:
+    """From the covariates the writers keep (router/results/covariates.py) and from the
+    events (cuped_sums_from_events), both equal to the sums computed here from the events,
+    however the events arrive."""
     rng = random.Random(4)
     phase = f"p{rng.random()}"
     rows, reports = _history(rng, 60, phase)
-    store.write(rows, reports)
-    got = cuped_sums(store, "ab", phase, ["accepted"], lookback_days=14)
-    value = {r.request_id: r for r in reports}
+    if delivery == "one batch":
+        store.write(rows, reports)
+    else:
+        for exposures_part, reports_part in _batches(rng, rows, reports):
+            store.write(exposures_part, reports_part)
+    stale = (
+        select(func.count())
+        .select_from(unit_requests)
+        .where(unit_requests.c.seed == phase, unit_requests.c.lookback != 14 * DAY)
+    )
+    assert store.read(stale)[0][0] == 0  # every user's covariate summed: the rollup is read
+    from_rollup = cuped_sums(store, "ab", phase, ["accepted"], lookback_days=14)
+    from_events = cuped_sums_from_events(store, "ab", phase, ["accepted"], lookback_days=14)
+    # The latest report of each request counts.
+    value = {}
+    for r in sorted(reports, key=lambda o: o.at):
+        value[r.request_id] = r
+    for got in (from_rollup, from_events):
+        _check(got, rows, value)
+
+
+def _check(got: dict[str, dict[str, CupedSums]], rows: list[Exposure],
+           value: dict[str, Outcome]) -> None:  # fmt: skip
     for arm in ("control", "candidate"):
         mine = [r for r in rows if r.experiment == "ab" and r.arm == arm]
         units = sorted({r.unit for r in mine})

@@ -8,11 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete, text, update
+from sqlalchemy import delete, select, text, update
 
 from router.cli import main
 from router.results.query import phase_statistics, segment_statistics
-from router.results.schema import SCHEMA_VERSION, schema_info
+from router.results.schema import PRE_REQUEST_SUMS, SCHEMA_VERSION, schema_info, unit_requests
 from router.results.store import Exposure, Outcome, ResultsStore, SchemaError
 from router.server import StartupError
 from tests.router.conftest import base_config, live_router
@@ -42,12 +42,21 @@ def _events() -> tuple[list[Exposure], list[Outcome]]:
     return rows, [Outcome(f"r{i}", "accepted", float(i % 3 == 0), 2.0) for i in range(20)]
 
 
+V3_COLUMNS = {"unit_requests": ["first_at", "lookback", *PRE_REQUEST_SUMS],
+              "unit_outcomes": ["a", "b"]}  # fmt: skip
+
+
 def _to_version_1(store: ResultsStore) -> None:
     """The store as a router at schema 1 left it: no dead letters, no exposure dimensions,
     version 1."""
     with store.engine.begin() as conn:
         conn.execute(text("DROP TABLE results_dead_letters"))
         conn.execute(text("DROP TABLE exposure_dimensions"))
+        conn.execute(text("DROP INDEX unit_requests_unit"))
+        conn.execute(text("DROP INDEX exposures_unit_at"))
+        for table, columns in V3_COLUMNS.items():
+            for column in columns:
+                conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
         conn.execute(update(schema_info).values(version=1))
 
 
@@ -91,6 +100,10 @@ def test_an_older_store_is_refused_then_migrated_with_its_rows(
     by_value, distinct = segment_statistics(again, "e", "s", "x-client")
     assert distinct == 2 and by_value["(none)"]["a"].requests == 10
     assert by_value["web"]["a"].requests == 1 and "b" not in by_value["web"]
+    # Schema 3's rollup columns: each user's first exposure, from the events.
+    firsts = again.read(select(unit_requests.c.unit, unit_requests.c.first_at))
+    assert sorted(firsts) == sorted([*((f"u{u}", 1.0) for u in range(5) for _ in "ab"),
+                                     ("u9", 3.0)])  # fmt: skip
     again.close()
     code, said = _cli(capsys, "report", "--results", url, "--experiment", "e", "--json")
     assert code == 0, said
