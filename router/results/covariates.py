@@ -26,6 +26,7 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, and_, bindparam, select, update
 
+from router.results.among import among
 from router.results.schema import (
     PRE_REQUEST_SUMS,
     exposures,
@@ -81,20 +82,17 @@ class CovariateBatch:
         self.reported = _exposures_of(conn, sorted({r["request_id"] for r in outcome_rows}))
         units = {r["unit"] for r in fresh} | {e["unit"] for e in self.reported.values()}
         self.before = _windows(conn, sorted(units))
-        # Users to sum from the events at the end: new to a CUPED phase, first_at moving
-        # earlier, or another lookback.
-        self.reset: dict[Key, Window] = {}
+        # Users to sum from the events at the end (their first_at read then, after the rollup
+        # took the batch): new to a CUPED phase, first_at moving earlier, or another lookback.
+        self.reset: dict[Key, float] = {}
         for r in fresh:
             lookback = lookbacks.get(r["request_id"], 0.0)
             if not r["experiment"] or lookback <= 0:
                 continue
             key: Key = (r["experiment"], r["seed"], r["arm"], r["unit"])
             held = self.before.get(key)
-            start = min(r["at"], held.first_at if held else r["at"])
-            if held is None or start < held.first_at or held.lookback != lookback:
-                current = self.reset.get(key)
-                self.reset[key] = Window(min(start, current.first_at) if current else start,
-                                         lookback)  # fmt: skip
+            if held is None or r["at"] < held.first_at or held.lookback != lookback:
+                self.reset[key] = lookback
         self.by_unit: dict[str, list[tuple[Key, Window]]] = defaultdict(list)
         for held_key, window in self.before.items():
             self.by_unit[held_key[3]].append((held_key, window))
@@ -138,14 +136,16 @@ class CovariateBatch:
                 total[1] += 0.0 if prev else 1.0
         _add(conn, requests, reported)
         if self.reset:
-            resum(conn, self.reset)
+            firsts = _windows(conn, sorted({key[3] for key in self.reset}), cuped_only=False)
+            resum(conn, {key: Window(firsts[key].first_at, lookback)
+                         for key, lookback in self.reset.items()})  # fmt: skip
 
 
 def _exposures_of(conn: Connection, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
     for chunk in _chunks(ids):
         query = select(exposures.c.request_id, exposures.c.unit, exposures.c.at).where(
-            exposures.c.request_id.in_(chunk)
+            among(conn, exposures.c.request_id, chunk)
         )
         for request_id, unit, at in conn.execute(query):
             found[request_id] = {"unit": unit, "at": float(at)}
@@ -156,20 +156,21 @@ def _outcomes_of(conn: Connection, ids: Sequence[str]) -> dict[str, list[tuple[s
     found: dict[str, list[tuple[str, float]]] = defaultdict(list)
     for chunk in _chunks(ids):
         query = select(outcomes.c.request_id, outcomes.c.metric, outcomes.c.value).where(
-            outcomes.c.request_id.in_(chunk)
+            among(conn, outcomes.c.request_id, chunk)
         )
         for request_id, metric, value in conn.execute(query):
             found[request_id].append((metric, float(value)))
     return found
 
 
-def _windows(conn: Connection, units: Sequence[str]) -> dict[Key, Window]:
-    """Every phase these users are in, with its window (lookback 0: no covariate)."""
+def _windows(conn: Connection, units: Sequence[str], cuped_only: bool = True) -> dict[Key, Window]:
+    """The phases these users are in (those with a covariate, unless not `cuped_only`), each
+    with its window."""
     r = unit_requests.c
     found: dict[Key, Window] = {}
     for chunk in _chunks(units):
         query = select(r.experiment, r.seed, r.arm, r.unit, r.first_at, r.lookback).where(
-            r.unit.in_(chunk)
+            among(conn, r.unit, chunk), *([r.lookback > 0] if cuped_only else [])
         )
         for experiment, seed, arm, unit, first_at, lookback in conn.execute(query):
             found[(experiment, seed, arm, unit)] = Window(float(first_at), float(lookback))
@@ -229,7 +230,7 @@ def resum(conn: Connection, reset: Mapping[Key, Window]) -> None:
     reported: dict[tuple[Key, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
     e = exposures.c
     for chunk in _chunks(sorted(by_unit)):
-        span = and_(e.unit.in_(chunk), e.at >= earliest, e.at < latest)
+        span = and_(among(conn, e.unit, chunk), e.at >= earliest, e.at < latest)
         columns = (e.request_id, e.unit, e.at, *(e[f] for f in _REQUEST_FIELDS))
         rows = conn.execute(select(*columns).where(span)).mappings().all()
         held: dict[str, list[Key]] = {}

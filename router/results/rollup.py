@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, Float, and_, case, cast, delete, func, insert, literal, select
 from sqlalchemy.sql.elements import ColumnElement
 
+from router.results.among import among
 from router.results.covariates import Window, resum
 from router.results.schema import exposures, outcomes, unit_outcomes, unit_requests
 
@@ -85,7 +86,7 @@ def new_exposures(conn: Connection, rows: Sequence[Mapping[str, Any]], deltas: D
         deltas.exposure(_phase(r), r)
     for ids in _chunks(list(in_phase)):
         earlier = select(outcomes.c.request_id, outcomes.c.metric, outcomes.c.value).where(
-            outcomes.c.request_id.in_(ids)
+            among(conn, outcomes.c.request_id, ids)
         )
         for request_id, metric, value in conn.execute(earlier):
             deltas.outcome(_phase(in_phase[request_id]), metric, float(value), 1.0)
@@ -98,7 +99,7 @@ def stored_times(conn: Connection, ids: Sequence[str]) -> dict[str, float]:
     found: dict[str, float] = {}
     for chunk in _chunks(ids):
         query = select(exposures.c.request_id, exposures.c.at).where(
-            exposures.c.request_id.in_(chunk)
+            among(conn, exposures.c.request_id, chunk)
         )
         found.update((i, at) for i, at in conn.execute(query).tuples())
     return found
@@ -113,7 +114,7 @@ def previous_outcomes(
     for chunk in _chunks(ids):
         query = select(outcomes.c.request_id, outcomes.c.metric, outcomes.c.value, outcomes.c.at)
         for request_id, metric, value, at in conn.execute(
-            query.where(outcomes.c.request_id.in_(chunk))
+            query.where(among(conn, outcomes.c.request_id, chunk))
         ):
             found[(request_id, metric)] = (float(value), float(at))
     return found
@@ -136,7 +137,7 @@ def new_outcomes(
             exposures.c.seed,
             exposures.c.arm,
             exposures.c.unit,
-        ).where(exposures.c.request_id.in_(chunk), exposures.c.experiment != "")
+        ).where(among(conn, exposures.c.request_id, chunk), exposures.c.experiment != "")
         for request_id, experiment, seed, arm, unit in conn.execute(query):
             phases[request_id] = (experiment, seed, arm, unit)
     for r in rows:
