@@ -156,11 +156,13 @@ def _earlier(store: ResultsStore, experiment: str, n: int) -> None:
             "INSERT INTO outcomes SELECT 'pre' || :e || g, 'accepted', "
             "(random() < 0.7)::int, 1 FROM generate_series(1, :n) g WHERE g % 10 < 3"),
             {"e": experiment, "n": n // 2})  # fmt: skip
+        for table in ("exposures", "outcomes"):
+            conn.execute(text(f"ANALYZE {table}"))
     # The writers keep the per-user rollup, CUPED's covariates included, as they write; rows
     # loaded in bulk get it rebuilt.
     store.rebuild(experiment, "s1", ["accepted"], LOOKBACK_DAYS * DAY)
     with store.engine.begin() as conn:
-        for table in ("exposures", "outcomes", "unit_requests", "unit_outcomes"):
+        for table in ("unit_requests", "unit_outcomes"):
             conn.execute(text(f"ANALYZE {table}"))
 
 

@@ -220,6 +220,14 @@ COMMANDS: dict[str, Callable[[_Admin, argparse.Namespace], tuple[Any, str]]] = {
 }
 
 
+def _why(args: argparse.Namespace, exc: Exception) -> tuple[str, int]:
+    """What a failed command says, and its exit code: 1 for what the router answered (or the
+    name it does not know), 2 for a local error (--html to a path it cannot write)."""
+    if isinstance(exc, grpc.RpcError):
+        return f"{args.target}: {exc.code().name}: {exc.details()}", 1
+    return str(exc), 1 if isinstance(exc, LookupError) else 2
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         token = load_token(args.token_file)
@@ -231,12 +239,8 @@ def run(args: argparse.Namespace) -> int:
     with channel:
         try:
             plain, text = COMMANDS[args.admin_command](_Admin(channel, token, args.timeout), args)
-        except LookupError as exc:
-            return _fail(str(exc), 1)
-        except grpc.RpcError as exc:
-            return _fail(f"{args.target}: {exc.code().name}: {exc.details()}", 1)
-        except OSError as exc:  # --html to a path it cannot write
-            return _fail(str(exc))
+        except (LookupError, grpc.RpcError, OSError) as exc:
+            return _fail(*_why(args, exc))
     print_out(dumps(plain) if args.json else text)
     if args.admin_command == "health" and any(s != "SERVING" for s in plain.values()):
         return 1

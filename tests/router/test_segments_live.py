@@ -106,6 +106,9 @@ async def test_segments_recorded_by_a_router_and_reported(
             page = tmp_path / "admin-page.html"
             assert await asyncio.to_thread(main, [*admin[:5], "--html", str(page)]) == 0
             assert capsys.readouterr().out.strip() == f"wrote {page}"
+            nowhere = str(tmp_path / "no-such-dir" / "page.html")
+            assert await asyncio.to_thread(main, [*admin[:5], "--html", nowhere]) == 2
+            unwritable = capsys.readouterr().err
     assert cut == {("ab", "x-client"): 1.0}
     assert longest[0][0] == 64
     config = str(tmp_path / "router.yaml")
@@ -171,6 +174,7 @@ async def test_segments_recorded_by_a_router_and_reported(
     assert admin_code == 0 and "CUPED VARIANCE" in admin_text
     assert "segments by x-client: 21 shown" in admin_text
     assert "<h2>Segments by x-client</h2>" in page.read_text()
+    assert "No such file or directory" in unwritable and "Traceback" not in unwritable
 
     # The table, and a dimension the experiment does not record.
     assert main(["report", "--config", config, "--experiment", "ab", "--segment", "x-client"]) == 0
