@@ -248,12 +248,14 @@ def outcome_trends(
 
 
 def outcome_metrics(store: ResultsStore, experiment: str, seed: str) -> list[str]:
-    """The outcome metrics reported for the phase's requests."""
+    """The outcome metrics reported for the phase's requests (a row holding only a user's
+    CUPED covariate, reports before the phase, does not count)."""
     o = unit_outcomes.c
     query = (
         select(o.metric)
         .where(o.experiment == experiment, o.seed == seed)
         .group_by(o.metric)
+        .having(func.sum(o.y) > 0)
         .order_by(o.metric)
     )
     return [str(row[0]) for row in store.read(query)]

@@ -1,5 +1,7 @@
-"""`router report --segment NAME`: every segment of a dimension judged by the experiment's own
-report, with corrected p-values (router/experiments/segments.py), as JSON and as a table."""
+"""`router report --segment NAME` (and GetExperimentReport's `segment`): every segment of a
+dimension judged by the experiment's own report, with corrected p-values
+(router/experiments/segments.py), as the report document's `segments` (the table a person
+reads: router/admin/render.py)."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ def segments_json(
     if dimension not in settings.dimensions:
         named = ", ".join(settings.dimensions) or "none (set `dimensions` on the experiment)"
         raise ConfigError(
-            f"--segment {dimension!r}: experiment {settings.name!r} records no such dimension; "
+            f"segment {dimension!r}: experiment {settings.name!r} records no such dimension; "
             f"its dimensions: {named}"
         )
     by_value, distinct = segment_statistics(

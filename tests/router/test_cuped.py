@@ -30,6 +30,7 @@ from router.cli import main
 from router.experiments.cuped import Adjusted, CupedSums, adjust, pooled, variance_reduction
 from router.experiments.stats import confidence_sequence, welch
 from router.results.cuped_query import DAY, cuped_sums, cuped_sums_from_events
+from router.results.query import outcome_metrics
 from router.results.schema import unit_requests
 from router.results.store import Exposure, Outcome, ResultsStore
 from tests.router.test_outcomes import _config
@@ -276,3 +277,16 @@ def test_adjusted_statistics_keep_what_they_were() -> None:
     adjusted = adjust(s, *pooled([s, s]))
     assert isinstance(adjusted, Adjusted) and adjusted.theta == 0.0
     assert adjusted.mean == adjusted.unadjusted.mean and adjusted.with_history == 0
+
+
+def test_a_covariate_alone_is_not_a_reported_metric(store: ResultsStore) -> None:
+    """A user's reports before the phase make a covariate row, not an outcome of the phase."""
+    before = Exposure("pre", "", "", "", "m", "u1", T0 - 3600, 10.0, False, False, False)
+    during = Exposure("in", "ab", "p1", "control", "m", "u1", T0, 12.0, False, False, False,
+                      cuped_lookback_s=14 * DAY)  # fmt: skip
+    store.write([before], [Outcome("pre", "rating", 4.0, T0 - 3500)])
+    store.write([during], [])
+    sums = cuped_sums(store, "ab", "p1", ["rating"], lookback_days=14)
+    assert (sums["control"]["rating"].a, sums["control"]["rating"].b) == (4.0, 1.0)
+    assert sums["control"]["rating"].y == 0.0
+    assert outcome_metrics(store, "ab", "p1") == []
