@@ -26,7 +26,7 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, and_, bindparam, select, update
 
-from router.results.among import among
+from router.results.dialect import UPSERT, among
 from router.results.schema import (
     PRE_REQUEST_SUMS,
     exposures,
@@ -203,8 +203,6 @@ def _add(conn: Connection, requests: Mapping[Key, list[float]],
 
 def _upsert_outcomes(conn: Connection, sums: Mapping[tuple[Key, str], list[float]],
                      add: bool) -> None:  # fmt: skip
-    from router.results.store import UPSERT  # the store imports this module
-
     up = UPSERT[conn.dialect.name](unit_outcomes)
     o = unit_outcomes.c
     stmt = up.on_conflict_do_update(

@@ -13,8 +13,8 @@ from typing import Any
 from sqlalchemy import Connection, Float, and_, case, cast, delete, func, insert, literal, select
 from sqlalchemy.sql.elements import ColumnElement
 
-from router.results.among import among
 from router.results.covariates import Window, resum
+from router.results.dialect import among
 from router.results.schema import exposures, outcomes, unit_outcomes, unit_requests
 
 REQUEST_METRICS: dict[str, ColumnElement[Any]] = {

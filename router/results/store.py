@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -17,7 +17,6 @@ from sqlalchemy import (
     Engine,
     Row,
     Select,
-    Table,
     case,
     create_engine,
     delete,
@@ -26,7 +25,6 @@ from sqlalchemy import (
     insert,
     select,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.schema import CreateTable
@@ -35,6 +33,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from router.results import migrations
 from router.results.covariates import CovariateBatch
+from router.results.dialect import UPSERT
 from router.results.rollup import (
     REQUEST_METRICS,
     Deltas,
@@ -56,13 +55,6 @@ from router.results.schema import (
 )
 
 log = logging.getLogger(__name__)
-
-# The two engines' INSERT constructs share one API for ON CONFLICT (DO NOTHING / DO UPDATE):
-# choosing the construct is the only place the engine matters.
-UPSERT: dict[str, Callable[[Table], sqlite.Insert | postgresql.Insert]] = {
-    "sqlite": sqlite.insert,
-    "postgresql": postgresql.insert,
-}
 
 
 class StoreError(Exception):

@@ -1,12 +1,21 @@
-"""`column IN (values)` as each engine takes it best."""
+"""What differs between the store's two engines, in one place: INSERT ... ON CONFLICT's
+construct, and how an IN list goes best."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from sqlalchemy import Connection, String, any_, bindparam
+from sqlalchemy import Connection, String, Table, any_, bindparam
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql.elements import ColumnElement
+
+# The two engines' INSERT constructs share one API for ON CONFLICT (DO NOTHING / DO UPDATE):
+# choosing the construct is the only place the engine matters.
+UPSERT: dict[str, Callable[[Table], sqlite.Insert | postgresql.Insert]] = {
+    "sqlite": sqlite.insert,
+    "postgresql": postgresql.insert,
+}
 
 
 def among(
