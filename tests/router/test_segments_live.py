@@ -40,27 +40,30 @@ def _cut_series(port: int) -> dict[tuple[str, str], float]:
     }
 
 
-async def _traffic(router: LiveRouter, rng: random.Random) -> None:
+async def _traffic(router: LiveRouter, seed: int) -> None:
     """120 users on web and 120 on ios, two requests each; the candidate's answers on ios are
     accepted far less often. Then one request from each of RARE rare clients and the long
     value, and a few 6-second clips."""
     short, long_clip = wav(0.2), wav(6.0)
 
-    async def one(user: str, client: str, clip: bytes = short) -> None:
+    async def one(user: str, client: str, clip: bytes = short, k: int = 0) -> None:
         answer = await router.stub.Process(
             rpb.ProcessRequest(audio=clip, task=rpb.TASK_TAG, user_id=user),
             metadata=[("x-client", client)],
             timeout=10,
         )
         worse = client == "ios" and answer.route.arm == "candidate"
-        accepted = float(rng.random() < (0.2 if worse else 0.8))
+        # Drawn from the request itself, not from the order the concurrent calls finish in:
+        # the same outcomes, so the same p-values, every run.
+        draw = random.Random(f"{seed}/{user}/{k}/{clip is short}").random()
+        accepted = float(draw < (0.2 if worse else 0.8))
         await router.stub.RecordOutcome(
             rpb.RecordOutcomeRequest(
                 request_id=answer.request_id, metric="accepted", value=accepted
             )
         )
 
-    calls = [one(f"{c}-{i}", c) for c in ("web", "ios") for i in range(120) for _ in range(2)]
+    calls = [one(f"{c}-{i}", c, k=k) for c in ("web", "ios") for i in range(120) for k in range(2)]
     calls += [one(f"rare-user-{i}", f"rare-{i}") for i in range(RARE)]
     calls += [one("long-user", LONG)]
     calls += [one(f"web-{i}", "web", long_clip) for i in range(6)]
@@ -82,7 +85,7 @@ async def test_segments_recorded_by_a_router_and_reported(
         cfg["telemetry"] = {"prometheus_host": "127.0.0.1", "prometheus_port": 0}
         async with live_router(cfg, tmp_path) as router:
             await router.all_serving()
-            await _traffic(router, random.Random(3))
+            await _traffic(router, 3)
             await router.flush()
             cut = await asyncio.to_thread(_cut_series, router.server.metrics_port)
             assert router.core.results is not None
