@@ -138,7 +138,8 @@ def _history(rng: random.Random, users: int, phase: str) -> tuple[list[Exposure]
             rid = f"{phase}-u{u}-{k}"
             in_phase = experiment == "ab"
             lookback = 14 * DAY if in_phase else 0.0
-            rows.append(Exposure(rid, experiment, seed, arm if in_phase else "", "m", f"u{u}",
+            rows.append(Exposure(rid, experiment, seed, arm if in_phase else "", "m",
+                                 f"{phase}-u{u}",
                                  at, 50 + rng.random() * 50, rng.random() < 0.1, False,
                                  False, cuped_lookback_s=lookback))  # fmt: skip
             if rng.random() < 0.7:
@@ -187,7 +188,9 @@ def test_the_store_s_sums_are_the_events_own(store: ResultsStore, delivery: str)
     events (cuped_sums_from_events), both equal to the sums computed here from the events,
     however the events arrive."""
     rng = random.Random(4)
-    phase = f"p{rng.random()}"
+    # Its own phase and users: the PostgreSQL database is shared by the session's tests (the
+    # same ids again would be re-sent events, ignored).
+    phase = f"p{rng.random()}-{delivery}"
     rows, reports = _history(rng, 60, phase)
     if delivery == "one batch":
         store.write(rows, reports)
@@ -281,12 +284,15 @@ def test_adjusted_statistics_keep_what_they_were() -> None:
 
 def test_a_covariate_alone_is_not_a_reported_metric(store: ResultsStore) -> None:
     """A user's reports before the phase make a covariate row, not an outcome of the phase."""
-    before = Exposure("pre", "", "", "", "m", "u1", T0 - 3600, 10.0, False, False, False)
-    during = Exposure("in", "ab", "p1", "control", "m", "u1", T0, 12.0, False, False, False,
-                      cuped_lookback_s=14 * DAY)  # fmt: skip
-    store.write([before], [Outcome("pre", "rating", 4.0, T0 - 3500)])
+    phase = f"alone-{random.random()}"  # the PostgreSQL database is shared by the tests
+    user = f"u-{phase}"
+    before = Exposure(f"pre-{phase}", "", "", "", "m", user, T0 - 3600, 10.0, False, False,
+                      False)  # fmt: skip
+    during = Exposure(f"in-{phase}", "ab", phase, "control", "m", user, T0, 12.0, False, False,
+                      False, cuped_lookback_s=14 * DAY)  # fmt: skip
+    store.write([before], [Outcome(before.request_id, "rating", 4.0, T0 - 3500)])
     store.write([during], [])
-    sums = cuped_sums(store, "ab", "p1", ["rating"], lookback_days=14)
+    sums = cuped_sums(store, "ab", phase, ["rating"], lookback_days=14)
     assert (sums["control"]["rating"].a, sums["control"]["rating"].b) == (4.0, 1.0)
     assert sums["control"]["rating"].y == 0.0
-    assert outcome_metrics(store, "ab", "p1") == []
+    assert outcome_metrics(store, "ab", phase) == []

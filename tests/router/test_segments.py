@@ -83,7 +83,7 @@ def test_dimensions_are_checked_with_the_field_named() -> None:
             ExperimentSettings(**two_arms(dimensions=bad))
 
 
-def _events(rng: random.Random) -> tuple[list[Exposure], list[Outcome]]:
+def _events(rng: random.Random, seed: str) -> tuple[list[Exposure], list[Outcome]]:
     """Users with requests in several clients each (a user's requests may span segments):
     two large clients, 30 rare ones, and requests with no client."""
     clients = ["web"] * 8 + ["ios"] * 5 + [f"rare-{i}" for i in range(30)] + [None] * 3
@@ -92,9 +92,9 @@ def _events(rng: random.Random) -> tuple[list[Exposure], list[Outcome]]:
         user = f"u{rng.randrange(300)}"
         arm = "control" if int(user[1:]) % 2 else "candidate"
         client = rng.choice(clients)
-        rid = f"r{i}"
+        rid = f"{seed}-r{i}"
         dims = {} if client is None else {"x-client": client}
-        rows.append(Exposure(rid, "ab", "p1", arm, "m", user, float(i), rng.uniform(5, 50),
+        rows.append(Exposure(rid, "ab", seed, arm, "m", user, float(i), rng.uniform(5, 50),
                              rng.random() < 0.1, False, False, dimensions=dims))  # fmt: skip
         if rng.random() < 0.7:
             reports.append(Outcome(rid, "accepted", float(rng.random() < 0.6), float(i)))
@@ -127,9 +127,11 @@ def _expected(rows: list[Exposure], reports: list[Outcome], top: int
 
 
 def test_segment_statistics_equal_the_events_summed_in_python(store: ResultsStore) -> None:
-    rows, reports = _events(random.Random(7))
+    # A phase of its own: the PostgreSQL database is shared by the session's tests.
+    seed = f"segments-{random.random()}"
+    rows, reports = _events(random.Random(7), seed)
     store.write(rows, reports)
-    by_value, distinct = segment_statistics(store, "ab", "p1", "x-client", ["accepted"], top=20)
+    by_value, distinct = segment_statistics(store, "ab", seed, "x-client", ["accepted"], top=20)
     expected = _expected(rows, reports, 20)
     assert distinct == 33  # web, ios, 30 rare clients, (none)
     assert len(by_value) == 21 and "other" in by_value and "(none)" in by_value

@@ -184,9 +184,10 @@ def test_other_widths_convert_and_agree_with_the_release(tmp_path: Path) -> None
         lm = family.model.lm
         embeds = torch.cat([prefix, lm.get_input_embeddings()(ids)]).unsqueeze(0)
         got = lm(inputs_embeds=embeds).logits[0, -1].float()
-    # Within 1e-5 of the logits' range: these wider random weights give logits of tens,
-    # where float32 summation order (which varies with CPU threading) moves 1e-5 absolute.
-    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+    # Within 1e-4 of the logits' range: float32 summation order (which varies with CPU
+    # threading and load) moved them by up to 1.6e-5 of it in fresh-clone CI runs, where a
+    # wrong conversion (a transposed, missing or misplaced tensor) moves them by the range.
+    assert (got - want).abs().max() <= 1e-4 * want.abs().max()
 
 
 def test_the_export_says_how_long_and_plans_its_kv_budget(
