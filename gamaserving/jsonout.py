@@ -23,6 +23,11 @@ def finite_or_none(value: Any) -> Any:
     return value
 
 
+def none_to_nan(x: float | None) -> float:
+    """Back from strict JSON: its null (an undefined number) as NaN."""
+    return math.nan if x is None else float(x)
+
+
 def dumps(value: Any, indent: int | None = 2) -> str:
     """Strict JSON: NaN and Infinity become null; anything else that is not JSON is an error."""
     return json.dumps(finite_or_none(value), indent=indent, allow_nan=False)

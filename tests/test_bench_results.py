@@ -4,7 +4,10 @@ what it counts."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +15,8 @@ from benchmarks.results import ingest, report_times
 from router.results.cuped_query import cuped_sums, cuped_sums_from_events
 from router.results.store import ResultsStore
 from tests.support.postgres import Postgres
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -46,3 +51,18 @@ def test_ingest_commits_what_it_counts(store: ResultsStore) -> None:
     rate = ingest(store, 0.2, batch=100)
     assert rate > 0
     assert store.count("ingest", "s1") % 100 == 0 and store.count("ingest", "s1") >= 100
+
+
+def test_the_store_only_command_writes_its_section(tmp_path: Path) -> None:
+    """`python -m benchmarks.results --store-only`, as docs/benchmarks.md gives it (small)."""
+    page = tmp_path / "bench.md"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.results", "--store-only", "--sizes", "2000",
+         "--out", str(page)],
+        capture_output=True, text=True, timeout=240, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    text = page.read_text()
+    assert "<!-- bench:results-store -->" in text and "PostgreSQL ingest, one replica" in text
+    assert "CUPED's sums from the rollup, 2e+03 exposures" in text
+    assert "<!-- bench:results -->" not in text  # the request-path section needs the models

@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from gamaserving.jsonout import none_to_nan
 from gamaserving.router.v1 import router_pb2 as rpb
 
 
@@ -169,8 +170,8 @@ def segments_text(doc: dict[str, Any]) -> str:
                 continue
             rows.append([
                 s["value"], c["arm"], c["metric"], users,
-                f"{num(c['difference'])} {interval(*(finite(x) for x in c['ci']))}",
-                interval(*(finite(x) for x in c["confidence_sequence"])),
+                f"{num(c['difference'])} {interval(*(none_to_nan(x) for x in c['ci']))}",
+                interval(*(none_to_nan(x) for x in c["confidence_sequence"])),
                 f"{c['p_value']:.3g}", f"{c['adjusted_p_value']:.3g}", s["verdict"],
             ])  # fmt: skip
     level = f"{1 - doc['segment_alpha']:.1%}"
@@ -187,8 +188,3 @@ def segments_text(doc: dict[str, Any]) -> str:
             f"(only the {len(doc['segments']) - 1} most frequent are shown on their own)"
         )
     return "\n".join([*out, "", table(headers, rows)])
-
-
-def finite(x: float | None) -> float:
-    """JSON's null (an undefined number) as NaN, which the table prints as -."""
-    return math.nan if x is None else x

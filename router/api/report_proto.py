@@ -3,28 +3,23 @@ RouterAdmin's GetExperimentReportResponse: one document, two encodings."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
+from gamaserving.jsonout import none_to_nan
 from gamaserving.router.v1 import router_pb2 as rpb
 from router.config import ExperimentSettings
 
 
-def _number(x: float | None) -> float:
-    """JSON's null (an undefined relative change) is NaN on the wire."""
-    return math.nan if x is None else float(x)
-
-
 def _comparison(out: rpb.MetricComparison, c: Mapping[str, Any]) -> None:
-    out.control_mean, out.arm_mean = _number(c["control_mean"]), _number(c["arm_mean"])
-    out.difference = _number(c["difference"])
-    out.ci_low, out.ci_high = (_number(x) for x in c["ci"])
-    out.cs_low, out.cs_high = (_number(x) for x in c["confidence_sequence"])
-    out.p_value = _number(c["p_value"])
+    out.control_mean, out.arm_mean = none_to_nan(c["control_mean"]), none_to_nan(c["arm_mean"])
+    out.difference = none_to_nan(c["difference"])
+    out.ci_low, out.ci_high = (none_to_nan(x) for x in c["ci"])
+    out.cs_low, out.cs_high = (none_to_nan(x) for x in c["confidence_sequence"])
+    out.p_value = none_to_nan(c["p_value"])
     if "relative" in c:
-        out.relative = _number(c["relative"])
-        out.relative_ci_low, out.relative_ci_high = (_number(x) for x in c["relative_ci"])
+        out.relative = none_to_nan(c["relative"])
+        out.relative_ci_low, out.relative_ci_high = (none_to_nan(x) for x in c["relative_ci"])
     if "adjusted_p_value" in c:
         out.adjusted_p_value = c["adjusted_p_value"]
 

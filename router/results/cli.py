@@ -7,7 +7,7 @@ import math
 import sys
 from typing import Any
 
-from gamaserving.jsonout import dumps
+from gamaserving.jsonout import dumps, none_to_nan
 from gamaserving.terminal import print_out
 from router.admin.render import interval, num, pct, segments_text, table
 from router.config import ConfigError, RouterConfig, load_config
@@ -74,8 +74,8 @@ def as_text(report: dict[str, Any]) -> str:
     if "comparisons" in report:
         rows = [
             [c["arm"], c["metric"], num(c["control_mean"]), num(c["arm_mean"]),
-             f"{num(c['difference'])} {interval(*(_finite(x) for x in c['ci']))}",
-             pct(_finite(c["relative"])), interval(*(_finite(x) for x in c["confidence_sequence"]))]
+             f"{num(c['difference'])} {interval(*map(none_to_nan, c['ci']))}",
+             pct(none_to_nan(c["relative"])), interval(*map(none_to_nan, c["confidence_sequence"]))]
             for c in report["comparisons"]
         ]  # fmt: skip
         headers = ["ARM", "METRIC", "CONTROL", "ARM MEAN", "DIFFERENCE [95%]", "RELATIVE",
@@ -90,10 +90,6 @@ def as_text(report: dict[str, Any]) -> str:
     if "note" in report:
         out += ["", report["note"]]
     return "\n".join(out)
-
-
-def _finite(x: float | None) -> float:
-    return math.nan if x is None else x
 
 
 def _report_output(args: argparse.Namespace, config: RouterConfig | None,

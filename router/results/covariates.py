@@ -74,13 +74,14 @@ class CovariateBatch:
         conn: Connection,
         fresh: Sequence[Mapping[str, Any]],
         lookbacks: Mapping[str, float],
-        outcome_rows: Sequence[Mapping[str, Any]],
+        reported: Mapping[str, Any],
     ) -> None:
+        """`reported`: the exposures the batch's outcomes are about (stored earlier, or just
+        now), by request id."""
         self.fresh = fresh
         self.fresh_ids = {r["request_id"] for r in fresh}
-        # The exposures the batch's outcomes are about (stored earlier, or just now).
-        self.reported = _exposures_of(conn, sorted({r["request_id"] for r in outcome_rows}))
-        units = {r["unit"] for r in fresh} | {e["unit"] for e in self.reported.values()}
+        self.reported = reported
+        units = {r["unit"] for r in fresh} | {e.unit for e in reported.values()}
         self.before = _windows(conn, sorted(units))
         # Users to sum from the events at the end (their first_at read then, after the rollup
         # took the batch): new to a CUPED phase, first_at moving earlier, or another lookback.
@@ -130,7 +131,7 @@ class CovariateBatch:
                 continue
             if prev is not None and o["at"] < prev[1]:
                 continue  # an older report than the stored one: not written
-            for key in self._windows_holding(e["unit"], e["at"]):
+            for key in self._windows_holding(e.unit, float(e.at)):
                 total = reported[(key, o["metric"])]
                 total[0] += float(o["value"]) - (prev[0] if prev else 0.0)
                 total[1] += 0.0 if prev else 1.0
@@ -139,17 +140,6 @@ class CovariateBatch:
             firsts = _windows(conn, sorted({key[3] for key in self.reset}), cuped_only=False)
             resum(conn, {key: Window(firsts[key].first_at, lookback)
                          for key, lookback in self.reset.items()})  # fmt: skip
-
-
-def _exposures_of(conn: Connection, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-    found: dict[str, dict[str, Any]] = {}
-    for chunk in _chunks(ids):
-        query = select(exposures.c.request_id, exposures.c.unit, exposures.c.at).where(
-            among(conn, exposures.c.request_id, chunk)
-        )
-        for request_id, unit, at in conn.execute(query):
-            found[request_id] = {"unit": unit, "at": float(at)}
-    return found
 
 
 def _outcomes_of(conn: Connection, ids: Sequence[str]) -> dict[str, list[tuple[str, float]]]:

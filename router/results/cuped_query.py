@@ -40,11 +40,13 @@ def cuped_sums(
     if int(store.read(other)[0][0]):
         return cuped_sums_from_events(store, experiment, seed, outcome_metrics, lookback_days)
     out: dict[str, dict[str, CupedSums]] = {}
+    users: dict[str, int] = {}
     columns = [(r[m], r.requests, r[f"pre_{m}"], r.pre_requests) for m in REQUEST_METRICS]
     query = select(r.arm, func.count(), *(s for c in columns for s in _products(*c)))
     for arm, n, *rest in store.read(
         query.where(r.experiment == experiment, r.seed == seed).group_by(r.arm)
     ):
+        users[str(arm)] = int(n)
         out[str(arm)] = {name: _sums(int(n), rest, i) for i, name in enumerate(REQUEST_METRICS)}
     o = unit_outcomes.c
     for metric in outcome_metrics:
@@ -54,13 +56,11 @@ def cuped_sums(
         found = {str(arm): rest for arm, *rest in store.read(query.group_by(o.arm))}
         for arm, by_metric in out.items():
             # A user without a row for this metric adds zero to every sum.
-            n = by_metric[REQUEST_METRICS_FIRST].n
-            by_metric[metric] = _sums(n, found.get(arm, [0.0] * _PER_METRIC), 0)
+            by_metric[metric] = _sums(users[arm], found.get(arm, [0.0] * _PER_METRIC), 0)
     return out
 
 
 _PER_METRIC = 15
-REQUEST_METRICS_FIRST = next(iter(REQUEST_METRICS))
 
 
 def _products(

@@ -120,26 +120,29 @@ def previous_outcomes(
     return found
 
 
+def reported_exposures(conn: Connection, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The stored exposures a batch's outcomes are about, by request id (any experiment or
+    none): what the rollup and CUPED's covariates both add the outcomes to."""
+    ids = sorted({r["request_id"] for r in rows})
+    e = exposures.c
+    found: dict[str, Any] = {}
+    for chunk in _chunks(ids):
+        query = select(e.request_id, e.experiment, e.seed, e.arm, e.unit, e.at).where(
+            among(conn, e.request_id, chunk)
+        )
+        found.update((row.request_id, row) for row in conn.execute(query))
+    return found
+
+
 def new_outcomes(
-    conn: Connection,
     rows: Sequence[dict[str, Any]],
+    reported: Mapping[str, Any],
     previous: dict[tuple[str, str], tuple[float, float]],
     deltas: Deltas,
 ) -> None:
     """Outcomes this batch stored (new, or later than the stored one) whose exposure is in a
     phase: add them, or the difference they make. Exposures that come later add them then."""
-    ids = sorted({r["request_id"] for r in rows})
-    phases: dict[str, Phase] = {}
-    for chunk in _chunks(ids):
-        query = select(
-            exposures.c.request_id,
-            exposures.c.experiment,
-            exposures.c.seed,
-            exposures.c.arm,
-            exposures.c.unit,
-        ).where(among(conn, exposures.c.request_id, chunk), exposures.c.experiment != "")
-        for request_id, experiment, seed, arm, unit in conn.execute(query):
-            phases[request_id] = (experiment, seed, arm, unit)
+    phases = {i: (e.experiment, e.seed, e.arm, e.unit) for i, e in reported.items() if e.experiment}
     for r in rows:
         phase = phases.get(r["request_id"])
         prev = previous.get((r["request_id"], r["metric"]))

@@ -41,6 +41,7 @@ from router.results.rollup import (
     new_outcomes,
     previous_outcomes,
     rebuild,
+    reported_exposures,
     stored_times,
 )
 from router.results.schema import (
@@ -260,7 +261,8 @@ class ResultsStore:
                     fresh = self._insert_exposures(conn, exposure_rows, reused)
                     new_exposures(conn, fresh, deltas)
                     _insert_dimensions(conn, fresh, segments)
-                covariates = CovariateBatch(conn, fresh, lookbacks, outcome_rows)
+                reported = reported_exposures(conn, outcome_rows)
+                covariates = CovariateBatch(conn, fresh, lookbacks, reported)
                 previous: dict[tuple[str, str], tuple[float, float]] = {}
                 if outcome_rows:
                     previous = previous_outcomes(conn, outcome_rows)
@@ -274,7 +276,7 @@ class ResultsStore:
                         where=up.excluded.at >= outcomes.c.at,
                     )
                     conn.execute(stmt, outcome_rows)
-                    new_outcomes(conn, outcome_rows, previous, deltas)
+                    new_outcomes(outcome_rows, reported, previous, deltas)
                 self._add_totals(conn, deltas)
                 covariates.apply(conn, previous, outcome_rows)
         except _ROW_ERRORS as exc:
